@@ -1,0 +1,63 @@
+"""Model importers: a TFLite or ONNX file becomes an IR Graph (NCHW, float32 before PTQ).
+
+`import_model(path)` returns the Graph or raises one `UnsupportedOps` listing *every* op or
+attribute it could not translate (op type, node name, reason), or `MalformedModel`.
+`summarize_model(path)` reads what the file itself says (inputs, outputs, op histogram, parameter
+count) and the same list of unsupported ops, without failing on them: `kpuc info` prints it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from compiler.errors import KpucError, Unsupported
+from compiler.ir import Graph
+
+FORMATS = {".tflite": "tflite", ".onnx": "onnx"}
+
+
+@dataclass
+class SourceSummary:
+    """What a source model file says about itself, in its own terms (TFLite/ONNX op names)."""
+    format: str
+    inputs: list[tuple[str, tuple[int, ...], str]]      # (name, shape as the file gives it, dtype)
+    outputs: list[tuple[str, tuple[int, ...], str]]
+    op_histogram: dict[str, int]                         # source op type -> count, sorted by name
+    parameters: int                                      # elements in constant weight tensors
+    unsupported: list[Unsupported] = field(default_factory=list)
+
+
+def guess_format(path: str | Path, format: str | None = None) -> str:
+    """The input format: given, or from the extension."""
+    if format:
+        if format not in FORMATS.values():
+            raise KpucError(f"unknown input format '{format}' (expected one of: {', '.join(FORMATS.values())})")
+        return format
+    fmt = FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise KpucError(f"{path}: cannot tell the model format from the extension; pass -i tflite|onnx")
+    return fmt
+
+
+def _module(fmt: str):
+    if fmt == "tflite":
+        from compiler.importers import tflite as mod
+    else:
+        from compiler.importers import onnx as mod
+    return mod
+
+
+def import_model(path: str | Path, format: str | None = None) -> Graph:
+    """Translate a model file into a validated IR graph."""
+    path = Path(path)
+    if not path.is_file():
+        raise KpucError(f"{path}: no such model file")
+    return _module(guess_format(path, format)).import_model(path)
+
+
+def summarize_model(path: str | Path, format: str | None = None) -> SourceSummary:
+    """The file's own inputs, outputs and op histogram, plus everything we cannot translate."""
+    path = Path(path)
+    if not path.is_file():
+        raise KpucError(f"{path}: no such model file")
+    return _module(guess_format(path, format)).summarize_model(path)

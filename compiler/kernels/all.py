@@ -1,0 +1,1 @@
+"""Imports every kernel family so that KERNELS is complete."""

@@ -142,7 +142,10 @@ class Graph:
         from compiler.ops import infer_types
         inputs = tuple(inputs)
         node = Node(self.unique_name(name or op), op, attrs)
-        types = infer_types(op, [v.type for v in inputs], attrs, [v.data for v in inputs])
+        try:
+            types = infer_types(op, [v.type for v in inputs], attrs, [v.data for v in inputs])
+        except KpucError as e:
+            raise KpucError(f"{node.name}: {e}") from e
         node.outputs = tuple(Value(node.name if len(types) == 1 else f"{node.name}:{i}", t, node, i)
                              for i, t in enumerate(types))
         node.inputs = inputs
@@ -185,8 +188,13 @@ class Graph:
 
     # ------------------------------------------------------------ editing
     def replace_all_uses(self, old: Value, new: Value) -> None:
-        """Point every consumer of `old` (and the graph outputs) at `new`."""
+        """Point every consumer of `old` (and the graph outputs) at `new`.
+
+        The producer of `new` keeps reading `old`, so `new = f(old)` can be spliced in after `old`.
+        """
         for user in old.user_nodes():
+            if user is new.producer:
+                continue
             user.inputs = [new if v is old else v for v in user.inputs]
         self.outputs = [new if v is old else v for v in self.outputs]
 

@@ -86,11 +86,9 @@ def infer_types(op: str, types: list[TensorType], attrs: dict, consts=None) -> l
         raise KpucError(f"unknown IR op '{op}'")
     try:
         out = SHAPE_RULES[op](types, attrs)
-    except KpucError:
-        raise
-    except (ValueError, IndexError, KeyError, TypeError, AssertionError) as e:
+    except (KpucError, ValueError, IndexError, KeyError, TypeError, AssertionError) as e:
         shapes = ", ".join(str(t) for t in types)
-        raise KpucError(f"{op}({shapes}) with {attrs}: {e or type(e).__name__}") from e
+        raise KpucError(f"{op}({shapes}): {e or type(e).__name__}") from e
     return out if isinstance(out, list) else [out]
 
 

@@ -1,0 +1,173 @@
+"""The `kpuc` command line. ncc's conventions where ncc had them.
+
+Every failure is one line on stderr and exit status 2 (bad input, unsupported ops, usage); the
+traceback only with -v. An unexpected internal error exits 3. Output files are written to a
+temporary name and renamed, so a failure never leaves a half-written file.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import click
+import numpy as np
+
+from compiler.errors import KpucError, UnsupportedOps
+
+VERBOSE = {"on": False}
+
+
+def _verbose_option(f):
+    def set_verbose(ctx, param, value):
+        VERBOSE["on"] = VERBOSE["on"] or value
+        return value
+    return click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=set_verbose,
+                        is_eager=True, help="Show tracebacks and the IR between stages.")(f)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@_verbose_option
+@click.version_option(package_name="kpuc", prog_name="kpuc")
+def cli():
+    """kpuc: compile TFLite and ONNX models for the Kendryte K210 KPU."""
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder, then rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.kpuc-tmp")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def dump_ir(graph, folder: str | None, stage: str) -> None:
+    """Write the graph as Graphviz text to FOLDER/<stage>.dot (and text to -v's stderr)."""
+    if VERBOSE["on"]:
+        click.echo(f"--- IR after {stage} ---\n{graph}", err=True)
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        write_atomic(Path(folder) / f"ir_{stage}.dot", graph.to_dot().encode())
+
+
+# ---------------------------------------------------------------- info
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-i", "--input-format", type=click.Choice(["tflite", "onnx"]), help="Guessed from the extension.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option("--dump-ir", type=click.Path(file_okay=False), help="Write the imported graph as Graphviz .dot.")
+@_verbose_option
+def info(model, input_format, as_json, dump_ir):
+    """Inputs, outputs, op histogram, parameter count and unsupported ops of MODEL."""
+    from compiler.importers import import_model, summarize_model
+    summary = summarize_model(model, input_format)
+    graph = None
+    if not summary.unsupported:
+        graph = import_model(model, input_format)
+        dump_ir(graph, dump_ir, "import")
+    ir_shapes = {v.name: v.shape for v in (graph.inputs + graph.outputs)} if graph else {}
+    if as_json:
+        doc = {
+            "model": str(model), "format": summary.format,
+            "inputs": [{"name": n, "shape": list(s), "dtype": d} for n, s, d in summary.inputs],
+            "outputs": [{"name": n, "shape": list(s), "dtype": d} for n, s, d in summary.outputs],
+            "ir_inputs": [{"name": v.name, "shape": list(v.shape), "dtype": v.dtype} for v in graph.inputs] if graph else None,
+            "ir_outputs": [{"name": v.name, "shape": list(v.shape), "dtype": v.dtype} for v in graph.outputs] if graph else None,
+            "ops": summary.op_histogram, "parameters": summary.parameters,
+            "unsupported": [{"op": p.op_type, "node": p.node, "reason": p.reason} for p in summary.unsupported],
+        }
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        click.echo(f"model: {model} ({summary.format})")
+        for title, rows, ir_values in (("inputs", summary.inputs, graph.inputs if graph else []),
+                                       ("outputs", summary.outputs, graph.outputs if graph else [])):
+            click.echo(f"{title}:")
+            for k, (name, shape, dtype) in enumerate(rows):
+                ir = f"   (kpuc: {list(ir_values[k].shape)} NCHW)" if k < len(ir_values) and \
+                    len(ir_values[k].shape) == 4 and tuple(ir_values[k].shape) != tuple(shape) else ""
+                click.echo(f"  {name:24} {dtype:8} {list(shape)}{ir}")
+        total = sum(summary.op_histogram.values())
+        click.echo(f"ops: {total} in {len(summary.op_histogram)} types")
+        for op, n in summary.op_histogram.items():
+            click.echo(f"  {op:24} {n}")
+        click.echo(f"parameters: {summary.parameters:,}")
+        if graph:
+            click.echo(f"kpuc IR: {sum(n.op not in ('input', 'constant') for n in graph.nodes)} ops")
+        click.echo("unsupported: " + ("none" if not summary.unsupported else str(len(summary.unsupported))))
+        for p in summary.unsupported:
+            click.echo(f"  {p.op_type:24} {p.node}: {p.reason}")
+    if summary.unsupported:
+        raise UnsupportedOps(summary.unsupported)
+
+
+# ---------------------------------------------------------------- infer
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("outdir", type=click.Path(file_okay=False))
+@click.option("--dataset", required=True, type=click.Path(), help="A file or a folder (recursive) of inputs.")
+@click.option("--dataset-format", type=click.Choice(["image", "raw"]), default="image", show_default=True)
+@click.option("--input-mean", type=float, default=0.0, show_default=True, help="Image inputs: (x - mean) / std.")
+@click.option("--input-std", type=float, default=1.0, show_default=True)
+@click.option("-i", "--input-format", type=click.Choice(["tflite", "onnx"]), help="Guessed from the extension.")
+@click.option("--dump-ir", type=click.Path(file_okay=False), help="Write the graph as Graphviz .dot.")
+@_verbose_option
+def infer(model, outdir, dataset, dataset_format, input_mean, input_std, input_format, dump_ir):
+    """Run MODEL on every file of --dataset; writes OUTDIR/<sample>.out<i>.bin (float32, NCHW)."""
+    from compiler.datasets import iter_dataset, list_files
+    from compiler.executor import Executor
+    from compiler.importers import import_model
+    from compiler.progress import progress
+    graph = import_model(model, input_format)
+    dump_ir(graph, dump_ir, "import")
+    if len(graph.inputs) != 1:
+        raise KpucError(f"{model}: infer feeds one input, the model has {len(graph.inputs)} "
+                        f"({', '.join(v.name for v in graph.inputs)})")
+    x = graph.inputs[0]
+    executor = Executor(graph)
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    samples = iter_dataset(dataset, x.shape, format=dataset_format, dtype="float32", mean=input_mean, std=input_std)
+    count = 0
+    for sample in progress(samples, total=len(list_files(dataset)), label="infer"):
+        results = executor.run({x.name: sample.data})
+        target = out / sample.stem
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for i, v in enumerate(graph.outputs):
+            write_atomic(target.with_name(f"{target.name}.out{i}.bin"),
+                         np.ascontiguousarray(results[v.name], dtype="<f4").tobytes())
+        count += 1
+    click.echo(f"{count} sample(s), {len(graph.outputs)} output(s) each -> {out}", err=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the CLI, turning KpucError into one line and exit status 2."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        rv = cli.main(args=argv, prog_name="kpuc", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2)
+    except click.Abort:
+        click.echo("kpuc: aborted", err=True)
+        sys.exit(130)
+    except KpucError as e:
+        if VERBOSE["on"] or "-v" in argv or "--verbose" in argv:
+            traceback.print_exc()
+        click.echo(f"kpuc: error: {e}", err=True)
+        sys.exit(2)
+    except Exception as e:  # a bug in kpuc, not in the input
+        if VERBOSE["on"] or "-v" in argv or "--verbose" in argv:
+            traceback.print_exc()
+        click.echo(f"kpuc: internal error: {type(e).__name__}: {e} (run with -v for the traceback)", err=True)
+        sys.exit(3)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

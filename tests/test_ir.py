@@ -46,7 +46,7 @@ def test_unique_names_and_insertion_point():
 
 def test_replace_all_uses_erase_and_dead_code():
     g, x, conv, add = small_graph()
-    neg = g.add("unary", [conv.output], op="neg")
+    neg = g.add("unary", [conv.output], op="neg", before=add)
     g.replace_all_uses(conv.output, neg.output)
     assert add.inputs == (neg.output, neg.output)
     with pytest.raises(KpucError):

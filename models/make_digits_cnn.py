@@ -43,6 +43,7 @@ BATCH = 32
 LR = 3e-3
 N_TRAIN = 1500          # images 0..1499 train, 1500..1796 test
 SAMPLES_PER_CLASS = 2   # test images saved per digit -> 20 PNGs
+HEAD = "gap"
 PRODUCER = "kpuc models/make_digits_cnn.py"
 
 # (name, shape) of every parameter, in the order the ONNX initializers are written.
@@ -144,7 +145,7 @@ def forward(params, x, keep=False):
     p2, i2 = pool_forward(r2)
     c3, cols3 = conv_forward(p2, params["conv3.weight"], params["conv3.bias"])
     r3 = np.maximum(c3, 0)
-    gap = r3.mean(axis=(2, 3))
+    gap = r3.mean(axis=(2, 3)) if HEAD == "gap" else r3.reshape(len(r3), -1)
     logits = gap @ params["fc.weight"].T + params["fc.bias"]
     if not keep:
         return logits
@@ -159,7 +160,10 @@ def backward(params, cache, dlogits):
     g["fc.bias"] = dlogits.sum(axis=0)
     dgap = dlogits @ params["fc.weight"]
     h, w = c3.shape[2:]
-    dr3 = np.broadcast_to((dgap / np.float32(h * w))[:, :, None, None], c3.shape)
+    if HEAD == "gap":
+        dr3 = np.broadcast_to((dgap / np.float32(h * w))[:, :, None, None], c3.shape)
+    else:
+        dr3 = dgap.reshape(c3.shape)
     dc3 = dr3 * (c3 > 0)
     dp2, g["conv3.weight"], g["conv3.bias"] = conv_backward(dc3, cols3, params["conv3.weight"], p2_shape)
     dc2 = pool_backward(dp2, i2) * (c2 > 0)

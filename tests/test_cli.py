@@ -1,0 +1,117 @@
+"""The `kpuc` command as a user runs it: a subprocess, its exit status, stdout and stderr."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "models" / "digits_cnn.onnx"
+DIGITS = ROOT / "models" / "digits"
+IRIS = ROOT.parent / "shared" / "golden" / "iris-v4"
+
+
+def kpuc(*args, cwd=None):
+    return subprocess.run([sys.executable, "-c", "import cli; cli.main()", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd or ROOT, timeout=300)
+
+
+def one_line_error(r):
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+def test_info_on_the_sample():
+    r = kpuc("info", SAMPLE)
+    assert r.returncode == 0, r.stderr
+    assert "Conv" in r.stdout and "parameters:" in r.stdout and "unsupported: none" in r.stdout
+    doc = json.loads(kpuc("info", SAMPLE, "--json").stdout)
+    assert doc["format"] == "onnx" and doc["ops"]["Conv"] >= 1 and doc["unsupported"] == []
+    assert doc["parameters"] > 0 and doc["ir_inputs"][0]["shape"] == [1, 1, 16, 16]
+
+
+def test_infer_on_the_sample_images_matches_onnxruntime(tmp_path):
+    import onnxruntime as ort
+    from PIL import Image
+    r = kpuc("infer", SAMPLE, tmp_path / "out", "--dataset", DIGITS, "--dump-ir", tmp_path / "ir")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "ir" / "ir_import.dot").read_text().startswith("digraph")
+    session = ort.InferenceSession(str(SAMPLE), providers=["CPUExecutionProvider"])
+    images = sorted(DIGITS.glob("*.png"))
+    assert images
+    correct = 0
+    for image in images:
+        x = np.asarray(Image.open(image).convert("L"), np.float32)[None, None] / 255
+        want = session.run(None, {session.get_inputs()[0].name: x})[0]
+        got = np.fromfile(tmp_path / "out" / f"{image.stem}.out0.bin", np.float32)
+        np.testing.assert_allclose(got, want.ravel(), rtol=1e-4, atol=1e-5)
+        correct += int(got.argmax()) == int(image.stem.split("_")[0].removeprefix("digit"))
+    assert correct >= 0.9 * len(images)
+
+
+def test_infer_raw_iris_matches_golden_logits(tmp_path):
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    for f in sorted((IRIS / "inputs").glob("*.f32")):
+        (ds / f"{f.stem}.bin").write_bytes(f.read_bytes())
+    r = kpuc("infer", IRIS / "iris.tflite", tmp_path / "out", "--dataset", ds, "--dataset-format", "raw")
+    assert r.returncode == 0, r.stderr
+    for f in sorted((IRIS / "inputs").glob("*.f32")):
+        want = np.fromfile(IRIS / "expected" / f"{f.stem.removeprefix('iris_')}.out0.bin", np.float32)
+        got = np.fromfile(tmp_path / "out" / f"{f.stem}.out0.bin", np.float32)
+        assert np.abs(got - want).max() <= 1e-5
+
+
+def unsupported_model(path: Path) -> Path:
+    """A model with three ops kpuc cannot import, among supported ones."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    k = helper.make_tensor("k", TensorProto.INT64, [1], [2])
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"], name="relu"),
+        helper.make_node("Hardmax", ["a"], ["b"], name="hardmax_1"),
+        helper.make_node("TopK", ["b", "k"], ["c", "ci"], name="topk_1"),
+        helper.make_node("Abs", ["c"], ["d"], name="abs"),
+        helper.make_node("Einsum", ["d", "x"], ["y"], name="einsum_1", equation="ij,ij->ij"),
+    ]
+    graph = helper.make_graph(nodes, "bad", [x], [y], initializer=[k])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
+    return path
+
+
+def test_unsupported_ops_are_all_listed_in_one_line(tmp_path):
+    model = unsupported_model(tmp_path / "bad.onnx")
+    (tmp_path / "x.bin").write_bytes(np.zeros(4, np.float32).tobytes())
+    for args in (("infer", model, tmp_path / "out", "--dataset", tmp_path / "x.bin", "--dataset-format", "raw"),
+                 ("info", model)):
+        line = one_line_error(kpuc(*args))
+        for name in ("Hardmax", "TopK", "Einsum", "hardmax_1", "topk_1", "einsum_1"):
+            assert name in line, line
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    # -v adds the traceback
+    assert "Traceback" in kpuc("-v", "info", model).stderr
+
+
+def test_malformed_and_missing_models_fail_in_one_line(tmp_path):
+    bad = tmp_path / "broken.tflite"
+    bad.write_bytes(b"\x00\x01garbage" * 10)
+    assert "broken.tflite" in one_line_error(kpuc("info", bad))
+    truncated = tmp_path / "trunc.onnx"
+    truncated.write_bytes(SAMPLE.read_bytes()[:100])
+    assert "trunc.onnx" in one_line_error(kpuc("info", truncated))
+    assert "no such model file" in one_line_error(kpuc("info", tmp_path / "none.onnx"))
+    assert "digits_cnn.onnx" in one_line_error(kpuc("info", SAMPLE, "-i", "tflite"))  # wrong -i
+
+
+def test_raw_dataset_of_the_wrong_size_names_the_file(tmp_path):
+    (tmp_path / "short.bin").write_bytes(b"\0" * 12)
+    line = one_line_error(kpuc("infer", SAMPLE, tmp_path / "out", "--dataset", tmp_path / "short.bin",
+                               "--dataset-format", "raw"))
+    assert "short.bin" in line and "1024" in line

@@ -49,7 +49,7 @@ depth_to_space    x                         block, mode=DCR|CRD
 space_to_batch    x                         block=(bh,bw), pads=((t,b),(l,r))   TF semantics on NCHW
 batch_to_space    x                         block=(bh,bw), crops=((t,b),(l,r))
 gather            x, indices                axis              numpy.take
-quantize          x                         scale, zero_point, dtype=uint8  round half to even
+quantize          x                         scale, zero_point, dtype=uint8, axis=None  round half to even
 dequantize        x                         scale, zero_point, axis=None
 cast              x                         dtype
 """
@@ -262,7 +262,9 @@ def _split(t, a):
 
 
 def slice_len(begin, end, stride) -> int:
-    return len(range(begin, end, stride)) if end >= 0 or stride > 0 else begin + 1 if end == -1 else 0
+    # With normalized indices, range() is exact: end -1 runs a negative stride down to index 0
+    # inclusive (every |stride|-th element, not begin + 1 of them) and takes nothing for a positive one.
+    return len(range(begin, max(end, -1), stride))
 
 
 @rule("strided_slice")

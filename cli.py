@@ -45,7 +45,7 @@ def write_atomic(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def dump_ir(graph, folder: str | None, stage: str) -> None:
+def write_ir_dump(graph, folder: str | None, stage: str) -> None:
     """Write the graph as Graphviz text to FOLDER/<stage>.dot (and text to -v's stderr)."""
     if VERBOSE["on"]:
         click.echo(f"--- IR after {stage} ---\n{graph}", err=True)
@@ -68,7 +68,7 @@ def info(model, input_format, as_json, dump_ir):
     graph = None
     if not summary.unsupported:
         graph = import_model(model, input_format)
-        dump_ir(graph, dump_ir, "import")
+        write_ir_dump(graph, dump_ir, "import")
     ir_shapes = {v.name: v.shape for v in (graph.inputs + graph.outputs)} if graph else {}
     if as_json:
         doc = {
@@ -122,7 +122,7 @@ def infer(model, outdir, dataset, dataset_format, input_mean, input_std, input_f
     from compiler.importers import import_model
     from compiler.progress import progress
     graph = import_model(model, input_format)
-    dump_ir(graph, dump_ir, "import")
+    write_ir_dump(graph, dump_ir, "import")
     if len(graph.inputs) != 1:
         raise KpucError(f"{model}: infer feeds one input, the model has {len(graph.inputs)} "
                         f"({', '.join(v.name for v in graph.inputs)})")

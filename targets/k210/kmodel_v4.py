@@ -625,6 +625,7 @@ class RawBody:
 
 @dataclass(eq=False)
 class Node:
+    """One node: its runtime_opcode and its decoded body (section 7 / 8)."""
     opcode: int
     body: Any
     raw: bytes = b""  # the body's bytes as read (empty for nodes built in memory)
@@ -636,6 +637,7 @@ class Node:
 
 @dataclass(eq=False)
 class KModelV4:
+    """A whole kmodel v4 file; the header's counts and sizes are derived from the lists on write."""
     inputs: list[MemoryRange]
     input_shapes: list[tuple]
     outputs: list[MemoryRange]
@@ -649,11 +651,6 @@ class KModelV4:
 
     def bodies_start(self) -> int:
         return 40 + 16 * (2 * len(self.inputs) + len(self.outputs)) + len(self.constants) + 8 * len(self.nodes)
-
-
-def is_v4(data: bytes) -> bool:
-    """True if the file starts like a kmodel v4 ('LDMK', version 4)."""
-    return len(data) >= 8 and struct.unpack_from("<2I", data) == (IDENTIFIER, VERSION)
 
 
 def read_v4(data: bytes) -> KModelV4:

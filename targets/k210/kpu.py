@@ -237,7 +237,7 @@ def conv_acc(x: np.ndarray, w: np.ndarray, *, depthwise: bool, pad_value: int,
     s_x = s_x.astype(np.int64)
     s_w = np.asarray(w, np.int64).reshape(oc, -1).sum(axis=1)[:, None, None]
     n = 1 if depthwise else ic
-    return s_xw + ((np.int64(arg_x) * s_x) >> shr_x) + ((np.int64(arg_w) * s_w) >> shr_w) + np.int64(arg_add) * n
+    return s_xw + ((np.int64(arg_x) * s_x) >> shr_x) + ((np.int64(arg_w) * s_w) >> shr_w) + np.int64(arg_add)
 
 
 def batch_norm(acc: np.ndarray, bn: BatchNorm) -> np.ndarray:
@@ -280,7 +280,7 @@ def pool(y: np.ndarray, pool_type: int) -> np.ndarray:
             for kx in range(f):
                 np.maximum(out, yp[:, ky:ky + oh * s:s, kx:kx + ow * s:s], out=out)
         return out
-    yp = np.pad(y, ((0, 0), (0, f), (0, f)), mode="constant").astype(np.int64)   # mean: replicate the edge
+    yp = np.pad(y, ((0, 0), (0, f), (0, f)), mode="edge").astype(np.int64)   # mean: replicate the edge
     total = sum(yp[:, ky:ky + oh * s:s, kx:kx + ow * s:s] for ky in range(f) for kx in range(f))
     return (total // (f * f)).astype(np.uint8)
 

@@ -229,7 +229,9 @@ CASES = {
        ["COS", "EXP", "FLOOR", "NEG", "SIN", "SQUARE", "TANH", "HARD_SWISH", "LOGISTIC", "ABS",
         "RELU", "RELU6", "RELU_N1_TO_1"]},
     **{op: (single(op, [X4], X4), {"positive": True}) for op in ["LOG", "RSQRT", "SQRT"]},
-    "CEIL": (single("CEIL", [X4], X4), {"resolver": "BUILTIN"}),  # BUILTIN_REF has no CEIL kernel
+    **{op: (single(op, [X4], X4), {"resolver": "BUILTIN"}) for op in ["CEIL", "ROUND"]},  # not in BUILTIN_REF
+    **{op: (single(op, [X4], X4), {}) for op in ["SIGN", "RELU_0_TO_1"]},
+    "CAST": (single("CAST", [X4], X4, opts("CastOptions", InDataType=0, OutDataType=2), out_dtype="int32"), {}),
     "LEAKY_RELU": (single("LEAKY_RELU", [X4], X4, opts("LeakyReluOptions", Alpha=0.2)), {}),
     "PRELU": (single("PRELU", [X4], X4, consts=[rand(1, 1, 3)]), {}),
     "SOFTMAX-beta": (single("SOFTMAX", [(2, 7)], (2, 7), opts("SoftmaxOptions", Beta=0.5)), {}),

@@ -136,8 +136,8 @@ def _slice(ctx: TFLiteContext, op: OpInfo, index: list) -> None:
     real = sum(1 for i in index if i is not None and i is not Ellipsis)
     if real > x.type.rank:
         raise KpucError(f"{real} indices for a tensor of rank {x.type.rank}")
-    e = index.index(Ellipsis)
-    index = index[:e] + [slice(None)] * (x.type.rank - real) + index[e + 1:]
+    at = index.index(Ellipsis)
+    index = index[:at] + [slice(None)] * (x.type.rank - real) + index[at + 1:]
     begin, end, strides, shape = [], [], [], []
     dims = iter(x.shape)
     for i in index:

@@ -618,6 +618,6 @@ def run_v4(model: k4.KModelV4, inputs: list[np.ndarray]) -> list[np.ndarray]:
             fn(node.body, mem)
         except KpucError as e:
             raise type(e)(f"node {i} ({node.name}): {e}") from e
-        except (ValueError, IndexError) as e:
+        except (ValueError, IndexError, KeyError) as e:
             raise MalformedModel(f"node {i} ({node.name}): {e}") from e
     return [mem.get(r).astype(F32) for r in model.outputs]

@@ -237,7 +237,7 @@ def conv_acc(x: np.ndarray, w: np.ndarray, *, depthwise: bool, pad_value: int,
     s_x = s_x.astype(np.int64)
     s_w = np.asarray(w, np.int64).reshape(oc, -1).sum(axis=1)[:, None, None]
     n = 1 if depthwise else ic
-    return s_xw + ((np.int64(arg_x) * s_x) >> shr_x) + ((np.int64(arg_w) * s_w) >> shr_w) + np.int64(arg_add)
+    return s_xw + ((np.int64(arg_x) * s_x) >> shr_x) + ((np.int64(arg_w) * s_w) >> shr_w) + np.int64(arg_add) * n
 
 
 def batch_norm(acc: np.ndarray, bn: BatchNorm) -> np.ndarray:

@@ -324,6 +324,45 @@ def test_cpu_convs_are_nhwc_with_tap_major_order():
     np.testing.assert_array_equal(run_op(body, [(0, xq)]).get(body.output, shape=want.shape), want)
 
 
+def test_cpu_float_depthwise_quantized_conv_and_pool():
+    x = RNG.standard_normal((1, 4, 5, 3)).astype(F32)  # NHWC
+    w = RNG.standard_normal((3, 2, 3)).astype(F32)  # [c][kh][kw]
+    bias = RNG.standard_normal(3).astype(F32)
+    pads, strides, dils = ((0, 1), (1, 1)), (2, 1), (1, 1)
+    want = ref_conv(x.transpose(0, 3, 1, 2), w[:, None], bias, 3, pads, strides, dils,
+                    taps_first=True).transpose(0, 2, 3, 1)
+    body = k4.CpuDepthwiseConv2D(R(0, x.nbytes), R(1024, want.nbytes), x.shape, k4.Padding(*pads[0]),
+                                 k4.Padding(*pads[1]), 2, 3, *strides, *dils, k4.FULL_RANGE, w.reshape(-1), bias)
+    np.testing.assert_array_equal(run_op(body, [(0, x)]).get(body.output, shape=want.shape), want)
+
+    xq = RNG.integers(0, 256, (1, 4, 5, 3), dtype=np.uint8)
+    wq = RNG.integers(0, 256, (2, 2, 3, 3), dtype=np.uint8)  # [oc][kh][kw][ic]
+    bq = RNG.integers(-500, 500, 2).astype(np.int32)
+    want = ref_conv(xq.transpose(0, 3, 1, 2), wq.transpose(0, 3, 1, 2), bq, 1, pads, strides, dils,
+                    quant=(-3, -200, 1 << 29, 35, 40)).transpose(0, 2, 3, 1)
+    body = k4.CpuQuantizedConv2D(R(0, xq.nbytes, 1), R(1024, want.nbytes, 1), xq.shape, 2, k4.Padding(*pads[0]),
+                                 k4.Padding(*pads[1]), 2, 3, *strides, *dils, 3, 200, 1 << 29, 35, 40,
+                                 wq.reshape(-1), bq)
+    np.testing.assert_array_equal(run_op(body, [(0, xq)]).get(body.output, shape=want.shape), want)
+
+    nchw = k4.ReduceWindow2D(R(0, x.nbytes), R(1024, 0), 0, (1, 3, 4, 5), k4.Padding(1, 1), k4.Padding(0, 1),
+                             3, 2, 2, 2, 1, 1, 0.0, k4.FULL_RANGE)
+    want = run_op(nchw, [(0, np.ascontiguousarray(x.transpose(0, 3, 1, 2)))]).get(R(1024, 4 * 3 * 2 * 3), F32)
+    nhwc = k4.CpuReduceWindow2D(*(getattr(nchw, f.name) for f in dataclasses.fields(nchw)))
+    nhwc.in_shape = x.shape
+    got = run_op(nhwc, [(0, x)]).get(R(1024, 4 * 3 * 2 * 3), F32).reshape(1, 2, 3, 3)
+    np.testing.assert_array_equal(got, want.reshape(1, 3, 2, 3).transpose(0, 2, 3, 1))
+
+
+def test_unknown_opcode_round_trips_but_does_not_run():
+    model = model_of(k4.RawBody(0x99, b"\x01" * 12))
+    data = k4.write_v4(model)
+    back = k4.read_v4(data)
+    assert isinstance(back.nodes[0].body, k4.RawBody) and k4.write_v4(back) == data
+    with pytest.raises(KpucError, match="unknown opcode 0x99"):
+        run_v4(back, [])
+
+
 def test_conv2d_transpose_scatters_in_kernel_order_and_ignores_bias():
     x = RNG.standard_normal((1, 2, 3, 4)).astype(F32)
     w = RNG.standard_normal((2, 2, 3, 3)).astype(F32)

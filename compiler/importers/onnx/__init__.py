@@ -38,7 +38,7 @@ from compiler.ir import Graph, TensorType, Value
 
 # Family files register their converters on import.
 from compiler.importers.onnx import (activation, constant, conv, elementwise, pool, quant,  # noqa: F401,E402
-                                     reduce, resize, shape, slice)
+                                     reduce, resize, shape, slicing)
 
 MIN_OPSET = 7
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -178,7 +178,8 @@ def _convert(model: onnx.ModelProto, model_dir: Path) -> tuple[Graph, list[Unsup
         try:
             inputs = [values[i] if i else None for i in node.input]
         except KeyError as e:
-            raise MalformedModel(f"node '{name}' ({node.op_type}) reads tensor {e} that nothing defined before it") from e
+            raise MalformedModel(f"node '{name}' ({node.op_type}) reads tensor {e}, "
+                                 "which nothing defined before it") from e
         problem = _convert_node(ctx, node, name, inputs, values, model_dir)
         if problem:
             problems.append(problem)

@@ -103,7 +103,11 @@ class OnnxContext:
 
     def _fold(self, op, inputs, attrs, label):
         types = infer_types(op, [v.type for v in inputs], attrs, [v.data for v in inputs])
-        out = KERNELS[op](*[v.data for v in inputs], **attrs)
+        try:
+            with np.errstate(all="ignore"):
+                out = KERNELS[op](*[v.data for v in inputs], **attrs)
+        except (ValueError, TypeError, IndexError, ArithmeticError) as e:
+            raise KpucError(f"folding {op} of constants failed: {type(e).__name__}: {e}") from e
         outs = out if isinstance(out, tuple) else (out,)
         values = []
         for arr, t in zip(outs, types, strict=True):

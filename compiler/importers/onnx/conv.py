@@ -99,7 +99,8 @@ def _transpose_padding(in_sizes, kernel, s, d, output_padding, output_shape, aut
     padding, extra = [], []
     for size, k, st, dl, op, out in zip(in_sizes, kernel, s, d, output_padding, output_shape):
         total = st * (size - 1) + op + (k - 1) * dl + 1 - out
-        before, after = (total // 2, total - total // 2) if auto_pad == "SAME_UPPER" else (total - total // 2, total // 2)
+        small, big = total // 2, total - total // 2
+        before, after = (small, big) if auto_pad == "SAME_UPPER" else (big, small)
         if before < 0:
             raise NotConvertible(f"output_shape {output_shape} needs output before the first tap")
         padding.append((before, max(after, 0)))

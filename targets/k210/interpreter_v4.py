@@ -108,11 +108,13 @@ def libm_f32(fn):
 
 
 def std_min(a, b):
-    return np.where(b < a, b, a)  # std::min(a, b)
+    """std::min(a, b): b < a ? b : a (a NaN in b is ignored)."""
+    return np.where(b < a, b, a)
 
 
 def std_max(a, b):
-    return np.where(a < b, b, a)  # std::max(a, b)
+    """std::max(a, b): a < b ? b : a."""
+    return np.where(a < b, b, a)
 
 
 def broadcast_gather(a: np.ndarray, shape, out_shape) -> np.ndarray:
@@ -144,6 +146,7 @@ def window_taps(in_hw, out_hw, b):
 
 
 def out_hw(in_hw, b) -> tuple[int, int]:
+    """Output height and width of a window op (conv / pool body `b`)."""
     return (k4.windowed_size(in_hw[0], b.filter_h, b.stride_h, b.dilation_h, b.padding_h),
             k4.windowed_size(in_hw[1], b.filter_w, b.stride_w, b.dilation_w, b.padding_w))
 
@@ -154,6 +157,7 @@ BINARY_F32 = {0: np.add, 1: np.subtract, 2: np.multiply, 3: np.divide, 4: std_mi
 
 @op(k4.Binary)
 def binary(b: k4.Binary, mem: Memory):
+    """float32 a op b, broadcast by the get_reduced_offset rule, then the fused clamp."""
     fn = BINARY_F32[b.binary_op]
     if tuple(b.in_a_shape) == tuple(b.in_b_shape):  # flat loop over in_a_shape (no broadcast)
         n = int(np.prod(b.in_a_shape))
@@ -167,6 +171,7 @@ def binary(b: k4.Binary, mem: Memory):
 
 @op(k4.QuantizedBinary)
 def quantized_binary(b: k4.QuantizedBinary, mem: Memory):
+    """u8: rescale each operand, op in i32 (div rounds: (a + b/2) / b), rescale, clamp."""
     na, nb = int(np.prod(b.in_a_shape)), int(np.prod(b.in_b_shape))
     x, y = mem.get(b.input_a, np.uint8, count=na), mem.get(b.input_b, np.uint8, count=nb)
     if tuple(b.in_a_shape) != tuple(b.in_b_shape):
@@ -185,14 +190,17 @@ UNARY_F32 = {0: np.abs, 1: np.ceil, 2: libm_f32(np.cos), 3: libm_f32(np.exp), 4:
 
 @op(k4.Unary)
 def unary(b: k4.Unary, mem: Memory):
+    """float32 elementwise function over input.size / 4 values."""
     with np.errstate(all="ignore"):
         mem.put(b.output, UNARY_F32[b.unary_op](mem.get(b.input, F32)).astype(F32))
 
 
 @op(k4.Quantize)
 def quantize(b: k4.Quantize, mem: Memory):
-    # Host build: (int32)roundf(x·scale + zero_point) in f32, clamped to u8. The float -> int32 cast of a
-    # NaN or out-of-range value gives INT_MIN on x86 (cvttss2si), which the clamp turns into 0.
+    """f32 -> u8, host build: (int32)roundf(x·scale + zero_point) in f32, clamped to u8.
+
+    The float -> int32 cast of a NaN or out-of-range value gives INT_MIN on x86 (cvttss2si), which the
+    clamp turns into 0 (the RISC-V build rounds pairs to even instead, §8.7)."""
     x = mem.get(b.input, F32)
     with np.errstate(all="ignore"):
         t = roundf(x * F32(b.quant_param.scale) + F32(b.quant_param.zero_point))
@@ -202,7 +210,7 @@ def quantize(b: k4.Quantize, mem: Memory):
 
 @op(k4.Dequantize)
 def dequantize(b: k4.Dequantize, mem: Memory):
-    # Host build: (q − zero_point)·(1/scale) with 1/scale computed once in f32.
+    """u8 -> f32, host build: (q − zero_point)·(1/scale), 1/scale computed once in f32."""
     q = mem.get(b.input, np.uint8).astype(np.int64) - b.quant_param.zero_point
     with np.errstate(all="ignore"):
         mem.put(b.output, q.astype(F32) * (F32(1) / F32(b.quant_param.scale)))
@@ -210,6 +218,7 @@ def dequantize(b: k4.Dequantize, mem: Memory):
 
 @op(k4.TableLookup1D)
 def table_lookup1d(b: k4.TableLookup1D, mem: Memory):
+    """out[i] = table[in[i]] over input.size bytes."""
     if b.input.datatype != k4.DT_UINT8:
         raise MalformedModel("table_lookup1d input is not uint8")
     mem.put(b.output, mem.get(b.table, np.uint8, count=256)[mem.get(b.input, np.uint8)])
@@ -217,12 +226,13 @@ def table_lookup1d(b: k4.TableLookup1D, mem: Memory):
 
 @op(k4.MemoryCopy)
 def memory_copy(b: k4.MemoryCopy, mem: Memory):
-    # The kernel views both ranges as float: floor(size/4) words, so a u8 tail of 1-3 bytes is not copied.
+    """The kernel views both ranges as float: floor(size/4) words, a u8 tail of 1-3 bytes is not copied."""
     mem.put(b.output, mem.get(b.input, np.uint8, count=b.input.size // 4 * 4))
 
 
 @op(k4.Concat)
 def concat(b: k4.Concat, mem: Memory):
+    """Byte copy: for each outer index, each input contributes inner_size·dims[i] bytes."""
     parts = [mem.get(r, np.uint8, count=b.outer_size * b.inner_size * int(d)).reshape(b.outer_size, -1)
              for r, d in zip(b.inputs, b.dims)]
     mem.put(b.output, np.concatenate(parts, axis=1))
@@ -237,6 +247,7 @@ def _elem_dtype(r: k4.MemoryRange) -> np.dtype:
 
 @op(k4.Pad)
 def pad(b: k4.Pad, mem: Memory):
+    """Pad or crop (negative paddings); the element size comes from input.datatype."""
     dt = _elem_dtype(b.input)
     x = mem.get(b.input, dt, shape=b.in_shape, count=int(np.prod(b.in_shape)))
     out_shape = [s + p.before + p.after for s, p in zip(b.in_shape, b.paddings)]
@@ -250,6 +261,7 @@ def pad(b: k4.Pad, mem: Memory):
 
 @op(k4.Transpose)
 def transpose(b: k4.Transpose, mem: Memory):
+    """4-D transpose; the element size comes from input.datatype."""
     dt = _elem_dtype(b.input)
     x = mem.get(b.input, dt, shape=b.in_shape, count=int(np.prod(b.in_shape)))
     mem.put(b.output, np.ascontiguousarray(x.transpose(b.perm)))
@@ -257,6 +269,7 @@ def transpose(b: k4.Transpose, mem: Memory):
 
 @op(k4.StridedSlice)
 def strided_slice(b: k4.StridedSlice, mem: Memory):
+    """The kernel loops d = begin; stride > 0 ? d < end : d > end; the masks are unused."""
     dt = _elem_dtype(b.input)
     x = mem.get(b.input, dt, shape=b.in_shape, count=int(np.prod(b.in_shape)))
     idx = [np.arange(s, e, st) for s, e, st in zip(b.begin, b.end, b.strides)]  # the kernel's loops, masks unused
@@ -265,6 +278,7 @@ def strided_slice(b: k4.StridedSlice, mem: Memory):
 
 @op(k4.ResizeImage)
 def resize_image(b: k4.ResizeImage, mem: Memory):
+    """Nearest or bilinear (f32 math, no half-pixel centres); u8 results truncate."""
     n, c, h, w = b.in_shape
     dt = F32 if b.input.datatype == k4.DT_FLOAT32 else np.uint8
     x = mem.get(b.input, dt, shape=b.in_shape, count=n * c * h * w)
@@ -293,6 +307,7 @@ def resize_image(b: k4.ResizeImage, mem: Memory):
 
 @op(k4.Softmax)
 def softmax(b: k4.Softmax, mem: Memory):
+    """Per row: m = max, e = expf((x − m)·beta), sequential f32 sum, e / sum."""
     x = mem.get(b.input, F32, count=b.outer_size * b.inner_size).reshape(b.outer_size, b.inner_size)
     with np.errstate(all="ignore"):
         e = libm_f32(np.exp)((x - x.max(axis=1, keepdims=True)) * F32(b.beta))
@@ -302,6 +317,7 @@ def softmax(b: k4.Softmax, mem: Memory):
 
 @op(k4.Reduce)
 def reduce(b: k4.Reduce, mem: Memory):
+    """Fold every input into the output it maps to (get_reduced_offset), in NCHW order."""
     x = mem.get(b.input, F32, shape=b.in_shape, count=int(np.prod(b.in_shape)))
     out = np.full(int(np.prod(b.out_shape)), F32(b.init_value), F32)
     coords = np.indices(b.in_shape).reshape(4, -1)
@@ -333,12 +349,14 @@ def _reduce_window_nchw(x: np.ndarray, b) -> np.ndarray:
 
 @op(k4.ReduceWindow2D)
 def reduce_window2d(b: k4.ReduceWindow2D, mem: Memory):
+    """NCHW pooling over the valid taps; mean divides by the number of valid taps."""
     x = mem.get(b.input, F32, shape=b.in_shape, count=int(np.prod(b.in_shape)))
     mem.put(b.output, _reduce_window_nchw(x, b))
 
 
 @op(k4.CpuReduceWindow2D)
 def cpu_reduce_window2d(b: k4.CpuReduceWindow2D, mem: Memory):
+    """NHWC reduce_window2d (mean, min, max)."""
     if b.reduce_op == 3:
         raise MalformedModel("cpu_reduce_window2d does not support sum")  # the runtime returns an error
     x = mem.get(b.input, F32, shape=b.in_shape, count=int(np.prod(b.in_shape)))
@@ -392,12 +410,14 @@ def _input(mem: Memory, b, dtype, shape) -> np.ndarray:
 
 @op(k4.Conv2D)
 def conv2d(b: k4.Conv2D, mem: Memory):
+    """float32 grouped conv, NCHW."""
     w = b.weights.reshape(b.out_channels, b.in_shape[1] // b.groups, b.filter_h, b.filter_w)
     mem.put(b.output, _conv_f32(_input(mem, b, F32, b.in_shape), w, b.bias, b, b.groups, taps_first=False))
 
 
 @op(k4.QuantizedConv2D)
 def quantized_conv2d(b: k4.QuantizedConv2D, mem: Memory):
+    """u8 grouped conv, NCHW, offsets added."""
     w = b.weights.reshape(b.out_channels, b.in_shape[1] // b.groups, b.filter_h, b.filter_w)
     x = _input(mem, b, np.uint8, b.in_shape)
     mem.put(b.output, _conv_int(x, w, b.bias, b, b.groups, b.input_offset, b.filter_offset))
@@ -411,12 +431,14 @@ def _nhwc(fn, b, mem: Memory, dtype):
 
 @op(k4.CpuConv2D)
 def cpu_conv2d(b: k4.CpuConv2D, mem: Memory):
+    """float32 conv, NHWC; per output the taps run ky, kx, ic."""
     w = b.weights.reshape(b.out_channels, b.filter_h, b.filter_w, b.in_shape[3]).transpose(0, 3, 1, 2)
     _nhwc(lambda x: _conv_f32(x, w, b.bias, b, 1, taps_first=True), b, mem, F32)
 
 
 @op(k4.CpuDepthwiseConv2D)
 def cpu_depthwise_conv2d(b: k4.CpuDepthwiseConv2D, mem: Memory):
+    """float32 depthwise conv, NHWC."""
     c = b.in_shape[3]
     w = b.weights.reshape(c, 1, b.filter_h, b.filter_w)
     _nhwc(lambda x: _conv_f32(x, w, b.bias, b, c, taps_first=True), b, mem, F32)
@@ -424,13 +446,14 @@ def cpu_depthwise_conv2d(b: k4.CpuDepthwiseConv2D, mem: Memory):
 
 @op(k4.CpuQuantizedConv2D)
 def cpu_quantized_conv2d(b: k4.CpuQuantizedConv2D, mem: Memory):
-    # NHWC, and the offsets are *subtracted* here (cpu_kernels.h), unlike quantized_conv2d.
+    """u8 conv, NHWC; the offsets are *subtracted* here (cpu_kernels.h), unlike quantized_conv2d."""
     w = b.weights.reshape(b.out_channels, b.filter_h, b.filter_w, b.in_shape[3]).transpose(0, 3, 1, 2)
     _nhwc(lambda x: _conv_int(x, w, b.bias, b, 1, -b.input_offset, -b.filter_offset), b, mem, np.uint8)
 
 
 @op(k4.CpuQuantizedDepthwiseConv2D)
 def cpu_quantized_depthwise_conv2d(b: k4.CpuQuantizedDepthwiseConv2D, mem: Memory):
+    """u8 depthwise conv, NHWC; offsets subtracted."""
     c = b.in_shape[3]
     w = b.weights.reshape(c, 1, b.filter_h, b.filter_w)
     _nhwc(lambda x: _conv_int(x, w, b.bias, b, c, -b.input_offset, -b.filter_offset), b, mem, np.uint8)
@@ -461,6 +484,7 @@ def conv2d_transpose(b: k4.Conv2DTranspose, mem: Memory):
 
 @op(k4.MatMul)
 def matmul(b: k4.MatMul, mem: Memory):
+    """float32 matmul + bias, fused clamp."""
     a = mem.get(b.input_a, F32, shape=(b.a_rows, b.a_cols), count=b.a_rows * b.a_cols)
     m = mem.get(b.input_b, F32, shape=(b.a_cols, b.b_cols), count=b.a_cols * b.b_cols)
     acc = np.empty((b.a_rows, b.b_cols), F32)
@@ -472,6 +496,7 @@ def matmul(b: k4.MatMul, mem: Memory):
 
 @op(k4.QuantizedMatMul)
 def quantized_matmul(b: k4.QuantizedMatMul, mem: Memory):
+    """u8 matmul: i32 bias + Σ (a + a_off)(b + b_off), rescaled and clamped."""
     a = mem.get(b.input_a, np.uint8, shape=(b.a_rows, b.a_cols), count=b.a_rows * b.a_cols).astype(np.int64)
     m = mem.get(b.input_b, np.uint8, shape=(b.a_cols, b.b_cols), count=b.a_cols * b.b_cols).astype(np.int64)
     acc = (a + b.input_a_offset) @ (m + b.input_b_offset) + b.bias.astype(np.int64)[None, :]
@@ -537,6 +562,7 @@ def run_nnil(program: bytes, x: np.ndarray) -> np.ndarray | None:
 
 @op(k4.NnilUnaryMethod)
 def nnil_unary_method(b: k4.NnilUnaryMethod, mem: Memory):
+    """Run the NNIL program on every float32 element of the input."""
     out = run_nnil(b.body, mem.get(b.input, F32))
     if out is not None:  # no `ret`: the kernel leaves the output unwritten
         mem.put(b.output, out.astype(F32))
@@ -568,6 +594,7 @@ def kpu_read(mem: Memory, start: int, shape) -> np.ndarray:
 
 @op(k4.KpuUpload)
 def kpu_upload(b: k4.KpuUpload, mem: Memory):
+    """Dense NCHW u8 from main memory into KPU RAM layout."""
     kpu_write(mem, b.output.start, _input(mem, b, np.uint8, b.in_shape))
 
 

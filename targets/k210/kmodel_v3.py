@@ -203,7 +203,6 @@ class K210ConvBody:
         weights = decode_weights(Reader(r.data, h.weights_offset).read(n_bytes), args, eight_bit)
         bn = BatchNorm.from_words(Reader(r.data, h.bn_offset).array("<u8", args.o_ch_num + 1))
         act = ActTable.from_words(Reader(r.data, h.act_offset).array("<u8", 18))
-        r.pos = max(r.pos, h.act_offset + 144)
         return cls(h.flags, h.main_mem_out_address, args, weights, bn, act,
                    (h.layer_offset, h.weights_offset, h.bn_offset, h.act_offset))
 

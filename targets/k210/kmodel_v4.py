@@ -40,6 +40,7 @@ FLT_MAX = float(np.finfo(np.float32).max)
 
 # ---------------------------------------------------------------- small records (§4)
 class MemoryRange(NamedTuple):
+    """memory_range (§4.1): pool, datatype, byte offset in the pool, exact byte size."""
     memory_type: int
     datatype: int
     start: int
@@ -47,21 +48,25 @@ class MemoryRange(NamedTuple):
 
 
 class Padding(NamedTuple):
+    """padding (§4.2): elements before and after along one axis (negative crops)."""
     before: int
     after: int
 
 
 class ValueRange(NamedTuple):
+    """value_range<float> (§4.2): the fused clamp [min, max]."""
     min: float
     max: float
 
 
 class QuantParam(NamedTuple):
+    """quant_param_t (§4.2): q = round(x·scale + zero_point)."""
     zero_point: int
     scale: float  # steps per real unit (the inverse of TFLite's scale)
 
 
 class Scalar(NamedTuple):
+    """scalar (§4.2): a datatype word and 4 bytes of storage."""
     datatype: int
     storage: bytes  # 4 bytes, value in the first 1 or 4 of them
 
@@ -164,6 +169,7 @@ def body(opcode: int, name: str):
 @body(0x00, "binary")
 @dataclass(eq=False)
 class Binary:
+    """§8.1: float32 a op b with nncase broadcasting, then the fused clamp."""
     input_a: MemoryRange = _f(RANGE)
     input_b: MemoryRange = _f(RANGE)
     output: MemoryRange = _f(RANGE)
@@ -177,6 +183,7 @@ class Binary:
 @body(0x01, "concat")
 @dataclass(eq=False)
 class Concat:
+    """§8.2: byte concatenation; inner_size is in bytes, dims[i] the inputs' extents on the axis."""
     output: MemoryRange = _f(RANGE)
     inner_size: int = _f(U32)  # bytes, not elements
     outer_size: int = _f(U32)
@@ -188,6 +195,7 @@ class Concat:
 @body(0x02, "conv2d")
 @dataclass(eq=False)
 class Conv2D:
+    """§8.3: float32 grouped conv, NCHW; weights OIHW per group, then bias."""
     input: MemoryRange = _f(RANGE)
     output: MemoryRange = _f(RANGE)
     in_shape: tuple = _f(SHAPE)
@@ -209,6 +217,7 @@ class Conv2D:
 @body(0x03, "dequantize")
 @dataclass(eq=False)
 class Dequantize:
+    """§8.4: u8 -> f32."""
     input: MemoryRange = _f(RANGE)
     output: MemoryRange = _f(RANGE)
     quant_param: QuantParam = _f(QUANT)
@@ -217,6 +226,7 @@ class Dequantize:
 @body(0x04, "matmul")
 @dataclass(eq=False)
 class MatMul:
+    """§8.5: float32 [a_rows, a_cols] x [a_cols, b_cols] + bias."""
     input_a: MemoryRange = _f(RANGE)
     input_b: MemoryRange = _f(RANGE)
     output: MemoryRange = _f(RANGE)
@@ -230,6 +240,7 @@ class MatMul:
 @body(0x05, "pad")
 @dataclass(eq=False)
 class Pad:
+    """§8.6: pad or crop a 1- or 4-byte tensor."""
     input: MemoryRange = _f(RANGE)
     output: MemoryRange = _f(RANGE)
     in_shape: tuple = _f(SHAPE)
@@ -240,6 +251,7 @@ class Pad:
 @body(0x06, "quantize")
 @dataclass(eq=False)
 class Quantize:
+    """§8.7: f32 -> u8."""
     input: MemoryRange = _f(RANGE)
     output: MemoryRange = _f(RANGE)
     quant_param: QuantParam = _f(QUANT)
@@ -248,6 +260,7 @@ class Quantize:
 @body(0x07, "reduce")
 @dataclass(eq=False)
 class Reduce:
+    """§8.8: reduce over the axes where out_shape is 1 (keep-dims), float32."""
     input: MemoryRange = _f(RANGE)
     output: MemoryRange = _f(RANGE)
     reduce_op: int = _f(U32)  # 0 mean, 1 min, 2 max, 3 sum
@@ -259,6 +272,7 @@ class Reduce:
 @body(0x08, "reduce_window2d")
 @dataclass(eq=False)
 class ReduceWindow2D:
+    """§8.9: float32 pooling, NCHW; padding taps are skipped."""
     input: MemoryRange = _f(RANGE)
     output: MemoryRange = _f(RANGE)
     reduce_op: int = _f(U32)
@@ -278,6 +292,7 @@ class ReduceWindow2D:
 @body(0x09, "memory_copy")
 @dataclass(eq=False)
 class MemoryCopy:
+    """§8.10: copies floor(input.size / 4) 4-byte words."""
     input: MemoryRange = _f(RANGE)
     output: MemoryRange = _f(RANGE)
 
@@ -285,6 +300,7 @@ class MemoryCopy:
 @body(0x0A, "resize_image")
 @dataclass(eq=False)
 class ResizeImage:
+    """§8.11: bilinear or nearest resize, f32 or u8, NCHW."""
     input: MemoryRange = _f(RANGE)
     output: MemoryRange = _f(RANGE)
     in_shape: tuple = _f(SHAPE)
@@ -297,6 +313,7 @@ class ResizeImage:
 @body(0x0B, "softmax")
 @dataclass(eq=False)
 class Softmax:
+    """§8.12: softmax over rows of inner_size (never emitted by ncc v0.2)."""
     input: MemoryRange = _f(RANGE)
     output: MemoryRange = _f(RANGE)
     inner_size: int = _f(I32)
@@ -307,6 +324,7 @@ class Softmax:
 @body(0x0C, "transpose")
 @dataclass(eq=False)
 class Transpose:
+    """§8.13: 4-D transpose of a 1- or 4-byte tensor."""
     input: MemoryRange = _f(RANGE)
     output: MemoryRange = _f(RANGE)
     in_shape: tuple = _f(SHAPE)
@@ -316,6 +334,7 @@ class Transpose:
 @body(0x0D, "strided_slice")
 @dataclass(eq=False)
 class StridedSlice:
+    """§8.14: strided slice with normalised begin/end; the masks are not used."""
     input: MemoryRange = _f(RANGE)
     output: MemoryRange = _f(RANGE)
     in_shape: tuple = _f(SHAPE)
@@ -332,6 +351,7 @@ class StridedSlice:
 @body(0x0E, "unary")
 @dataclass(eq=False)
 class Unary:
+    """§8.15: float32 unary function."""
     input: MemoryRange = _f(RANGE)
     output: MemoryRange = _f(RANGE)
     unary_op: int = _f(U32)  # 0 abs 1 ceil 2 cos 3 exp 4 floor 5 log 6 neg 7 rsqrt 8 sin 9 square
@@ -340,6 +360,7 @@ class Unary:
 @body(0x0F, "quantized_conv2d")
 @dataclass(eq=False)
 class QuantizedConv2D:
+    """§8.16: u8 grouped conv, NCHW; offsets are added; bias before weights."""
     input: MemoryRange = _f(RANGE)
     output: MemoryRange = _f(RANGE)
     in_shape: tuple = _f(SHAPE)
@@ -365,6 +386,7 @@ class QuantizedConv2D:
 @body(0x10, "quantized_matmul")
 @dataclass(eq=False)
 class QuantizedMatMul:
+    """§8.17: u8 matmul with i32 bias."""
     input_a: MemoryRange = _f(RANGE)
     input_b: MemoryRange = _f(RANGE)
     output: MemoryRange = _f(RANGE)
@@ -382,6 +404,7 @@ class QuantizedMatMul:
 @body(0x11, "quantized_binary")
 @dataclass(eq=False)
 class QuantizedBinary:
+    """§8.18: u8 elementwise op with per-operand rescaling."""
     input_a: MemoryRange = _f(RANGE)
     input_b: MemoryRange = _f(RANGE)
     output: MemoryRange = _f(RANGE)
@@ -403,6 +426,7 @@ class QuantizedBinary:
 @body(0x12, "table_lookup1d")
 @dataclass(eq=False)
 class TableLookup1D:
+    """§8.19: out[i] = table[in[i]] (u8)."""
     input: MemoryRange = _f(RANGE)
     table: MemoryRange = _f(RANGE)
     output: MemoryRange = _f(RANGE)
@@ -411,6 +435,7 @@ class TableLookup1D:
 @body(0x13, "conv2d_transpose")
 @dataclass(eq=False)
 class Conv2DTranspose:
+    """§8.20: float32 transposed conv; the bias is stored but ignored by the runtime."""
     input: MemoryRange = _f(RANGE)
     output: MemoryRange = _f(RANGE)
     in_shape: tuple = _f(SHAPE)
@@ -433,6 +458,7 @@ class Conv2DTranspose:
 @body(0x14, "nnil_unary_method")
 @dataclass(eq=False)
 class NnilUnaryMethod:
+    """§8.21: float32 elementwise NNIL program (§9)."""
     input: MemoryRange = _f(RANGE)
     output: MemoryRange = _f(RANGE)
     body: bytes = _f(REST)  # NNIL program, the body's zero padding included (0x00 = nop)
@@ -440,7 +466,8 @@ class NnilUnaryMethod:
 
 @body(0x1001, "cpu_conv2d")
 @dataclass(eq=False)
-class CpuConv2D:  # NHWC
+class CpuConv2D:
+    """§8.22: float32 conv, NHWC, weights [oc][kh][kw][ic]."""
     input: MemoryRange = _f(RANGE)
     output: MemoryRange = _f(RANGE)
     in_shape: tuple = _f(SHAPE)
@@ -460,7 +487,8 @@ class CpuConv2D:  # NHWC
 
 @body(0x1002, "cpu_depthwise_conv2d")
 @dataclass(eq=False)
-class CpuDepthwiseConv2D:  # NHWC
+class CpuDepthwiseConv2D:
+    """§8.23: float32 depthwise conv, NHWC, weights [c][kh][kw]."""
     input: MemoryRange = _f(RANGE)
     output: MemoryRange = _f(RANGE)
     in_shape: tuple = _f(SHAPE)
@@ -479,13 +507,14 @@ class CpuDepthwiseConv2D:  # NHWC
 
 @body(0x1003, "cpu_reduce_window2d")
 @dataclass(eq=False)
-class CpuReduceWindow2D(ReduceWindow2D):  # same body as 0x08, NHWC
-    pass
+class CpuReduceWindow2D(ReduceWindow2D):
+    """§8.24: the reduce_window2d body, NHWC."""
 
 
 @body(0x1004, "cpu_quantized_conv2d")
 @dataclass(eq=False)
-class CpuQuantizedConv2D:  # NHWC; offsets are subtracted, weights before bias
+class CpuQuantizedConv2D:
+    """§8.25: u8 conv, NHWC; offsets are subtracted; weights before bias."""
     input: MemoryRange = _f(RANGE)
     output: MemoryRange = _f(RANGE)
     in_shape: tuple = _f(SHAPE)
@@ -509,7 +538,8 @@ class CpuQuantizedConv2D:  # NHWC; offsets are subtracted, weights before bias
 
 @body(0x1005, "cpu_quantized_depthwise_conv2d")
 @dataclass(eq=False)
-class CpuQuantizedDepthwiseConv2D:  # NHWC
+class CpuQuantizedDepthwiseConv2D:
+    """§8.26: u8 depthwise conv, NHWC; offsets are subtracted."""
     input: MemoryRange = _f(RANGE)
     output: MemoryRange = _f(RANGE)
     in_shape: tuple = _f(SHAPE)
@@ -533,6 +563,7 @@ class CpuQuantizedDepthwiseConv2D:  # NHWC
 @body(0x2001, "kpu_upload")
 @dataclass(eq=False)
 class KpuUpload:
+    """§8.27: dense NCHW u8 in main memory -> KPU RAM layout."""
     input: MemoryRange = _f(RANGE)
     output: MemoryRange = _f(RANGE)
     in_shape: tuple = _f(SHAPE)
@@ -544,7 +575,11 @@ class KpuConv2D:
     """One KPU layer (§10.2): argument words, batch-norm and activation tables, weights; every bit is
     decoded by targets/k210/kpu.py's field tables (lossless, reserved bits included). In the file the three
     table "addresses" (bwsx_base_addr, active_addr, para_start_addr) are the number of zero bytes skipped
-    before each table so that it starts at a 256-aligned file offset; the writer recomputes them."""
+    before each table so that it starts at a 256-aligned file offset; the writer recomputes them.
+
+    Real files vs spec §10.4: the uninitialised top 4 bits of activation words are not only 0xC (MSVC) or
+    0: ulffd_landmark.kmodel has 0xB in segment 4 of its first five layers. ActTable.reserved_act keeps
+    them, so such files still round-trip."""
     main_mem_output: MemoryRange  # all zero (size 0) when the layer has no main-memory copy
     batches: int
     reserved0: int
@@ -650,6 +685,7 @@ class KModelV4:
     tail_missing: int = 0  # bytes of the last body's padding that the file omits (nncase seeks, see module doc)
 
     def bodies_start(self) -> int:
+        """File offset of the first node body."""
         return 40 + 16 * (2 * len(self.inputs) + len(self.outputs)) + len(self.constants) + 8 * len(self.nodes)
 
 
@@ -750,6 +786,8 @@ def node_ranges(b) -> tuple[list[MemoryRange], list[MemoryRange]]:
 
 def node_shapes(b) -> tuple[tuple | None, tuple | None]:
     """(input shape, output shape) where the body states or implies them (NCHW; cpu_* ops NHWC)."""
+    if isinstance(b, (MatMul, QuantizedMatMul)):
+        return (b.a_rows, b.a_cols), (b.a_rows, b.b_cols)
     in_shape = getattr(b, "in_shape", None) or getattr(b, "in_a_shape", None)
     out_shape = getattr(b, "out_shape", None)
     if out_shape is not None or in_shape is None:

@@ -113,6 +113,23 @@ def test_resize_with_a_fractional_scale_is_reported(tmp_path):
         import_model(_save(model, tmp_path))
 
 
+@pytest.mark.parametrize("mode, scales", [("nearest", [1, 1, 2, 3]), ("linear", [1, 1, 2, 2])])
+def test_upsample_opset_9(tmp_path, mode, scales):
+    node = helper.make_node("Upsample", ["x", "scales"], ["y"], mode=mode)
+    out = [int(d * s) for d, s in zip([1, 2, 3, 4], scales)]
+    model = _model([node], [("x", [1, 2, 3, 4])], [("y", out)], {"scales": np.array(scales, np.float32)}, opset=9)
+    check_against_onnxruntime(model, tmp_path)
+
+
+def test_clip_bounds_as_attributes_and_as_computed_inputs(tmp_path):
+    old = _model([helper.make_node("Clip", ["x"], ["y"], min=-0.5, max=0.25)], [("x", [3, 4])], [("y", [3, 4])],
+                 opset=10)
+    check_against_onnxruntime(old, tmp_path)
+    new = _model([helper.make_node("Clip", ["x", "lo", "hi"], ["y"])], [("x", [3, 4]), ("lo", []), ("hi", [])],
+                 [("y", [3, 4])])
+    check_against_onnxruntime(new, tmp_path)
+
+
 def test_softmax_before_opset_13_flattens_to_2d(tmp_path):
     node = helper.make_node("Softmax", ["x"], ["y"], axis=1)
     check_against_onnxruntime(_model([node], [("x", [2, 3, 4, 5])], [("y", [2, 3, 4, 5])], opset=11), tmp_path)

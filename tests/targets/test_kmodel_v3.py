@@ -71,8 +71,10 @@ def test_real_files_round_trip_byte_for_byte(files, name):
     model = read_v3(data)
     assert write_v3(model) == data
     assert model.tail_padding == (name not in ("iris.kmodel", "yolo.kmodel"))
-    assert all(layer.raw == data[sum(l.body_size for l in model.layers[:i]) + 28 + 8 * (
-        len(model.outputs) + len(model.layers)):][:layer.body_size] for i, layer in enumerate(model.layers))
+    pos = 28 + 8 * (len(model.outputs) + len(model.layers))
+    for layer in model.layers:
+        assert layer.raw == data[pos:pos + layer.body_size]
+        pos += layer.body_size
 
 
 def test_new_models_get_the_final_padding(files):
@@ -213,6 +215,7 @@ def test_iris_matches_golden(files, sample):
     expected = np.fromfile(SHARED / "golden/iris-v3/expected" / (sample[len("iris_"):-4] + ".out0.bin"), np.float32)
     (out,) = run_v3(read_v3(files["iris.kmodel"]), [x])
     np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(out, expected)     # in fact bit-exact: f32 products summed in the SDK's order
 
 
 def test_iris_setosa_anchor(files):
@@ -238,3 +241,213 @@ def test_input_checks(files):
         run_v3(read_v3(files["yolo.kmodel"]), [np.zeros((3, 240, 320), np.float32)])
     with pytest.raises(KpucError, match=r"float32\[4\]"):
         run_v3(read_v3(files["iris.kmodel"]), [np.zeros(5, np.float32)])
+
+
+# ---- CPU layers on small synthetic models (SDK kpu.c semantics) --------------------------------------------
+# Each model starts with a FullyConnected (the SDK feeds float inputs only to that) that copies or mixes
+# the input into main memory; Quantize / Dequantize with scale 1, bias 0 move between f32 and u8.
+
+F32 = np.float32
+
+
+def _fixed(ltype, **fields):
+    return ltype, FIXED_BODIES[ltype].make(**fields)
+
+
+def _fc(weights, in_addr=0, out_addr=256, act=0, bias=None):
+    weights = np.asarray(weights, F32)
+    bias = np.zeros(len(weights), F32) if bias is None else np.asarray(bias, F32)
+    return LayerType.FullyConnected, FullyConnectedBody(0, in_addr, out_addr, act, weights, bias)
+
+
+def _quantize(src, dst, count, scale=1.0, bias=0.0):
+    return _fixed(LayerType.Quantize, main_mem_in_address=src, mem_out_address=dst, count=count, scale=scale, bias=bias)
+
+
+def _dequantize(src, dst, count):
+    return _fixed(LayerType.Dequantize, flags=1, main_mem_in_address=src, main_mem_out_address=dst, count=count,
+                  scale=1.0, bias=0.0)
+
+
+def _run(x, layers, out_addr, out_count, main_mem_usage=4096):
+    header = V3_HEADER.make(version=3, flags=1, arch=0, max_start_address=32768, main_mem_usage=main_mem_usage)
+    model = KModelV3(header, [V3_OUTPUT.make(address=out_addr, size=4 * out_count)], [V3Layer(t, b) for t, b in layers])
+    model = read_v3(write_v3(model))          # run what the writer produced
+    (out,) = run_v3(model, [np.asarray(x, F32)])
+    return out
+
+
+def test_add():
+    x = np.arange(6, dtype=F32) - 2.5
+    fc = _fc(np.vstack([np.eye(6), 2 * np.eye(6)]))        # a = x at 256, b = 2x at 280
+    add = _fixed(LayerType.Add, main_mem_in_a_address=256, main_mem_in_b_address=280, main_mem_out_address=512, count=6)
+    np.testing.assert_array_equal(_run(x, [fc, add], 512, 6), 3 * x)
+
+
+def _carry_shift(v, s):      # kpu.c kpu_carry_shift, for the hand expectations
+    if s == 0:
+        return v
+    v >>= s - 1
+    return ((v >> 1) - 1 if v < 0 else (v >> 1) + 1) if v & 1 else v >> 1
+
+
+@pytest.mark.parametrize("b_shift", [1, 2])
+def test_quantized_add(b_shift):
+    x = np.arange(16, dtype=F32) * 7 % 50
+    p = dict(in_a_offset=-3, in_a_mul=5, in_a_shift=1, in_b_offset=2, in_b_mul=3, in_b_shift=b_shift,
+             out_offset=4, out_mul=7, out_shift=3)
+    layers = [_fc(np.eye(16)), _quantize(256, 512, 16), _quantize(256, 528, 16, scale=0.5),
+              _fixed(LayerType.QuantizedAdd, main_mem_in_a_address=512, main_mem_in_b_address=528,
+                     main_mem_out_address=544, count=13, **p),
+              _dequantize(544, 1024, 16)]
+    expected = []
+    for a, b in zip(x.astype(int), 2 * x.astype(int)):
+        A, B = (a + p["in_a_offset"]) * p["in_a_mul"], (b + p["in_b_offset"]) * p["in_b_mul"]
+        v = (A + B) >> 1 if b_shift == 1 else (A >> 1) + (B >> b_shift)
+        expected.append(min(max(_carry_shift(v * p["out_mul"], p["out_shift"]) + p["out_offset"], 0), 255))
+    # count 13 still writes 16 bytes: the SDK works in groups of 8 (kmodel-v3.md §8.2)
+    np.testing.assert_array_equal(_run(x, layers, 1024, 16), expected)
+
+
+def test_global_average_pool():
+    x = np.array([1, 2, 4, -1, 0.5, 0.25], F32)
+    gap = _fixed(LayerType.GlobalAveragePool2d, flags=1, main_mem_in_address=256, main_mem_out_address=512,
+                 kernel_size=3, channels=2)
+    np.testing.assert_array_equal(_run(x, [_fc(np.eye(6)), gap], 512, 2), [F32(7) / F32(3), F32(-0.25) / F32(3)])
+
+
+POOL = dict(in_width=4, in_height=4, in_channels=1, out_width=2, out_height=2, out_channels=1, kernel_width=3,
+            kernel_height=3, stride_width=2, stride_height=2, padding_width=1, padding_height=1)
+
+
+def _windows(img):
+    """Valid taps of each output of a 3x3 stride-2 pad-1 pool over 4x4 (brute force)."""
+    return [[[img[y, x] for y in range(2 * oy - 1, 2 * oy + 2) for x in range(2 * ox - 1, 2 * ox + 2)
+              if 0 <= y < 4 and 0 <= x < 4] for ox in range(2)] for oy in range(2)]
+
+
+def test_quantized_max_pool():
+    x = np.array([3, 9, 1, 0, 4, 2, 8, 7, 5, 6, 12, 11, 10, 15, 14, 13], F32)
+    layers = [_fc(np.eye(16)), _quantize(256, 512, 16),
+              _fixed(LayerType.QuantizedMaxPool2d, flags=1, main_mem_in_address=512, main_mem_out_address=528, **POOL),
+              _dequantize(528, 1024, 4)]
+    expected = [[max(w) for w in row] for row in _windows(x.reshape(4, 4))]
+    np.testing.assert_array_equal(_run(x, layers, 1024, 4), np.ravel(expected))
+
+
+def test_average_pool_divides_by_valid_taps_and_ignores_act():
+    x = np.arange(16, dtype=F32) - 3
+    layers = [_fc(np.eye(16)), _fixed(LayerType.AveragePool2d, flags=1, main_mem_in_address=256,
+                                      main_mem_out_address=512, act=1, **POOL)]
+    expected = [[F32(sum(w)) / F32(len(w)) for w in row] for row in _windows(x.reshape(4, 4))]
+    np.testing.assert_array_equal(_run(x, layers, 512, 4), np.ravel(expected))
+
+
+def test_quantize_rounds_half_away_from_zero():
+    x = np.array([0.5, 1.5, 2.5, -0.4, -0.6, 254.5, 300, 3.4999, 127.5, 7], F32)
+    layers = [_fc(np.eye(10)), _quantize(256, 512, 10), _dequantize(512, 1024, 10)]
+    np.testing.assert_array_equal(_run(x, layers, 1024, 10), [1, 2, 3, 0, 0, 255, 255, 3, 128, 7])
+    # scale 0.5, bias -1: q = roundf((x + 1) / 0.5)
+    layers = [_fc(np.eye(10)), _quantize(256, 512, 10, scale=0.5, bias=-1.0), _dequantize(512, 1024, 10)]
+    np.testing.assert_array_equal(_run(x, layers, 1024, 10), [3, 5, 7, 1, 1, 255, 255, 9, 255, 16])
+
+
+def test_requantize_and_dequantize():
+    x = np.array([0, 1, 2, 200], F32)
+    table = bytes(255 - i for i in range(256))
+    layers = [_fc(np.eye(4)), _quantize(256, 512, 4),
+              _fixed(LayerType.Requantize, flags=1, main_mem_in_address=512, main_mem_out_address=520, count=4,
+                     table=table),
+              _fixed(LayerType.Dequantize, flags=1, main_mem_in_address=520, main_mem_out_address=1024, count=4,
+                     scale=0.5, bias=-2.0)]
+    np.testing.assert_array_equal(_run(x, layers, 1024, 4), (255 - x) * 0.5 - 2)
+
+
+def test_channelwise_dequantize():
+    x = np.array([1, 2, 3, 4, 5, 6], F32)
+    cdq = LayerType.ChannelwiseDequantize, ChannelwiseDequantizeBody(
+        1, 512, 1024, 3, np.array([0.5, 2], F32), np.array([1, -1], F32))
+    layers = [_fc(np.eye(6)), _quantize(256, 512, 6), cdq]
+    np.testing.assert_array_equal(_run(x, layers, 1024, 6), [1.5, 2, 2.5, 7, 9, 11])
+
+
+@pytest.mark.parametrize("ltype, x, expected", [
+    (LayerType.L2Normalization, [3, 4], [0.6, 0.8]),
+    (LayerType.Softmax, [1, 2, 3], np.exp([1, 2, 3]) / np.exp([1, 2, 3]).sum()),
+    (LayerType.Softmax, [-5, -7], np.exp([0, -2]) / np.exp([0, -2]).sum()),
+    (LayerType.Logistic, [0, 2, -3], 1 / (1 + np.exp(-np.array([0, 2, -3])))),
+])
+def test_unary_float_layers(ltype, x, expected):
+    n = len(x)
+    layer = _fixed(ltype, flags=1, main_mem_in_address=256, main_mem_out_address=512, channels=n)
+    np.testing.assert_allclose(_run(x, [_fc(np.eye(n)), layer], 512, n), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_concatenation_copies_ranges_in_order():
+    x = np.arange(6, dtype=F32)
+    concat = LayerType.Concatenation, ConcatenationBody(1, 512, [(256 + 12, 12), (256, 8), (256 + 20, 4)])
+    np.testing.assert_array_equal(_run(x, [_fc(np.eye(6)), concat], 512, 6), [3, 4, 5, 0, 1, 5])
+
+
+def test_fully_connected_relu6_and_bias():
+    x = np.array([1, -2, 3], F32)
+    w = np.array([[1, 1, 1], [2, 0, 1], [-1, 0, 0], [0.5, 0.5, 0.5]], F32)
+    out = _run(x, [_fc(w, out_addr=64, act=2, bias=[0, 0.5, 0, -1])], 64, 4)
+    np.testing.assert_array_equal(out, np.clip(w @ x + [0, 0.5, 0, -1], 0, 6))
+
+
+def test_tensorflow_flatten_is_chw_to_hwc():
+    x = np.arange(12, dtype=F32)
+    flat = _fixed(LayerType.TensorflowFlatten, flags=1, main_mem_in_address=256, main_mem_out_address=512,
+                  width=3, height=2, channels=2)
+    np.testing.assert_array_equal(_run(x, [_fc(np.eye(12)), flat], 512, 12), x.reshape(2, 2, 3).transpose(1, 2, 0).ravel())
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_resize_nearest_neighbor(quantized):
+    x = np.arange(6, dtype=F32)
+    fields = dict(main_mem_in_address=512 if quantized else 256, main_mem_out_address=1024 if quantized else 512,
+                  in_width=3, in_height=2, in_channels=1, out_width=5, out_height=4, align_corners=1)
+    ys, xs = [int(np.floor(o * 2 / 4)) for o in range(4)], [int(np.floor(o * 3 / 5)) for o in range(5)]
+    expected = x.reshape(2, 3)[ys][:, xs].ravel()
+    if quantized:
+        layers = [_fc(np.eye(6)), _quantize(256, 512, 6),
+                  _fixed(LayerType.QuantizedResizeNearestNeighbor, **fields), _dequantize(1024, 2048, 20)]
+        np.testing.assert_array_equal(_run(x, layers, 2048, 20), expected)
+    else:
+        np.testing.assert_array_equal(_run(x, [_fc(np.eye(6)), _fixed(LayerType.ResizeNearestNeighbor, **fields)],
+                                           512, 20), expected)
+
+
+def _identity_conv(c, src_row, dst_row, main_out=None):
+    """A 1x1 KPU conv on a 4x4 map whose output equals its input (weights = I, BN = 1, act = identity)."""
+    args = KpuArgs(i_ch_num=c - 1, o_ch_num=c - 1, o_ch_num_coef=c - 1, i_row_wid=3, i_col_high=3, o_row_wid=3,
+                   o_col_high=3, image_src_addr=src_row, image_dst_addr=dst_row, load_para=1, load_coor=1,
+                   load_act=1, para_size=c * c, channel_switch_addr=4, row_switch_addr=1, coef_group=4,
+                   wb_channel_switch_addr=4, wb_row_switch_addr=1, wb_group=4, dma_burst_size=15,
+                   channel_byte_num=15, dma_total_byte=16 * c - 1)
+    bn = BatchNorm(np.ones(c, np.int64), np.zeros(c, np.int64), np.zeros(c, np.int64))
+    # v > 0 takes segment 1: (v - 0)·1 >> 0 = v; v = 0 stays in segment 0: 0
+    act = ActTable(np.array([-(1 << 35), 0] + [(1 << 35) - 1] * 14), np.array([0, 1] + [0] * 14),
+                   np.zeros(16, np.int64), np.zeros(16, np.int64))
+    weights = np.eye(c, dtype=np.uint8).reshape(c, c, 1, 1)
+    return LayerType.K210Conv, K210ConvBody(int(main_out is not None), main_out or 0, args, weights, bn, act)
+
+
+def test_kpu_fully_connected_pattern_add_padding_conv_remove_padding():
+    # nncase's FullyConnected-on-KPU lowering (kmodel-v3.md §11): only pixel (0,0) of each 4x4 plane matters
+    x = np.array([5, 0, 200, 17, 255, 1], F32)
+    layers = [_fc(np.eye(6)), _quantize(256, 512, 6),
+              _fixed(LayerType.K210AddPadding, main_mem_in_address=512, kpu_mem_out_address=100, channels=6),
+              _identity_conv(6, 100, 200, main_out=600),
+              _fixed(LayerType.K210RemovePadding, flags=1, main_mem_in_address=600, main_mem_out_address=704, channels=6),
+              _dequantize(704, 1024, 6)]
+    np.testing.assert_array_equal(_run(x, layers, 1024, 6), x)
+
+
+def test_upload_then_conv_with_main_memory_output():
+    x = (np.arange(32, dtype=F32) * 37) % 256
+    layers = [_fc(np.eye(32), out_addr=128), _quantize(128, 512, 32),
+              _fixed(LayerType.K210Upload, main_mem_in_address=512, kpu_mem_out_address=7, width=4, height=4, channels=2),
+              _identity_conv(2, 7, 300, main_out=600), _dequantize(600, 1024, 32)]
+    np.testing.assert_array_equal(_run(x, layers, 1024, 32), x)

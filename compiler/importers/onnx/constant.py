@@ -40,7 +40,7 @@ def size(ctx, x):
 
 
 @converter("Range", since=11)
-def range_(ctx, start, limit, delta):
+def range_(ctx, start, limit, delta, *, stash_type=1):
     s, lim, d = (ctx.data(v, what) for v, what in ((start, "start"), (limit, "limit"), (delta, "delta")))
     if d == 0:
         raise NotConvertible("delta 0")

@@ -3,6 +3,8 @@
 Names follow nncase where one exists, so the specs and the code can be searched with the same words.
 All layouts are NCHW; weights of conv2d are OIHW (O, I/groups, kH, kW) and of conv2d_transpose
 IOHW (I, O/groups, kH, kW) as in ONNX. Padding attributes are tuples of (before, after) pairs.
+`fused_clamp=(lo, hi)` on conv2d, conv2d_transpose, matmul and binary clamps the result (after the
+bias) to [lo, hi]; passes/fuse_clamp.py sets it.
 The kernels in `compiler.kernels` implement exactly these semantics (the executor is the spec).
 
 op                operands                  attrs (defaults)
@@ -11,16 +13,19 @@ input / constant  -                         -                 (made by Graph.inp
 unary             x                         op: abs ceil cos exp floor log neg round rsqrt sin
                                             sqrt square sigmoid tanh hard_swish reciprocal erf
                                             softplus sign
-binary            a, b (numpy broadcast)    op: add sub mul div min max pow squared_difference
+binary            a, b (numpy broadcast)    op: add sub mul div min max pow squared_difference,
+                                            fused_clamp=(-inf,inf)
 clamp             x                         min=-inf, max=inf                 (Relu, Relu6, Clip)
 leaky_relu        x                         alpha
 prelu             x, slope (broadcast)      -
 hard_sigmoid      x                         alpha, beta       max(0, min(1, alpha*x + beta))
 conv2d            x, w, b                   strides=(1,1), padding=((0,0),(0,0)), dilations=(1,1),
-                                            groups=1          b always present (zeros if absent)
-conv2d_transpose  x, w, b                   strides, padding, dilations, groups, output_padding=(0,0)
+                                            groups=1, fused_clamp=(-inf,inf)
+                                            b always present (zeros if absent)
+conv2d_transpose  x, w, b                   strides, padding, dilations, groups, output_padding=(0,0),
+                                            fused_clamp=(-inf,inf)
                                             out = (in-1)*s + d*(k-1) + 1 + output_padding - pad_total
-matmul            a, b                      -                 numpy.matmul semantics
+matmul            a, b                      fused_clamp=(-inf,inf)   numpy.matmul semantics
 batch_norm        x, scale, bias, mean, var epsilon           per-channel (axis 1)
 reduce_window2d   x                         op: max|mean, kernel, strides=(1,1),
                                             padding=((0,0),(0,0)), dilations=(1,1), ceil_mode=False,

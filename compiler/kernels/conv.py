@@ -6,6 +6,8 @@ convolutions stay exact while the sums stay below 2**53.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -44,8 +46,9 @@ def _out_len(padded: int, k: int, s: int, d: int) -> int:
 
 
 @kernel("conv2d")
-def conv2d(x, w, b, *, strides=(1, 1), padding=((0, 0), (0, 0)), dilations=(1, 1), groups=1):
-    """ONNX Conv on NCHW input with OIHW weights (O, C/groups, kh, kw) and a bias of O."""
+def conv2d(x, w, b, *, strides=(1, 1), padding=((0, 0), (0, 0)), dilations=(1, 1), groups=1,
+           fused_clamp=(-math.inf, math.inf)):
+    """ONNX Conv on NCHW input with OIHW weights (O, C/groups, kh, kw) and a bias of O, then fused_clamp."""
     n, c, _, _ = x.shape
     o, cg, kh, kw = w.shape
     og = o // groups
@@ -70,13 +73,13 @@ def conv2d(x, w, b, *, strides=(1, 1), padding=((0, 0), (0, 0)), dilations=(1, 1
         out = wf.reshape(groups, og, cg * kh * kw) @ cols                  # (G, Og, N*oh*ow)
         out = out.reshape(groups, og, n, oh, ow).transpose(2, 0, 1, 3, 4).reshape(n, o, oh, ow)
     out += b.astype(ACC)[:, None, None]
-    return out.astype(x.dtype)
+    return np.clip(out, *fused_clamp).astype(x.dtype)
 
 
 @kernel("conv2d_transpose")
 def conv2d_transpose(x, w, b, *, strides=(1, 1), padding=((0, 0), (0, 0)), dilations=(1, 1), groups=1,
-                     output_padding=(0, 0)):
-    """ONNX ConvTranspose with IOHW weights (C, O/groups, kh, kw): scatter each tap, then crop.
+                     output_padding=(0, 0), fused_clamp=(-math.inf, math.inf)):
+    """ONNX ConvTranspose with IOHW weights (C, O/groups, kh, kw): scatter each tap, crop, then fused_clamp.
 
     Input pixel (y, x) under tap (i, j) lands on (y*sh + i*dh, x*sw + j*dw) of the uncropped output;
     `padding` crops (top, bottom), (left, right) from it and `output_padding` adds rows/columns at
@@ -98,10 +101,10 @@ def conv2d_transpose(x, w, b, *, strides=(1, 1), padding=((0, 0), (0, 0)), dilat
             full[..., i * dh:i * dh + (h - 1) * sh + 1:sh, j * dw:j * dw + (wd - 1) * sw + 1:sw] += taps[:, :, i, j]
     out = pad_spatial(full, tuple((-p0, -p1) for p0, p1 in padding))
     out = out.transpose(2, 0, 1, 3, 4).reshape(n, groups * og, *out.shape[-2:])
-    return (out + b.astype(ACC)[:, None, None]).astype(x.dtype)
+    return np.clip(out + b.astype(ACC)[:, None, None], *fused_clamp).astype(x.dtype)
 
 
 @kernel("matmul")
-def matmul(a, b):
-    """numpy.matmul, summed in float64; the result has a's dtype."""
-    return np.matmul(a.astype(ACC), b.astype(ACC)).astype(a.dtype)
+def matmul(a, b, *, fused_clamp=(-math.inf, math.inf)):
+    """numpy.matmul, summed in float64, then fused_clamp; the result has a's dtype."""
+    return np.clip(np.matmul(a.astype(ACC), b.astype(ACC)), *fused_clamp).astype(a.dtype)

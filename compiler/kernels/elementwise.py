@@ -93,10 +93,13 @@ BINARY = {
 
 
 @kernel("binary")
-def binary(a, b, *, op):
-    """One of ops.BINARY_OPS with numpy broadcasting; the result has a's dtype."""
+def binary(a, b, *, op, fused_clamp=(-math.inf, math.inf)):
+    """One of ops.BINARY_OPS with numpy broadcasting, then fused_clamp; the result has a's dtype."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        return np.asarray(BINARY[op](a, b)).astype(a.dtype, copy=False)
+        out = np.asarray(BINARY[op](a, b))
+    if fused_clamp != (-math.inf, math.inf):
+        out = np.clip(out, *fused_clamp)
+    return out.astype(a.dtype, copy=False)
 
 
 @kernel("clamp")

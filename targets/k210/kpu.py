@@ -6,7 +6,8 @@ an 18-word activation table (§4.2) + weights (§4.3). `kpu_conv2d` computes
     -> 16-segment activation -> pool -> u8
 in int64 numpy. The normative arithmetic is nncase v0.2.0-beta4's software KPU (kmodel-v4.md §10.5, which is
 what produced the golden outputs): segment test `bn > x_start` (strict), nncase's "banker" carry shift,
-max pools count out-of-map taps as 0, mean pools replicate the edge and divide by filter².
+max pools count out-of-map taps as 0, mean pools replicate the edge and divide by filter². (Checked against
+the v0.2.0-beta4 tag itself: k210_kernels.h from before alpha1, 2019-07, still rounds half up and omits y_add.)
 `kpu_conv2d_reference` is the same thing written as plain loops over Python ints, for the tests only.
 """
 from __future__ import annotations

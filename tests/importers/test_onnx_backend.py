@@ -38,7 +38,6 @@ PARAMETER_INPUTS = {
 }
 
 
-
 def _each(reason: str, names: str) -> dict[str, str]:
     return {n: reason for n in names.split()}
 

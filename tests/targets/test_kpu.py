@@ -5,9 +5,9 @@ from hypothesis import given, settings, strategies as st
 
 from compiler.errors import MalformedModel
 from targets.k210 import kpu_layout
-from targets.k210.bits import Record, pack_bits, sign_extend, unpack_bits
+from targets.k210.bits import Record, pack_bits, unpack_bits
 from targets.k210.kmodel_v3 import read_v3
-from targets.k210.kpu import (ARG_SIGNED, ARG_WORDS, POOL_TYPES, ActTable, BatchNorm, KpuArgs, carry_shift,
+from targets.k210.kpu import (ARG_WORDS, POOL_TYPES, ActTable, BatchNorm, KpuArgs, carry_shift,
                               carry_shift_banker, kpu_conv2d, kpu_conv2d_reference, run_kpu_layer)
 
 YOLO_V3 = "/work/shared/golden/yolo20-v3/yolo.kmodel"

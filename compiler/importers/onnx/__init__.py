@@ -178,7 +178,7 @@ def _convert(model: onnx.ModelProto, model_dir: Path) -> tuple[Graph, list[Unsup
         try:
             inputs = [values[i] if i else None for i in node.input]
         except KeyError as e:
-            raise MalformedModel(f"node '{name}' ({node.op_type}) reads tensor {e}, "
+            raise MalformedModel(f"node '{node.name or name}' ({node.op_type}) reads tensor {e}, "
                                  "which nothing defined before it") from e
         problem = _convert_node(ctx, node, name, inputs, values, model_dir)
         if problem:
@@ -196,13 +196,18 @@ def _convert(model: onnx.ModelProto, model_dir: Path) -> tuple[Graph, list[Unsup
 
 def _convert_node(ctx: OnnxContext, node: onnx.NodeProto, name: str, inputs: list, values: dict,
                   model_dir: Path) -> Unsupported | None:
-    """Convert one node, binding its outputs in `values`; returns the problem if it cannot be."""
+    """Convert one node, binding its outputs in `values`; returns the problem if it cannot be.
+
+    IR nodes are named after the ONNX output (`name`); problems name the ONNX node as tools like
+    Netron show it: its own name, or its first output when it has none.
+    """
+    who = node.name or name
     domain = node.domain if node.domain not in DEFAULT_DOMAINS else ""
     fn = lookup(node.op_type, ctx.opset) if not domain else None
     if fn is None:
         why = (f"ops of domain '{domain}' are not supported" if domain else
                f"no converter for ONNX opset {ctx.opset}" if node.op_type in CONVERTERS else "no converter")
-        return Unsupported(node.op_type, name, why)
+        return Unsupported(node.op_type, who, why)
     if any(v is None for i, v in zip(node.input, inputs) if i):
         values.update({o: None for o in node.output if o})
         return None  # an input comes from a node we could not convert; that one is already reported
@@ -214,13 +219,13 @@ def _convert_node(ctx: OnnxContext, node: onnx.NodeProto, name: str, inputs: lis
         result = fn(ctx, *inputs, **attrs)
     except KpucError as e:
         _rollback(ctx.graph, start)
-        return Unsupported(node.op_type, name, str(e))
+        return Unsupported(node.op_type, who, str(e))
     results = result if isinstance(result, (tuple, list)) else (result,)
     wanted = [(k, o) for k, o in enumerate(node.output) if o]
     missing = [f"'{o}'" for k, o in wanted if k >= len(results) or results[k] is None]
     if missing:
         _rollback(ctx.graph, start)
-        return Unsupported(node.op_type, name, f"output {', '.join(missing)} is not supported")
+        return Unsupported(node.op_type, who, f"output {', '.join(missing)} is not supported")
     new = ctx.graph.nodes[start:]
     for k, o in wanted:
         values[o] = results[k]

@@ -105,42 +105,119 @@ def info(model, input_format, as_json, dump_ir):
 
 
 # ---------------------------------------------------------------- infer
+def is_kmodel(path: str, input_format: str | None) -> bool:
+    """A .kmodel (or any file that is not .tflite/.onnx when -i is absent) is run as a kmodel."""
+    return not input_format and Path(path).suffix.lower() not in (".tflite", ".onnx")
+
+
+class GraphRunner:
+    """Runs a .tflite/.onnx model with the float reference executor."""
+
+    def __init__(self, model, input_format, dump_ir):
+        from compiler.executor import Executor
+        from compiler.importers import import_model
+        self.graph = import_model(model, input_format)
+        write_ir_dump(self.graph, dump_ir, "import")
+        if len(self.graph.inputs) != 1:
+            raise KpucError(f"{model}: infer feeds one input, the model has {len(self.graph.inputs)} "
+                            f"({', '.join(v.name for v in self.graph.inputs)})")
+        self.input_shape, self.input_dtype = self.graph.inputs[0].shape, "float32"
+        self.executor = Executor(self.graph)
+
+    def __call__(self, x):
+        out = self.executor.run({self.graph.inputs[0].name: x})
+        return [out[v.name] for v in self.graph.outputs]
+
+
+class KModelRunner:
+    """Runs a kmodel v3/v4 file with kpuc's interpreter (bit-exact KPU simulator)."""
+
+    def __init__(self, model):
+        from targets.k210.kmodel import kmodel_inputs, read_kmodel
+        self.kmodel = read_kmodel(Path(model).read_bytes())
+        inputs = kmodel_inputs(self.kmodel)
+        if len(inputs) != 1:
+            raise KpucError(f"{model}: infer feeds one input, the kmodel has {len(inputs)}")
+        (self.input_shape, self.input_dtype), = inputs
+
+    def __call__(self, x):
+        from targets.k210.kmodel import run_kmodel
+        return run_kmodel(self.kmodel, [x])
+
+
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("outdir", type=click.Path(file_okay=False))
 @click.option("--dataset", required=True, type=click.Path(), help="A file or a folder (recursive) of inputs.")
 @click.option("--dataset-format", type=click.Choice(["image", "raw"]), default="image", show_default=True)
-@click.option("--input-mean", type=float, default=0.0, show_default=True, help="Image inputs: (x - mean) / std.")
+@click.option("--input-mean", type=float, default=0.0, show_default=True, help="Float image inputs: (x - mean) / std.")
 @click.option("--input-std", type=float, default=1.0, show_default=True)
 @click.option("-i", "--input-format", type=click.Choice(["tflite", "onnx"]), help="Guessed from the extension.")
 @click.option("--dump-ir", type=click.Path(file_okay=False), help="Write the graph as Graphviz .dot.")
 @_verbose_option
 def infer(model, outdir, dataset, dataset_format, input_mean, input_std, input_format, dump_ir):
-    """Run MODEL on every file of --dataset; writes OUTDIR/<sample>.out<i>.bin (float32, NCHW)."""
+    """Run MODEL (.tflite, .onnx or .kmodel) on every file of --dataset.
+
+    Writes OUTDIR/<sample>.out<i>.bin: raw float32, NCHW, one file per output."""
     from compiler.datasets import iter_dataset, list_files
-    from compiler.executor import Executor
-    from compiler.importers import import_model
     from compiler.progress import progress
-    graph = import_model(model, input_format)
-    write_ir_dump(graph, dump_ir, "import")
-    if len(graph.inputs) != 1:
-        raise KpucError(f"{model}: infer feeds one input, the model has {len(graph.inputs)} "
-                        f"({', '.join(v.name for v in graph.inputs)})")
-    x = graph.inputs[0]
-    executor = Executor(graph)
+    if not Path(model).is_file():
+        raise KpucError(f"{model}: no such model file")
+    run = KModelRunner(model) if is_kmodel(model, input_format) else GraphRunner(model, input_format, dump_ir)
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
-    samples = iter_dataset(dataset, x.shape, format=dataset_format, dtype="float32", mean=input_mean, std=input_std)
-    count = 0
+    samples = iter_dataset(dataset, run.input_shape, format=dataset_format, dtype=run.input_dtype,
+                           mean=input_mean, std=input_std)
+    count = n_out = 0
     for sample in progress(samples, total=len(list_files(dataset)), label="infer"):
-        results = executor.run({x.name: sample.data})
+        results = run(sample.data)
         target = out / sample.stem
         target.parent.mkdir(parents=True, exist_ok=True)
-        for i, v in enumerate(graph.outputs):
-            write_atomic(target.with_name(f"{target.name}.out{i}.bin"),
-                         np.ascontiguousarray(results[v.name], dtype="<f4").tobytes())
-        count += 1
-    click.echo(f"{count} sample(s), {len(graph.outputs)} output(s) each -> {out}", err=True)
+        for i, r in enumerate(results):
+            write_atomic(target.with_name(f"{target.name}.out{i}.bin"), np.ascontiguousarray(r, dtype="<f4").tobytes())
+        count, n_out = count + 1, len(results)
+    click.echo(f"{count} sample(s), {n_out} output(s) each -> {out}", err=True)
+
+
+# ---------------------------------------------------------------- inspect
+def _range(r: dict) -> str:
+    mem = r.get("memory", r.get("mem", "?"))
+    start = r.get("start", r.get("address", 0))
+    shape = r.get("shape")
+    return f"{mem}@{start}+{r.get('size', 0)}" + (f" {r.get('dtype', '')}{list(shape)}" if shape else "")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@_verbose_option
+def inspect(model, as_json):
+    """Version, header fields, layer table and memory map of a kmodel v3/v4 file."""
+    from targets.k210.kmodel import describe_kmodel, read_kmodel
+    path = Path(model)
+    if not path.is_file():
+        raise KpucError(f"{model}: no such file")
+    try:
+        doc = describe_kmodel(read_kmodel(path.read_bytes()))
+    except KpucError as e:
+        raise type(e)(f"{model}: {e}") from e
+    if as_json:
+        click.echo(json.dumps(doc, indent=2, default=str))
+        return
+    layers = doc.get("layers", doc.get("nodes", []))
+    click.echo(f"{model}: kmodel v{doc['version']}, {len(layers)} {'layers' if doc['version'] == 3 else 'nodes'}")
+    click.echo("header: " + ", ".join(f"{k}={v}" for k, v in doc["header"].items()))
+    for key in ("inputs", "outputs"):
+        if key in doc:
+            click.echo(f"{key}: " + "; ".join(_range(r) if "size" in r else str(r) for r in doc[key]))
+    click.echo(f"{'#':>4}  {'type':28} inputs -> outputs")
+    for row in layers:
+        kind = row.get("type", row.get("op"))
+        ins = ", ".join(_range(r) for r in row.get("inputs", []))
+        outs = ", ".join(_range(r) for r in row.get("outputs", []))
+        extra = f"  kpu {row['kpu']}" if "kpu" in row else ""
+        click.echo(f"{row['index']:>4}  {kind:28} {ins} -> {outs}{extra}")
+    click.echo("memory: " + ", ".join(f"{k}={v}" for k, v in doc.get("memory", {}).items()))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -40,8 +40,11 @@ def list_files(dataset: str | Path) -> list[Path]:
     return files
 
 
-def load_image(path: Path, shape: tuple[int, ...], mean: float = 0.0, std: float = 1.0) -> np.ndarray:
-    """Decode one image into an NCHW float32 tensor of `shape` (N must be 1)."""
+def load_image(path: Path, shape: tuple[int, ...], mean: float = 0.0, std: float = 1.0,
+               dtype: str = "float32") -> np.ndarray:
+    """Decode one image into an NCHW tensor of `shape` (N must be 1).
+
+    A uint8 input (a quantized kmodel) takes the raw 0..255 pixels, as ncc did: no mean/std."""
     from PIL import Image, UnidentifiedImageError
     if len(shape) != 4 or shape[0] != 1 or shape[1] not in (1, 3):
         raise KpucError(f"image datasets need a 1x1xHxW or 1x3xHxW model input, this one is {list(shape)}; "
@@ -56,6 +59,8 @@ def load_image(path: Path, shape: tuple[int, ...], mean: float = 0.0, std: float
     except (UnidentifiedImageError, OSError) as e:
         raise KpucError(f"dataset file {path}: not a readable image ({e})") from None
     x = pixels[None, None] if c == 1 else pixels.transpose(2, 0, 1)[None]
+    if dtype == "uint8":
+        return x.astype(np.uint8)
     return ((x / 255.0 - mean) / std).astype(np.float32)
 
 
@@ -85,7 +90,7 @@ def iter_dataset(dataset: str | Path, shape: tuple[int, ...], *, format: str = "
         rel = path.relative_to(root) if root.is_dir() else Path(path.name)
         stem = rel.with_suffix("").as_posix()
         if format == "image":
-            data = load_image(path, shape, mean, std)
+            data = load_image(path, shape, mean, std, dtype)
         else:
             data = load_raw(path, shape, dtype)
         yield Sample(path, stem, data)

@@ -50,7 +50,7 @@ class Executor:
             for v, r in zip(node.outputs, results, strict=True):
                 env[v] = r
             if not keep_all:
-                for v in node.inputs:
+                for v in dict.fromkeys(node.inputs):  # add(x, x) reads x twice but frees it once
                     if self._last_use.get(v) == i and v not in keep:
                         del env[v]
         if keep_all:

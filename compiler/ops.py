@@ -57,6 +57,14 @@ gather            x, indices                axis              numpy.take
 quantize          x                         scale, zero_point, dtype=uint8, axis=None  round half to even
 dequantize        x                         scale, zero_point, axis=None
 cast              x                         dtype
+kpu_conv2d        x, w, b                   depthwise=False, pool=bypass, activation=()
+                                            float K210 KPU layer: conv2d 1x1/3x3, stride 1, one ring of
+                                            0 for 3x3 (groups=C when depthwise, w (C,1,k,k)), then the
+                                            `activation` steps in order (("clamp",lo,hi),
+                                            ("leaky_relu",a), ("unary",op), ("hard_sigmoid",a,b)), then
+                                            `pool` (KPU_POOLS): out H div stride; max pools ignore taps
+                                            outside the map, mean pools clamp them to the edge and divide
+                                            by filter^2; left/right_top keep in[s*y][s*x (+1)]
 """
 from __future__ import annotations
 
@@ -198,6 +206,32 @@ def _reduce_window2d(t, a):
     d, p, cm = a.get("dilations", (1, 1)), a.get("padding", ((0, 0), (0, 0))), a.get("ceil_mode", False)
     return TensorType((n, c, conv_out(h, k[0], s[0], d[0], p[0], cm), conv_out(w, k[1], s[1], d[1], p[1], cm)),
                       t[0].dtype)
+
+
+# pool name -> (filter, stride) of the KPU's pool types (kpu.md §6, kmodel-v4.md §10.5 step 4).
+KPU_POOLS = {
+    "bypass": (1, 1), "max_2_s2": (2, 2), "mean_2_s2": (2, 2), "max_4_s4": (4, 4), "mean_4_s4": (4, 4),
+    "left_top_2_s2": (2, 2), "right_top_2_s2": (2, 2), "left_top_4_s4": (4, 4), "max_2_s1": (2, 1),
+    "mean_2_s1": (2, 1),
+}
+KPU_ACTIVATIONS = ("clamp", "leaky_relu", "unary", "hard_sigmoid")
+
+
+@rule("kpu_conv2d")
+def _kpu_conv2d(t, a):
+    x, w, b = t
+    n, c, h, wd = x.shape
+    o, ig, kh, kw = w.shape
+    need(kh == kw and kh in (1, 3), f"the KPU filter is 1x1 or 3x3, not {kh}x{kw}")
+    need(ig == (1 if a.get("depthwise", False) else c), f"weights {w.shape} do not fit {c} input channels")
+    need(not a.get("depthwise", False) or o == c, f"a depthwise KPU conv keeps its {c} channels, not {o}")
+    need(b.shape == (o,), f"bias shape {b.shape} != ({o},)")
+    need(a.get("pool", "bypass") in KPU_POOLS, f"unknown KPU pool type {a.get('pool')}")
+    need(all(step[0] in KPU_ACTIVATIONS for step in a.get("activation", ())),
+         f"unknown activation step in {a.get('activation')}")
+    s = KPU_POOLS[a.get("pool", "bypass")][1]
+    need(h // s >= 1 and wd // s >= 1, f"pool {a.get('pool')} leaves nothing of {h}x{wd}")
+    return TensorType((n, o, h // s, wd // s), x.dtype)
 
 
 @rule("matmul")

@@ -7,6 +7,7 @@ with version 6 is nncase 2.x for the K230; both carry a module table ("stackvm",
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,3 +44,54 @@ def unswap_words(data: bytes) -> bytes:
     if len(data) % 4:
         raise KpucError(f"cannot word-swap {len(data)} bytes: not a multiple of 4")
     return np.frombuffer(data, ">u4").astype("<u4").tobytes()
+
+
+# ---------------------------------------------------------------- one door for both versions
+@dataclass(frozen=True)
+class KModel:
+    """A parsed kmodel of either version: `model` is a KModelV3 or a KModelV4."""
+    version: int
+    model: object
+
+
+def read_kmodel(data: bytes) -> KModel:
+    """Sniff and parse a v3 or v4 file; any other kmodel raises a one-line KpucError."""
+    version = sniff(data)
+    if version == 3:
+        from targets.k210.kmodel_v3 import read_v3
+        return KModel(3, read_v3(data))
+    from targets.k210.kmodel_v4 import read_v4
+    return KModel(4, read_v4(data))
+
+
+def describe_kmodel(k: KModel) -> dict:
+    """The JSON-friendly summary `kpuc inspect` prints."""
+    if k.version == 3:
+        from targets.k210.kmodel_v3 import describe_v3
+        return describe_v3(k.model)
+    from targets.k210.kmodel_v4 import describe_v4
+    return describe_v4(k.model)
+
+
+def kmodel_inputs(k: KModel) -> list[tuple[tuple[int, ...], str]]:
+    """(shape, dtype) of each input as the runtime takes it (NCHW; uint8 for a KPU input)."""
+    if k.version == 3:
+        from targets.k210.kmodel_v3 import LayerType
+        first = k.model.layers[0]
+        if first.type == LayerType.K210Conv:
+            return [((1, *first.body.args.in_shape), "uint8")]
+        if first.type == LayerType.FullyConnected:
+            return [((1, first.body.in_channels), "float32")]
+        raise KpucError(f"layer 0 is {first.type_name}; the SDK only starts a v3 model at a K210Conv or a "
+                        "FullyConnected")
+    from targets.k210.kmodel_v4 import DTYPES
+    return [(tuple(shape), DTYPES[r.datatype].name) for r, shape in zip(k.model.inputs, k.model.input_shapes)]
+
+
+def run_kmodel(k: KModel, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """Execute the file as the K210 runtime would; outputs as flat float32 arrays, in output order."""
+    if k.version == 3:
+        from targets.k210.interpreter_v3 import run_v3
+        return run_v3(k.model, inputs)
+    from targets.k210.interpreter_v4 import run_v4
+    return run_v4(k.model, inputs)

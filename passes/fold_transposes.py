@@ -6,7 +6,7 @@ f(transpose(x, p))                      -> transpose(f(x), p)         f unary, c
 binary(transpose(x, p), c)              -> transpose(binary(x, c'), p)   c' = c expanded, transposed by p^-1
 binary(transpose(x, p), transpose(y, p))-> transpose(binary(x, y), p)
 concat(transpose(x_i, p), axis=a)       -> transpose(concat(x_i, axis=p[a]), p)
-pad / softmax / reduce of transpose(x, p) -> the same op on x with its axes mapped through p, then p
+pad, strided_slice, softmax, reduce of transpose(x, p) -> the op on x, axes mapped through p, then p
 Why: the TFLite importer wraps every spatial op in NHWC->NCHW and NCHW->NHWC transposes and leaves
 elementwise ops in NHWC between them; the KPU has no transpose, so they must all cancel. A transpose
 is moved only when it has no other consumer (and is no graph output), so no rule ever adds a
@@ -23,6 +23,8 @@ from passes.manager import rewrite, used_only_by
 
 # Ops that act on each element alone, with attrs that do not name axes.
 ELEMENTWISE = ("unary", "clamp", "leaky_relu", "hard_sigmoid", "cast")
+# Ops whose attrs hold one entry per axis.
+PER_AXIS_ATTRS = {"pad": ("pads",), "strided_slice": ("begin", "end", "strides")}
 
 
 def fold_transposes(graph: Graph) -> bool:
@@ -71,8 +73,10 @@ def fold_transposes(graph: Graph) -> bool:
                 inputs.append(t.inputs[0])
             elif v.is_constant and v.type.rank <= len(perm):
                 # c broadcasts against T(x) as c'' = c with leading 1s; T^-1(c'') broadcasts against x.
-                c = v.data.reshape((1,) * (len(perm) - v.type.rank) + v.shape)
-                inputs.append(graph.const(np.transpose(c, _inverse(perm)), name=v.name, quant=v.quant, before=node))
+                extra = len(perm) - v.type.rank
+                c = v.data.reshape((1,) * extra + v.shape)
+                inputs.append(graph.const(np.transpose(c, _inverse(perm)), name=v.name, before=node,
+                                          quant=_permute_quant(v.quant, _inverse(perm), shift=extra)))
             else:
                 return None
         return sink(node, inputs, perm)
@@ -91,12 +95,14 @@ def fold_transposes(graph: Graph) -> bool:
         perm = tuple(t.attrs["perm"])
         return sink(node, [t.inputs[0]], perm, axis=perm[node.attrs["axis"]])
 
-    def pad(node: Node) -> Value | None:
+    def per_axis(node: Node) -> Value | None:
         t = transposed(node.inputs[0], node)
         if not t:
             return None
-        perm, pads = tuple(t.attrs["perm"]), node.attrs["pads"]
-        return sink(node, [t.inputs[0]], perm, pads=tuple(pads[i] for i in _inverse(perm)))
+        perm = tuple(t.attrs["perm"])
+        # x's axis j is T(x)'s axis perm^-1[j]; so are its pads / slice bounds.
+        moved = {k: tuple(node.attrs[k][i] for i in _inverse(perm)) for k in PER_AXIS_ATTRS[node.op]}
+        return sink(node, [t.inputs[0]], perm, **moved)
 
     def reduce(node: Node) -> Value | None:
         t = transposed(node.inputs[0], node)
@@ -112,7 +118,8 @@ def fold_transposes(graph: Graph) -> bool:
         return sink(node, [t.inputs[0]], tuple(order.index(k) for k in kept), axes=new_axes)
 
     rules = [("transpose", transpose), ("binary", binary), ("prelu", binary), ("concat", concat),
-             ("softmax", along_axis), ("lp_normalize", along_axis), ("pad", pad), ("reduce", reduce)]
+             ("softmax", along_axis), ("lp_normalize", along_axis), ("reduce", reduce)]
+    rules += [(op, per_axis) for op in PER_AXIS_ATTRS]
     rules += [(op, elementwise) for op in ELEMENTWISE + ("quantize", "dequantize")]
     return rewrite(graph, rules)
 
@@ -121,8 +128,8 @@ def _inverse(perm) -> tuple[int, ...]:
     return tuple(int(i) for i in np.argsort(perm))
 
 
-def _permute_quant(q: QuantParam | None, perm) -> QuantParam | None:
-    """The quant params of a tensor after transpose(perm): a per-channel axis moves with its dim."""
+def _permute_quant(q: QuantParam | None, perm, shift: int = 0) -> QuantParam | None:
+    """The quant params of a tensor after `shift` leading 1s and transpose(perm): a per-channel axis moves with its dim."""
     if q is None or q.axis is None:
         return q
-    return QuantParam(q.scale, q.zero_point, list(perm).index(q.axis))
+    return QuantParam(q.scale, q.zero_point, list(perm).index(q.axis + shift))

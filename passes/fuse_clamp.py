@@ -35,13 +35,13 @@ def fuse_clamp(graph: Graph) -> bool:
         producer = x.producer
         if producer.op == "clamp":                                   # clamp(clamp(x)) -> clamp(x)
             inner = (producer.attrs.get("min", -math.inf), producer.attrs.get("max", math.inf))
-            lo, hi = compose(inner, bounds)
+            lo, hi = _compose(inner, bounds)
             out = graph.add("clamp", [producer.inputs[0]], name=node.name, before=node, min=lo, max=hi).output
             out.quant = node.output.quant
             return out
         if producer.op in PRODUCERS and used_only_by(graph, x, node):  # clamp(op(...)) -> op(..., fused_clamp)
-            producer.attrs = {**producer.attrs, "fused_clamp": compose(producer.attrs.get("fused_clamp", NO_CLAMP),
-                                                                       bounds)}
+            fused = _compose(producer.attrs.get("fused_clamp", NO_CLAMP), bounds)
+            producer.attrs = {**producer.attrs, "fused_clamp": fused}
             x.quant = node.output.quant or x.quant
             return x
         return None
@@ -49,7 +49,7 @@ def fuse_clamp(graph: Graph) -> bool:
     return rewrite(graph, [("clamp", clamp)])
 
 
-def compose(first: tuple[float, float], then: tuple[float, float]) -> tuple[float, float]:
+def _compose(first: tuple[float, float], then: tuple[float, float]) -> tuple[float, float]:
     """(lo, hi) of the single clamp equal to clamping to `first` and then to `then`."""
     lo2, hi2 = then
     return tuple(float(min(max(v, lo2), hi2)) for v in first)

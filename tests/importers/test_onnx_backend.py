@@ -160,29 +160,6 @@ XFAIL: dict[str, str] = {
 }
 
 
-def _executor_frees_twice() -> bool:
-    """Whether the executor drops a value read twice by one node (add(x, x)) before the second read."""
-    g = Graph()
-    x = g.input("x", TensorType((1,)))
-    g.outputs = [g.add("binary", [x, x], op="add").output]
-    try:
-        run_graph(g, np.zeros(1, np.float32))
-        return False
-    except (KeyError, KpucError):
-        return True
-
-
-if _executor_frees_twice():  # compiler/executor.py: `del env[v]` runs once per slot; remove when fixed
-    XFAIL.update(_each("executor bug: a value read twice by one node (Mul(x, x), concat([x, x])) is freed twice", """
-        test_reduce_sum_square_do_not_keepdims_example_expanded test_reduce_sum_square_do_not_keepdims_random_expanded
-        test_reduce_sum_square_keepdims_example_expanded test_reduce_sum_square_keepdims_random_expanded
-        test_reduce_sum_square_default_axes_keepdims_example_expanded
-        test_reduce_sum_square_default_axes_keepdims_random_expanded
-        test_reduce_sum_square_negative_axes_keepdims_example_expanded
-        test_reduce_sum_square_negative_axes_keepdims_random_expanded test_reduce_sum_square_empty_set_expanded
-        test_tile test_tile_precomputed"""))
-
-
 def _collect():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -1,0 +1,139 @@
+"""Shared builders and checks for the K210 legalization pass tests, handed out by the fixture `kpu`.
+
+(Test files cannot import a module named `conftest` when several exist, so a session fixture shares
+them, as in tests/passes/conftest.py; session scope lets hypothesis tests use it.)
+
+`kpu.check_rewrite(pass_fn, graph)`: the pass returns True, the graph validates, the float executor gives
+the same outputs before and after on seeded random inputs (rtol 1e-5, atol 1e-5 of the output's largest
+magnitude) and a second run returns False. `kpu.check_untouched`: the pass returns False and the graph
+prints the same.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+from compiler.executor import run_graph
+from compiler.ir import Graph, TensorType, Value
+
+
+def clone(graph: Graph) -> Graph:
+    """An independent copy with the same node names, attrs and constants."""
+    g, values = Graph(), {}
+    for n in graph.nodes:
+        if n.op == "input":
+            values[n.output] = g.input(n.name, n.output.type)
+        elif n.op == "constant":
+            values[n.output] = g.const(n.output.data, name=n.name)
+        else:
+            copy = g.add(n.op, [values[v] for v in n.inputs], name=n.name, **n.attrs)
+            values.update(zip(n.outputs, copy.outputs))
+    g.inputs = [values[v] for v in graph.inputs]
+    g.outputs = [values[v] for v in graph.outputs]
+    return g
+
+
+def random_feeds(graph: Graph, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(v.shape).astype(v.dtype) for v in graph.inputs]
+
+
+def assert_close(got: np.ndarray, want: np.ndarray) -> None:
+    """Equal to 1e-5, relative to each element and to the output's largest magnitude."""
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(float(np.max(np.abs(want), initial=0.0)), 1e-30))
+
+
+def assert_same_function(before: Graph, after: Graph, feeds) -> None:
+    want, got = run_graph(before, *feeds), run_graph(after, *feeds)
+    assert len(want) == len(got)
+    for w, o in zip(want, got):
+        assert_close(o, w)
+
+
+def check_rewrite(pass_fn, graph: Graph, *, seeds=(0, 1)) -> Graph:
+    graph.validate()
+    before = clone(graph)
+    assert pass_fn(graph) is True, f"{pass_fn.__name__} did not fire on\n{graph}"
+    graph.validate()
+    for seed in seeds:
+        assert_same_function(before, graph, random_feeds(graph, seed))
+    assert pass_fn(graph) is False, f"{pass_fn.__name__} fired again on its own result:\n{graph}"
+    return graph
+
+
+def check_untouched(pass_fn, graph: Graph) -> None:
+    graph.validate()
+    text = str(graph)
+    assert pass_fn(graph) is False
+    assert str(graph) == text
+
+
+def ops(graph: Graph) -> list[str]:
+    """The ops of the computing nodes, in order (inputs and constants left out)."""
+    return [n.op for n in graph.nodes if n.op not in ("input", "constant")]
+
+
+def graph_with_inputs(*shapes) -> tuple[Graph, list[Value]]:
+    g = Graph()
+    return g, [g.input(f"x{i}", TensorType(s)) for i, s in enumerate(shapes)]
+
+
+def const(g: Graph, shape, seed: int = 0, *, scale: float = 1.0, name: str | None = None) -> Value:
+    return g.const((np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32), name=name)
+
+
+def conv(g: Graph, x: Value, out_c: int, k: int = 3, *, groups: int = 1, seed: int = 0, name: str = "conv",
+         op: str = "conv2d", **attrs) -> Value:
+    """conv2d of x with seeded weights (scaled to keep outputs near unit size) and bias."""
+    in_c = x.shape[1]
+    w = const(g, (out_c, in_c // groups, k, k), seed, scale=1 / np.sqrt(in_c // groups * k * k), name=f"{name}.w")
+    b = const(g, (out_c,), seed + 1, name=f"{name}.b")
+    return g.add(op, [x, w, b], name=name, groups=groups, **attrs).output
+
+
+def kpu_conv(g: Graph, x: Value, out_c: int, k: int = 3, *, depthwise: bool = False, seed: int = 0,
+             name: str = "kpu", **attrs) -> Value:
+    """A float kpu_conv2d with seeded weights."""
+    in_c = x.shape[1]
+    w = const(g, (out_c, 1 if depthwise else in_c, k, k), seed, scale=1 / np.sqrt(in_c * k * k), name=f"{name}.w")
+    b = const(g, (out_c,), seed + 1, name=f"{name}.b")
+    return g.add("kpu_conv2d", [x, w, b], name=name, depthwise=depthwise, **attrs).output
+
+
+def op(g: Graph, op_name: str, *inputs: Value, name: str | None = None, **attrs) -> Value:
+    return g.add(op_name, list(inputs), name=name, **attrs).output
+
+
+def finish(g: Graph, *outputs: Value) -> Graph:
+    g.outputs = list(outputs)
+    g.validate()
+    return g
+
+
+# Element-wise activations the KPU table absorbs: (op, attrs) pairs for the builders.
+ACTIVATIONS = [
+    ("clamp", dict(min=0.0, max=6.0)), ("clamp", dict(min=0.0, max=float("inf"))),
+    ("leaky_relu", dict(alpha=0.1)), ("unary", dict(op="sigmoid")), ("unary", dict(op="tanh")),
+    ("unary", dict(op="hard_swish")), ("hard_sigmoid", dict(alpha=0.2, beta=0.5)),
+]
+
+
+def activate(g: Graph, y: Value, picks) -> Value:
+    """Apply ACTIVATIONS[i] for each i in `picks`, in order."""
+    for i in picks:
+        name, attrs = ACTIVATIONS[i]
+        y = op(g, name, y, **attrs)
+    return y
+
+
+@pytest.fixture(scope="session")
+def kpu() -> SimpleNamespace:
+    return SimpleNamespace(clone=clone, random_feeds=random_feeds, assert_close=assert_close,
+                           assert_same_function=assert_same_function, check_rewrite=check_rewrite,
+                           check_untouched=check_untouched, ops=ops, graph_with_inputs=graph_with_inputs,
+                           const=const, conv=conv, kpu_conv=kpu_conv, op=op, finish=finish,
+                           ACTIVATIONS=ACTIVATIONS, activate=activate)

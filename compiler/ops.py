@@ -65,6 +65,31 @@ kpu_conv2d        x, w, b                   depthwise=False, pool=bypass, activa
                                             `pool` (KPU_POOLS): out H div stride; max pools ignore taps
                                             outside the map, mean pools clamp them to the edge and divide
                                             by filter^2; left/right_top keep in[s*y][s*x (+1)]
+
+Quantized ops (targets/k210/quantize.py makes them, targets/k210/kernels.py runs them bit-exactly as
+nncase v0.2's runtime; formulas in compiler/quantization.py). Every `scale` attr is the IR's real step
+(real = (q - zero_point) * scale); the runtime multiplies by float32(1/scale), nncase's quant_param_t.
+quantize_u8       x: f32                    scale, zero_point    clamp(roundf(x*(1/scale) + zp), 0, 255)
+                                                                  (kmodel-v4.md §8.7 host build) -> uint8
+dequantize_u8     x: u8                     scale, zero_point    (x - zp) * (1/(1/scale)) in float32 (§8.4)
+requantize_u8     x: u8                     in_scale, in_zero_point, scale, zero_point
+                                                                  quantize_u8(dequantize_u8(x)); a 256-entry
+                                                                  function, so a table_lookup1d in a kmodel
+table_lookup1d    x: u8, table: u8[256]     -                    table[x]                            (§8.19)
+kpu_conv2d_q      x: u8, w: u8 (OIHW, depthwise (C,1,k,k)), bn: int64[OC,3] (norm_mul, norm_shift,
+                  norm_add), act: int64[16,4] (x_start, y_mul, shift_number, y_add)
+                                            depthwise, pool, pad_value, arg_x, shr_x, arg_w, shr_w, arg_add
+                                            one KPU layer, targets/k210/kpu.py's kpu_conv2d per batch
+                                            (kmodel-v4.md §10.5) -> uint8 [N, OC, H div s, W div s]
+quantized_conv2d  x: u8, w: u8 OIHW, b: i32[O]  strides, padding, dilations, groups, input_offset,
+                                            filter_offset, output_mul, output_shift, output_offset
+                                            acc = b + sum over valid taps (x + input_offset)(w + filter_offset),
+                                            clamp(mul_and_carry_shift(acc) + output_offset) (§8.16) -> uint8
+quantized_matmul  a: u8[M,K], b: u8[K,N], bias: i32[N]   input_a_offset, input_b_offset, output_mul,
+                                            output_shift, output_offset                   (§8.17) -> uint8
+quantized_binary  a: u8, b: u8 (broadcast)  op: add sub mul div min max, input_a_offset, input_a_mul,
+                                            input_a_shift, input_b_offset, input_b_mul, input_b_shift,
+                                            output_mul, output_shift, output_offset       (§8.18) -> uint8
 """
 from __future__ import annotations
 
@@ -366,3 +391,65 @@ def _gather(t, a):
     ax = a["axis"]
     shape = t[0].shape
     return TensorType(shape[:ax] + t[1].shape + shape[ax + 1:], t[0].dtype)
+
+
+# ------------------------------------------------------------------ quantized (uint8) ops
+def _u8(*types):
+    need(all(t.dtype == "uint8" for t in types), f"expects uint8 operands, got {[t.dtype for t in types]}")
+
+
+@rule("quantize_u8")
+def _quantize_u8(t, a):
+    need(t[0].dtype == "float32", f"quantize_u8 of {t[0].dtype}")
+    return TensorType(t[0].shape, "uint8")
+
+
+@rule("dequantize_u8")
+def _dequantize_u8(t, a):
+    _u8(t[0])
+    return TensorType(t[0].shape, "float32")
+
+
+@rule("requantize_u8")
+def _requantize_u8(t, a):
+    _u8(t[0])
+    return t[0]
+
+
+@rule("table_lookup1d")
+def _table_lookup1d(t, a):
+    _u8(*t)
+    need(t[1].shape == (256,), f"table shape {t[1].shape} != (256,)")
+    return t[0]
+
+
+@rule("kpu_conv2d_q")
+def _kpu_conv2d_q(t, a):
+    x, w, bn, act = t
+    _u8(x, w)
+    need(bn.shape == (w.shape[0], 3), f"batch-norm table {bn.shape} != ({w.shape[0]}, 3)")
+    need(act.shape == (16, 4), f"activation table {act.shape} != (16, 4)")
+    return _kpu_conv2d([x, w, TensorType((w.shape[0],))], a)
+
+
+@rule("quantized_conv2d")
+def _quantized_conv2d(t, a):
+    _u8(t[0], t[1])
+    return _conv2d(t, a)
+
+
+@rule("quantized_matmul")
+def _quantized_matmul(t, a):
+    x, w, bias = t
+    _u8(x, w)
+    need(len(x.shape) == 2 and len(w.shape) == 2 and x.shape[1] == w.shape[0],
+         f"quantized_matmul is (M,K) @ (K,N), got {x.shape} @ {w.shape}")
+    need(bias.shape == (w.shape[1],), f"bias shape {bias.shape} != ({w.shape[1]},)")
+    return TensorType((x.shape[0], w.shape[1]), "uint8")
+
+
+@rule("quantized_binary")
+def _quantized_binary(t, a):
+    _u8(*t)
+    need(a["op"] in ("add", "sub", "mul", "div", "min", "max"), f"no quantized binary {a['op']}")
+    return TensorType(broadcast(t[0].shape, t[1].shape), "uint8")

@@ -18,6 +18,7 @@ from passes.fold_transposes import fold_transposes
 from passes.fuse_clamp import fuse_clamp
 from passes.fuse_leaky_relu import fuse_leaky_relu
 from passes.manager import run_to_fixpoint
+from targets.k210 import legalize as k210
 
 GENERIC = [
     fold_constants,               # weights computed at run time become constants the others can read
@@ -37,5 +38,16 @@ def optimize_generic(graph: Graph, *, lint: bool = False,
     """Run GENERIC to a fixpoint, sweep dead nodes and validate; returns the same (mutated) graph."""
     run_to_fixpoint(graph, GENERIC, lint=lint, dump=dump)
     graph.eliminate_dead_code()
+    graph.validate()
+    return graph
+
+
+# K210 KPU legalization, in float; the target owns the order (targets/k210/legalize.py).
+LEGALIZE_K210 = k210.LEGALIZE_K210
+
+
+def legalize_k210(graph: Graph, *, lint: bool = False, dump: Callable[[Graph, str], None] | None = None) -> Graph:
+    """Run LEGALIZE_K210 to a fixpoint after GENERIC; CPU fallbacks get meta["why_not_kpu"]. Returns the graph."""
+    k210.legalize_k210(graph, lint=lint, dump=dump)
     graph.validate()
     return graph

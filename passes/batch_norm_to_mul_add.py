@@ -27,8 +27,9 @@ def _rewrite(graph: Graph, bn: Node) -> None:
     scale, bias, mean, var = (v.data.astype(np.float64) for v in bn.inputs[1:])
     k = scale / np.sqrt(var + bn.attrs["epsilon"])
     per_channel = (-1,) + (1,) * (x.type.rank - 2)  # broadcasts along axis 1
+    shift = bias - mean * k
     k_c = graph.const(k.reshape(per_channel).astype(x.dtype), name=f"{bn.name}/scale", before=bn)
-    shift_c = graph.const((bias - mean * k).reshape(per_channel).astype(x.dtype), name=f"{bn.name}/shift", before=bn)
+    shift_c = graph.const(shift.reshape(per_channel).astype(x.dtype), name=f"{bn.name}/shift", before=bn)
     scaled = graph.add("binary", [x, k_c], name=f"{bn.name}/mul", before=bn, op="mul").output
     out = graph.add("binary", [scaled, shift_c], name=f"{bn.name}/add", before=bn, op="add").output
     out.quant = bn.output.quant

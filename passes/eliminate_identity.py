@@ -10,7 +10,7 @@ cast(x, x.dtype)                           -> x
 Why: importers translate ONNX Identity-like idioms (Flatten of a flat tensor, Slice to the end,
 Pad by 0, Concat of one input, Dropout's scale 1, Clip without bounds) one op each; every such
 node is a CPU op and a buffer for nothing, and it hides patterns from the fusing passes.
-A binary op or clamp with a fused_clamp is not an identity.
+A binary op with a fused_clamp is not an identity.
 Order: early in GENERIC (after fold_constants), so the fusing passes see producer and consumer
 adjacent.
 """

@@ -8,8 +8,8 @@ padding. Conditions: constant mode, non-negative amounts on H and W only (a crop
 with padding), a zero pad value for conv2d; for a max pool a value of -inf (or the dtype's lowest,
 the value the kernel pads with) and every pooling window seeing at least one real element, so no
 window's result depends on what it pads with (and no ceil_mode, whose extra windows depend on where
-the padding came from). Mean pools are never folded: their divisor counts the explicit pad but not
-their own padding (count_include_pad=False).
+the padding came from). Mean pools are never folded: their divisor counts an explicit pad as data
+but not their own padding (count_include_pad=False).
 Only self-contained matches: the pad feeds nothing but the conv or pool.
 Order: after fold_transposes (TFLite PAD sits in NHWC between the transposes), before the KPU
 legalization.
@@ -41,7 +41,9 @@ def fold_pad_into_conv2d(graph: Graph) -> bool:
 
 def _match(graph: Graph, node: Node) -> Match | None:
     pad = node.inputs[0].producer
-    if pad.op != "pad" or pad.attrs.get("mode", "constant") != "constant" or not used_only_by(graph, pad.output, node):
+    if pad.op != "pad" or not used_only_by(graph, pad.output, node):
+        return None
+    if pad.attrs.get("mode", "constant") != "constant":
         return None
     pads = tuple(tuple(p) for p in pad.attrs["pads"])
     if len(pads) != 4 or pads[:2] != ((0, 0), (0, 0)) or min(min(p) for p in pads) < 0:
@@ -53,7 +55,9 @@ def _match(graph: Graph, node: Node) -> Match | None:
     value = pad.attrs.get("value", 0.0)
     if node.op == "conv2d":
         return Match(pad, node, padding) if value == 0 else None
-    if node.attrs["op"] != "max" or node.attrs.get("ceil_mode") or not np.issubdtype(pad.output.dtype, np.floating):
+    if node.attrs["op"] != "max" or node.attrs.get("ceil_mode"):
+        return None
+    if not np.issubdtype(pad.output.dtype, np.floating):
         return None
     if value != -np.inf and value > np.finfo(pad.output.dtype).min:
         return None

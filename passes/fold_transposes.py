@@ -43,6 +43,13 @@ def fold_transposes(graph: Graph) -> bool:
         result.quant = out.quant
         return result
 
+    def untranspose(c: Value, perm, anchor: Node) -> Value:
+        """The constant that broadcasts against x as `c` does against transpose(x, perm)."""
+        # c broadcasts against T(x) as c with leading 1s; T^-1 of that broadcasts against x.
+        extra = len(perm) - c.type.rank
+        data = np.transpose(c.data.reshape((1,) * extra + c.shape), _inverse(perm))
+        return graph.const(data, name=c.name, before=anchor, quant=_permute_quant(c.quant, _inverse(perm), extra))
+
     def transpose(node: Node) -> Value | None:
         x, perm = node.inputs[0], tuple(node.attrs["perm"])
         if perm == tuple(range(len(perm))):
@@ -67,18 +74,9 @@ def fold_transposes(graph: Graph) -> bool:
         if len(perms) != 1:
             return None
         perm = perms[0]
-        inputs = []
-        for v, t in zip(node.inputs, ts):
-            if t:
-                inputs.append(t.inputs[0])
-            elif v.is_constant and v.type.rank <= len(perm):
-                # c broadcasts against T(x) as c'' = c with leading 1s; T^-1(c'') broadcasts against x.
-                extra = len(perm) - v.type.rank
-                c = v.data.reshape((1,) * extra + v.shape)
-                inputs.append(graph.const(np.transpose(c, _inverse(perm)), name=v.name, before=node,
-                                          quant=_permute_quant(v.quant, _inverse(perm), shift=extra)))
-            else:
-                return None
+        if not all(t or (v.is_constant and v.type.rank <= len(perm)) for v, t in zip(node.inputs, ts)):
+            return None
+        inputs = [t.inputs[0] if t else untranspose(v, perm, node) for v, t in zip(node.inputs, ts)]
         return sink(node, inputs, perm)
 
     def concat(node: Node) -> Value | None:
@@ -129,7 +127,7 @@ def _inverse(perm) -> tuple[int, ...]:
 
 
 def _permute_quant(q: QuantParam | None, perm, shift: int = 0) -> QuantParam | None:
-    """The quant params of a tensor after `shift` leading 1s and transpose(perm): a per-channel axis moves with its dim."""
+    """Quant params after prepending `shift` 1s and transpose(perm): a per-channel axis moves with its dim."""
     if q is None or q.axis is None:
         return q
     return QuantParam(q.scale, q.zero_point, list(perm).index(q.axis + shift))

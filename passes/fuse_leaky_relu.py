@@ -7,8 +7,8 @@ emit the two-op form; the KPU applies LeakyReLU for free in its activation table
 legalization needs to see it as one op.
 alpha must be one scalar (a constant whose elements are all equal) that does not broadcast x to a
 larger shape. Only self-contained matches: the product feeds nothing but the max/min.
-Order: before fuse_clamp (which would otherwise fuse nothing here but could take the multiply's
-place in a later pattern) and the KPU legalization.
+Order: before fuse_clamp in GENERIC (a clamp fused into the max or the mul hides the pattern) and
+before the KPU legalization.
 """
 from __future__ import annotations
 
@@ -25,7 +25,9 @@ NO_CLAMP = (-math.inf, math.inf)
 def fuse_leaky_relu(graph: Graph) -> bool:
     """Replace max(x, alpha*x) / min(x, alpha*x) by leaky_relu(x, alpha)."""
     def binary(node: Node) -> Value | None:
-        if node.attrs["op"] not in ("max", "min") or _fused(node) or not np.issubdtype(node.output.dtype, np.floating):
+        if node.attrs["op"] not in ("max", "min") or _fused(node):
+            return None
+        if not np.issubdtype(node.output.dtype, np.floating):
             return None
         for x, product in (node.inputs, node.inputs[::-1]):
             alpha = _scale_of(graph, product, x, node)

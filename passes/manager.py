@@ -41,7 +41,8 @@ def run_to_fixpoint(graph: Graph, passes: Iterable[Pass], *, limit: int = 32, li
         if not changed_now:
             return changed_any
         changed_any = True
-    raise KpucError(f"passes did not settle after {limit} rounds; the last round changed: {', '.join(changed_now)}")
+    raise KpucError(f"passes did not settle after {limit} rounds; the last round changed: "
+                    + ", ".join(changed_now))
 
 
 def rewrite(graph: Graph, rules: Iterable[Rule], *, limit: int = 64) -> bool:
@@ -49,7 +50,8 @@ def rewrite(graph: Graph, rules: Iterable[Rule], *, limit: int = 64) -> bool:
 
     Rules are indexed by op, so a node is only offered to the rules of its own op, in list order.
     A rule may add nodes (before the node it rewrites) and return one of their outputs, or return an
-    existing value; the node's consumers and the graph outputs move over to it.
+    existing value; the node's consumers and the graph outputs move over to it. A rule that returns
+    None must not have added anything (match first, then build), or the sweep would never settle.
     """
     by_op: dict[str, list] = {}
     for op, fn in rules:

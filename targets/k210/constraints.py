@@ -7,8 +7,10 @@ Input size. The spec gives three different numbers (kpu.md §10): the argument f
 W <= 1024 and H <= 512; nncase's FAQ says <= 320x240 (WxH) "for full acceleration"; ncc v0.2
 accepts 4 <= H_in <= 256 and 4 <= W_in <= 512 (kmodel-v4.md §10.3, nncase `kpu_utils.h`
 `is_supported_in_shape`). The issue asked for "input <= 320x240": that is the FAQ's advice, not a
-hardware limit, so kpuc uses ncc v0.2's enforced limits (the toolchain whose runtime kpuc targets)
-and reports maps above 320x240 nowhere as errors.
+hardware limit, so kpuc uses ncc v0.2's enforced limits (the toolchain whose runtime kpuc targets);
+a map larger than 320x240 but within 512x256 is placed on the KPU.
+Weights need no check: nncase loads them in pieces of <= 30 KiB (kpu.md §10) and one output channel
+of a 3x3 conv over 1024 channels is only 9 KiB.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from targets.k210.kpu_layout import KPU_RAM_BYTES, KPU_RAM_ROWS, kpu_rows
 __all__ = ["KPU_RAM_BYTES", "KPU_RAM_ROWS", "MAX_CHANNELS", "MIN_IN_H", "MIN_IN_W", "MAX_IN_H", "MAX_IN_W",
            "MIN_OUT_H", "MIN_OUT_W", "KERNEL_SIZES", "TABLE_UNARY_OPS", "kpu_padding", "why_not_kpu",
            "why_not_kpu_conv", "why_not_kpu_layer", "activation_step", "kpu_pool_type", "why_not_kpu_pool",
-           "kpu_geometry"]
+           "kpu_geometry", "transpose_as_conv"]
 
 # i_ch_num / o_ch_num are 10-bit fields holding count - 1 (kpu.md §3 word 2, §10).
 MAX_CHANNELS = 1024
@@ -48,7 +50,7 @@ def why_not_kpu_layer(in_shape, out_channels: int, kernel: int, *, depthwise: bo
                       pool: str = "bypass") -> str | None:
     """Whether one KPU layer (stride-1 "same" conv + pool) on an NCHW input map fits the hardware."""
     n, c, h, w = in_shape
-    f, s = KPU_POOLS[pool]
+    s = KPU_POOLS[pool][1]
     if kernel not in KERNEL_SIZES:
         return f"the KPU filter is 1x1 or 3x3, not {kernel}x{kernel}"
     for what, count in (("input", c), ("output", out_channels)):
@@ -106,8 +108,6 @@ def why_not_kpu_conv(x: TensorType, w_shape, *, groups: int = 1, strides=(1, 1),
         return f"strides {strides}"
     d = dilations if kh > 1 else (1, 1)
     if d != (1, 1):
-        if any(p < 0 for pair in padding for p in pair):
-            return f"dilated conv with negative padding {padding}"
         # space_to_batch: d*d batches of ceil((size + pads) / d) pixels, each a "same" 3x3 conv
         n *= d[0] * d[1]
         h, wd = (-(-(size + sum(pad)) // dd) for size, pad, dd in zip((h, wd), padding, d))

@@ -124,4 +124,5 @@ def finish(g: Graph, *outputs: Value) -> Graph:
 def kit() -> SimpleNamespace:
     return SimpleNamespace(clone=clone, random_feeds=random_feeds, assert_same_function=assert_same_function,
                            check_rewrite=check_rewrite, check_untouched=check_untouched, ops=ops,
-                           graph_with_inputs=graph_with_inputs, const=const, conv=conv, bn_params=bn_params, op=op, finish=finish)
+                           graph_with_inputs=graph_with_inputs, const=const, conv=conv, bn_params=bn_params,
+                           op=op, finish=finish)

@@ -27,6 +27,17 @@ def test_transposes_at_the_graph_input_cancel(kit):
     assert kit.ops(g) == ["conv2d"] and g.nodes_of("conv2d")[0].inputs[0] is x
 
 
+def test_a_tflite_residual_block_loses_every_transpose(kit):
+    # As the TFLite importer builds it: NHWC tensors between convs, the residual add in NHWC.
+    g, (x,) = kit.graph_with_inputs((1, 4, 5, 5))
+    a = kit.op(g, "transpose", kit.conv(g, x, 4, padding=((1, 1), (1, 1)), name="conv1"), perm=NHWC)
+    b = kit.op(g, "transpose", kit.conv(g, kit.op(g, "transpose", a, perm=NCHW), 4, k=1, name="conv2", seed=3),
+               perm=NHWC)
+    s = kit.op(g, "clamp", kit.op(g, "binary", a, b, op="add"), min=0.0, max=6.0)
+    g = kit.check_rewrite(fold_transposes, kit.finish(g, kit.conv(g, kit.op(g, "transpose", s, perm=NCHW), 2)))
+    assert kit.ops(g) == ["conv2d", "conv2d", "binary", "clamp", "conv2d"]
+
+
 def test_a_chain_merges_into_one_transpose(kit):
     g, (x,) = kit.graph_with_inputs((2, 3, 4, 5))
     y = kit.op(g, "transpose", kit.op(g, "transpose", x, perm=(1, 0, 2, 3)), perm=(0, 2, 1, 3))

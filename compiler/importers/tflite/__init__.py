@@ -89,9 +89,10 @@ def ir_dtype(t: TensorInfo) -> str:
 
 
 def _intersect(a: dict, b: dict) -> dict:
-    """The clamp that applies clamp `a` and then clamp `b`."""
-    lo = max(a.get("min", -np.inf), b.get("min", -np.inf))
-    return {"min": float(lo), "max": float(max(lo, min(a.get("max", np.inf), b.get("max", np.inf))))}
+    """The clamp that applies clamp `a` and then clamp `b`: clamp(clamp(x, a), b) = clamp(x, b(a.min), b(a.max))."""
+    lo2, hi2 = b.get("min", -np.inf), b.get("max", np.inf)
+    lo, hi = (float(min(max(v, lo2), hi2)) for v in (a.get("min", -np.inf), a.get("max", np.inf)))
+    return {"min": lo, "max": hi}
 
 
 class TFLiteContext:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from compiler.ir import Graph, Node
 from targets.k210.constraints import why_not_kpu
-from targets.k210.passes.common import activation_chain, chain_end, derive, rebuild_chain, source_name
+from targets.k210.passes.common import activation_chain, chain_end, derive, pad_spatial, rebuild_chain, source_name
 
 
 def _match(graph: Graph, conv: Node) -> list | None:
@@ -37,7 +37,10 @@ def _rewrite(graph: Graph, conv: Node, chain: list) -> None:
         pads.append((pt, pb + extra))
         crops.append((dd, dd * phase - dd - out))
     name = source_name(conv)
-    s2b = graph.add("space_to_batch", [x], name=f"{name}_s2b", before=last, block=d, pads=tuple(pads))
+    # space_to_batch only pads: a negative padding (from a transposed conv) crops the input first
+    x = pad_spatial(graph, x, tuple((min(a, 0), min(b, 0)) for a, b in pads), name=f"{name}_crop", before=last)
+    pads = tuple((max(a, 0), max(b, 0)) for a, b in pads)
+    s2b = graph.add("space_to_batch", [x], name=f"{name}_s2b", before=last, block=d, pads=pads)
     attrs = {**conv.attrs, "padding": ((1, 1), (1, 1)), "dilations": (1, 1)}
     one = derive(graph, conv, "conv2d", [s2b.output, w, b], before=last, **attrs)
     y = rebuild_chain(graph, one.output, chain, before=last)

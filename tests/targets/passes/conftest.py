@@ -130,10 +130,21 @@ def activate(g: Graph, y: Value, picks) -> Value:
     return y
 
 
+# Pools a KPU layer can absorb: (reduce_window2d attrs, KPU pool type, stride).
+POOLS = [
+    (dict(op="max", kernel=(2, 2), strides=(2, 2)), "max_2_s2", 2),
+    (dict(op="mean", kernel=(2, 2), strides=(2, 2)), "mean_2_s2", 2),
+    (dict(op="max", kernel=(4, 4), strides=(4, 4)), "max_4_s4", 4),
+    (dict(op="mean", kernel=(4, 4), strides=(4, 4)), "mean_4_s4", 4),
+    (dict(op="max", kernel=(2, 2), strides=(1, 1), padding=((0, 1), (0, 1))), "max_2_s1", 1),
+    (dict(op="mean", kernel=(2, 2), strides=(1, 1), padding=((0, 1), (0, 1))), "mean_2_s1", 1),
+]
+
+
 @pytest.fixture(scope="session")
 def kpu() -> SimpleNamespace:
     return SimpleNamespace(clone=clone, random_feeds=random_feeds, assert_close=assert_close,
                            assert_same_function=assert_same_function, check_rewrite=check_rewrite,
                            check_untouched=check_untouched, ops=ops, graph_with_inputs=graph_with_inputs,
                            const=const, conv=conv, kpu_conv=kpu_conv, op=op, finish=finish,
-                           ACTIVATIONS=ACTIVATIONS, activate=activate)
+                           ACTIVATIONS=ACTIVATIONS, activate=activate, POOLS=POOLS)

@@ -3,21 +3,10 @@ from hypothesis import given, settings, strategies as st
 
 from targets.k210.passes.conv2d_to_kpu_conv2d import conv2d_to_kpu_conv2d
 
-# (reduce_window2d attrs, KPU pool type, stride)
-POOLS = [
-    (dict(op="max", kernel=(2, 2), strides=(2, 2)), "max_2_s2", 2),
-    (dict(op="mean", kernel=(2, 2), strides=(2, 2)), "mean_2_s2", 2),
-    (dict(op="max", kernel=(4, 4), strides=(4, 4)), "max_4_s4", 4),
-    (dict(op="mean", kernel=(4, 4), strides=(4, 4)), "mean_4_s4", 4),
-    (dict(op="max", kernel=(2, 2), strides=(1, 1), padding=((0, 1), (0, 1))), "max_2_s1", 1),
-    (dict(op="mean", kernel=(2, 2), strides=(1, 1), padding=((0, 1), (0, 1))), "mean_2_s1", 1),
-]
-
-
 @settings(max_examples=25, deadline=None)
 @given(c=st.integers(1, 5), out_c=st.integers(1, 5), depthwise=st.booleans(), k=st.sampled_from([1, 3]),
        h=st.integers(4, 17), w=st.integers(4, 17), acts=st.lists(st.integers(0, 6), max_size=2),
-       fused=st.booleans(), pool=st.one_of(st.none(), st.integers(0, len(POOLS) - 1)))
+       fused=st.booleans(), pool=st.one_of(st.none(), st.integers(0, 5)))
 def test_random_kpu_shaped_convs_become_one_kpu_conv2d(kpu, c, out_c, depthwise, k, h, w, acts, fused, pool):
     g, (x,) = kpu.graph_with_inputs((1, c, h, w))
     p = k // 2
@@ -25,14 +14,14 @@ def test_random_kpu_shaped_convs_become_one_kpu_conv2d(kpu, c, out_c, depthwise,
     y = kpu.conv(g, x, c if depthwise else out_c, k, groups=c if depthwise else 1, padding=((p, p), (p, p)), **extra)
     y = kpu.activate(g, y, acts)
     if pool is not None:
-        y = kpu.op(g, "reduce_window2d", y, **POOLS[pool][0])
+        y = kpu.op(g, "reduce_window2d", y, **kpu.POOLS[pool][0])
     g = kpu.check_rewrite(conv2d_to_kpu_conv2d, kpu.finish(g, y))
     (layer,) = g.nodes_of("kpu_conv2d")
     assert "conv2d" not in kpu.ops(g)
     assert len(layer.attrs["activation"]) == len(acts) + fused
-    stride = POOLS[pool][2] if pool is not None else 1
+    stride = kpu.POOLS[pool][2] if pool is not None else 1
     if pool is not None and not (c > 1 and depthwise) and min(h, w) // stride >= 4:
-        assert kpu.ops(g) == ["kpu_conv2d"] and layer.attrs["pool"] == POOLS[pool][1]
+        assert kpu.ops(g) == ["kpu_conv2d"] and layer.attrs["pool"] == kpu.POOLS[pool][1]
     else:
         assert layer.attrs["pool"] == "bypass"
 

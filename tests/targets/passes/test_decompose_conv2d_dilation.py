@@ -7,7 +7,7 @@ pads = st.tuples(st.integers(0, 4), st.integers(0, 4))
 
 
 @settings(max_examples=25, deadline=None)
-@given(c=st.integers(1, 4), depthwise=st.booleans(), h=st.integers(5, 14), w=st.integers(5, 14),
+@given(c=st.integers(1, 4), depthwise=st.booleans(), h=st.integers(7, 14), w=st.integers(7, 14),
        dh=st.integers(1, 3), dw=st.integers(2, 3), ph=pads, pw=pads, acts=st.lists(st.integers(0, 6), max_size=2))
 def test_random_dilated_convs_run_on_phases(kpu, c, depthwise, h, w, dh, dw, ph, pw, acts):
     g, (x,) = kpu.graph_with_inputs((1, c, h, w))

@@ -1,0 +1,279 @@
+"""Post-training calibration: run the float graph over a dataset and record the range of every value.
+
+As ncc v0.2 does it (kmodel-v4.md §11, nncase src/cli/compile.cpp + src/evaluator/quantizer.cpp):
+1. every sample is run through the float graph and, per value, the float32 min/max of its finite
+   elements (`get_range`) is merged into a running union;
+2. `l2` only: a second pass fills, per value, a 2048-bin histogram over the fixed-up range of pass 1;
+3. a method from CALIBRATION_METHODS turns the statistics of each value into its range;
+4. with an explicit input mean/std the model input's range is forced to [(0-mean)/std, (1-mean)/std]
+   instead of being measured;
+5. ranges are broadcast unchanged through shape-only ops (BROADCAST_OPS), in graph order, so a
+   reshape/pad/slice between two quantized layers needs no requantization.
+
+`Calibrator(Executor)` overrides `run_node` (torch.fx's ShapeProp pattern). A `kpu_conv2d` is recorded
+in two stages, because the KPU quantizer needs both (kmodel-v4.md §10.6): its conv output after the
+leading clamp steps (key `<value>#conv`, nncase's conv output with its fused clamp), and the output of
+its whole activation chain *before* the pool (the value itself: the pool runs on the uint8 codes, so
+the pooled map shares the activation's quantization, like ncc's range broadcast through a pool).
+Results: `calibrate(...)` returns {key: (min, max)} and writes node.meta["range"] (and
+node.meta["conv_range"] for kpu_conv2d).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+
+from compiler.errors import KpucError
+from compiler.executor import Executor
+from compiler.ir import Graph, Node
+from compiler.kernels import KERNELS
+from compiler.kernels.conv import conv2d
+from compiler.kernels.kpu import ACTIVATION_STEPS, kpu_pool
+from compiler.progress import progress
+from compiler.quantization import F32, FLT_MAX, FLT_MIN, Range, fixup_range, get_range, union_range
+
+HISTOGRAM_BINS = 2048     # ncc: quantizer(cali_method, 2048)
+QUANT_LEVELS = 256        # uint8
+CONV_SUFFIX = "#conv"     # key of a kpu_conv2d's pre-activation range
+# Ops whose output range is their (single data) input's range (nncase cpu_target::add_quantization_broadcast,
+# plus the pure data movements kpuc's K210 legalization emits for dilated convs). concat takes the union.
+BROADCAST_OPS = ("reshape", "transpose", "pad", "strided_slice", "resize", "reduce_window2d",
+                 "space_to_batch", "batch_to_space", "space_to_depth", "depth_to_space")
+
+
+def conv_key(value_name: str) -> str:
+    """Range key of a kpu_conv2d's conv output (after its leading clamps, before the other steps)."""
+    return value_name + CONV_SUFFIX
+
+
+# ------------------------------------------------------------------ kpu_conv2d stages
+def split_activation(steps) -> tuple[tuple[float, float], tuple]:
+    """(clamp interval of the leading clamp steps, remaining steps): nncase's fused clamp vs fused unary."""
+    lo, hi, k = -np.inf, np.inf, 0
+    while k < len(steps) and steps[k][0] == "clamp":
+        lo, hi = max(lo, float(steps[k][1])), min(hi, float(steps[k][2]))
+        k += 1
+    return (lo, hi), tuple(steps[k:])
+
+
+def apply_steps(y: np.ndarray, steps) -> np.ndarray:
+    """The activation steps in order, with the float KPU kernel's own step functions."""
+    for name, *params in steps:
+        y = ACTIVATION_STEPS[name](y, *params)
+    return y
+
+
+def kpu_conv2d_stages(x, w, b, *, depthwise=False, pool="bypass", activation=()):
+    """(conv after leading clamps, activation output before the pool, layer output); the last equals
+    compiler.kernels.kpu.kpu_conv2d exactly (same functions, same order)."""
+    p = w.shape[-1] // 2
+    y = conv2d(x, w, b, padding=((p, p), (p, p)), groups=x.shape[1] if depthwise else 1)
+    n_clamps = len(activation) - len(split_activation(activation)[1])
+    y = apply_steps(y, activation[:n_clamps])
+    z = apply_steps(y, activation[n_clamps:])
+    return y, z, kpu_pool(z, pool)
+
+
+# ------------------------------------------------------------------ statistics and methods
+@dataclass
+class Stats:
+    """What calibration knows about one value: its running float32 range, then (l2) a histogram."""
+    lo: float = FLT_MAX
+    hi: float = FLT_MIN
+    counts: np.ndarray | None = None
+    hist_range: Range | None = None
+
+    def record_range(self, a: np.ndarray) -> None:
+        self.lo, self.hi = union_range((self.lo, self.hi), get_range(a))
+
+    def start_histogram(self, bins: int) -> None:
+        self.hist_range = fixup_range((self.lo, self.hi))
+        self.counts = np.zeros(bins, np.float64)
+
+    def record_histogram(self, a: np.ndarray) -> None:
+        """nncase histogram::record: bin = (size_t)clamp((v - min) / interval, 0, bins - 1), float32."""
+        bins = len(self.counts)
+        lo, interval = F32(self.hist_range[0]), bin_interval(self.hist_range, bins)
+        v = np.asarray(a, F32).reshape(-1)
+        v = v[~np.isnan(v)]
+        with np.errstate(all="ignore"):
+            idx = np.clip((v - lo) / interval, F32(0), F32(bins - 1)).astype(np.int64)
+        self.counts += np.bincount(idx, minlength=bins)
+
+
+def bin_interval(r: Range, bins: int) -> np.float32:
+    return F32(F32(F32(r[1]) - F32(r[0])) / F32(bins))
+
+
+def no_clip(stats: Stats) -> Range:
+    """The union of the per-sample ranges (ncc's default)."""
+    return stats.lo, stats.hi
+
+
+_L2_KERNELS: dict[tuple[int, int], np.ndarray] = {}
+
+
+def _l2_kernel(bins: int, levels: int) -> np.ndarray:
+    """G[k, j]: squared rounding error (in bins) of bin offset j inside a window of d = levels + k bins
+    quantized to `levels` codes; rows run over d = bins .. levels (descending), columns j = 0 .. bins."""
+    key = (bins, levels)
+    if key not in _L2_KERNELS:
+        d = np.arange(bins, levels - 1, -1, dtype=np.float64)[:, None]
+        j = np.arange(bins + 1, dtype=np.float64)[None, :]
+        q = levels - 1
+        code = np.clip(np.floor(j * q / d + 0.5), 0, q)           # std::round of a non-negative value
+        g = (j - d / q * code) ** 2
+        _L2_KERNELS[key] = np.where(j <= d, g, 0.0)
+    return _L2_KERNELS[key]
+
+
+def l2(stats: Stats, levels: int = QUANT_LEVELS) -> Range:
+    """ncc's `l2` method (nncase histogram::finish): over bin pairs lower <= zero bin <= upper with
+    upper - lower >= levels, minimise Σ_i count_i · (v_i - Q(v_i))², v_i the bin's left edge and Q the
+    `levels`-code quantizer of [edge(lower), edge(upper)] (values outside clip to the ends).
+
+    nncase loops over every pair (≈ bins³ work); here the loss splits into a below-range part, an
+    above-range part (prefix sums) and an in-range part that depends only on (lower, width) and is one
+    matrix product. Ties go to the pair nncase meets first: the lowest `lower`, then the highest `upper`.
+    Computed in float64, so a near-tie can resolve differently from nncase's float32 sums."""
+    p = stats.counts
+    bins = len(p)
+    lo_edge = F32(stats.hist_range[0])
+    interval = bin_interval(stats.hist_range, bins)
+    zero_bin = int(np.clip(F32((F32(0) - lo_edge) / interval), 0, bins - 1))
+    i = np.arange(bins, dtype=np.float64)
+    c0, c1, c2 = (np.concatenate([[0.0], np.cumsum(p * i ** k)]) for k in range(3))   # Σ_{i<n}
+    lowers = np.arange(zero_bin + 1)
+    # below[l] = Σ_{i<l} p_i (l - i)^2 ; above[u] = Σ_{i>u} p_i (i - u)^2 for u = 0..bins
+    below = lowers ** 2 * c0[lowers] - 2 * lowers * c1[lowers] + c2[lowers]
+    u = np.arange(bins + 1)
+    t0, t1, t2 = (c[-1] - c[np.minimum(u + 1, bins)] for c in (c0, c1, c2))
+    above = u ** 2 * t0 - 2 * u * t1 + t2
+    widths = np.arange(bins, levels - 1, -1)
+    padded = np.concatenate([p, np.zeros(bins + 1)])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, bins + 1)[:zero_bin + 1]   # [l, j] = p[l + j]
+    inside = windows @ _l2_kernel(bins, levels).T                                         # [l, width]
+    uppers = lowers[:, None] + widths[None, :]
+    valid = (uppers <= bins) & (uppers >= zero_bin)
+    loss = np.where(valid, below[:, None] + above[np.minimum(uppers, bins)] + inside, np.inf)
+    if not np.isfinite(loss).any():
+        return stats.hist_range
+    best_l, best_k = np.unravel_index(int(np.argmin(loss)), loss.shape)
+    best_u = int(uppers[best_l, best_k])
+    return (float(F32(F32(F32(best_l) * interval) + lo_edge)), float(F32(F32(F32(best_u) * interval) + lo_edge)))
+
+
+CALIBRATION_METHODS: dict[str, Callable[[Stats], Range]] = {"no_clip": no_clip, "l2": l2}
+
+
+# ------------------------------------------------------------------ the calibrating executor
+class Calibrator(Executor):
+    """Runs the float graph and records, per value, the statistics of what it computes."""
+
+    def __init__(self, graph: Graph, kernels: Mapping = KERNELS, *, bins: int = HISTOGRAM_BINS,
+                 measure_inputs: bool = True):
+        super().__init__(graph, kernels)
+        self.stats: dict[str, Stats] = {}
+        self.bins, self.measure_inputs, self.stage = bins, measure_inputs, "range"
+
+    def begin_histograms(self) -> None:
+        """Second pass (l2): histograms over the fixed-up ranges of the first."""
+        for s in self.stats.values():
+            s.start_histogram(self.bins)
+        self.stage = "histogram"
+
+    def _record(self, key: str, a: np.ndarray) -> None:
+        if not np.issubdtype(np.asarray(a).dtype, np.floating):
+            return
+        if self.stage == "range":
+            self.stats.setdefault(key, Stats()).record_range(a)
+        elif key in self.stats:
+            self.stats[key].record_histogram(a)
+
+    def run(self, feeds, *, keep_all: bool = False):
+        out = super().run(feeds, keep_all=keep_all)
+        if self.measure_inputs:
+            g = self.graph
+            feeds = feeds if isinstance(feeds, Mapping) else {v.name: a for v, a in zip(g.inputs, feeds)}
+            for v in g.inputs:
+                self._record(v.name, np.asarray(feeds[v.name], np.float32))
+        return out
+
+    def run_node(self, node: Node, args: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+        if node.op == "kpu_conv2d":
+            y, z, out = kpu_conv2d_stages(*args, **node.attrs)
+            self._record(conv_key(node.output.name), y)
+            self._record(node.output.name, z)
+            return (out.astype(node.output.dtype, copy=False),)
+        results = super().run_node(node, args)
+        if node.op != "constant":
+            for v, r in zip(node.outputs, results):
+                self._record(v.name, r)
+        return results
+
+
+def _as_feeds(sample):
+    """A dataset item as executor feeds: an array, a Sample (has .data), a dict or a list of arrays."""
+    data = getattr(sample, "data", sample)
+    return data if isinstance(data, (Mapping, list, tuple)) else [data]
+
+
+def input_range(mean: float, std: float) -> Range:
+    """ncc's forced input range for image data in [0, 1] normalised as (x - mean) / std (float32)."""
+    return float(F32(F32(0.0 - mean) / F32(std))), float(F32(F32(1.0 - mean) / F32(std)))
+
+
+def broadcast_ranges(graph: Graph, ranges: dict[str, Range]) -> None:
+    """Give the output of each shape-only op its input's range (graph order, so chains propagate);
+    a concat gets the union of its inputs' ranges (ncc keeps whichever path it visited last)."""
+    for node in graph.nodes:
+        data_inputs = [v for v in node.inputs if not v.is_constant]
+        if node.op in BROADCAST_OPS and data_inputs and data_inputs[0].name in ranges:
+            for v in node.outputs:
+                ranges[v.name] = ranges[data_inputs[0].name]
+        elif node.op == "concat" and all(v.name in ranges for v in data_inputs):
+            r = ranges[data_inputs[0].name]
+            for v in data_inputs[1:]:
+                r = union_range(r, ranges[v.name])
+            ranges[node.output.name] = r
+
+
+def calibrate(graph: Graph, dataset: Iterable, *, method: str = "no_clip", input_mean: float | None = None,
+              input_std: float | None = None, kernels: Mapping = KERNELS, bins: int = HISTOGRAM_BINS,
+              label: str = "calibrate") -> dict[str, Range]:
+    """Ranges of every value of the float graph over `dataset` (arrays, Samples or feed dicts).
+
+    Giving `input_mean` or `input_std` forces the input range as ncc's --input-mean/--input-std do.
+    Writes node.meta["range"] (and meta["conv_range"] for kpu_conv2d); returns {key: (min, max)}."""
+    if method not in CALIBRATION_METHODS:
+        raise KpucError(f"unknown calibration method '{method}' (choose from {', '.join(CALIBRATION_METHODS)})")
+    forced = input_mean is not None or input_std is not None
+    cal = Calibrator(graph, kernels, bins=bins, measure_inputs=not forced)
+    samples = dataset if isinstance(dataset, (list, tuple)) else list(dataset)
+    if not samples:
+        raise KpucError("calibration needs at least one sample")
+    for sample in progress(samples, label=label):
+        cal.run(_as_feeds(sample))
+    if method != "no_clip":
+        cal.begin_histograms()
+        for sample in progress(samples, label=f"{label} ({method})"):
+            cal.run(_as_feeds(sample))
+    pick = CALIBRATION_METHODS[method]
+    ranges = {key: pick(s) for key, s in cal.stats.items()}
+    if forced:
+        r = input_range(0.0 if input_mean is None else input_mean, 1.0 if input_std is None else input_std)
+        for v in graph.inputs:
+            ranges[v.name] = r
+    broadcast_ranges(graph, ranges)
+    for node in graph.nodes:
+        if len(node.outputs) == 1 and node.output.name in ranges:
+            node.meta["range"] = ranges[node.output.name]
+        if node.op == "kpu_conv2d" and conv_key(node.output.name) in ranges:
+            node.meta["conv_range"] = ranges[conv_key(node.output.name)]
+    return ranges
+
+
+__all__ = ["Calibrator", "Stats", "CALIBRATION_METHODS", "BROADCAST_OPS", "calibrate", "conv_key", "no_clip",
+           "l2", "split_activation", "apply_steps", "kpu_conv2d_stages", "input_range", "broadcast_ranges"]

@@ -1,0 +1,201 @@
+"""Quantization arithmetic shared by the quantizer, the integer kernels and the kmodel interpreters.
+
+Everything here is a pure function whose name says how it rounds, written once (STYLE.md §5). The
+formulas are nncase v0.2.0-beta4's (kmodel-v4.md §11, src/evaluator/quantizer.cpp), computed in float32
+where nncase computes in `float`, so the same calibration ranges give the same integers.
+
+Two conventions for a uint8 quantization meet here:
+- the IR's `QuantParam(scale, zero_point)`: real = (q - zero_point) * scale, `scale` = the real step;
+- nncase's `quant_param_t`, here `QuantParamU8(zero_point, scale)`: q = round(real * scale + zero_point),
+  `scale` = levels per real unit, a float32 (what a kmodel stores).
+`QuantParamU8.to_ir()` stores 1/scale in float64 and `QuantParamU8.from_ir()` recovers the float32 exactly
+(1/(1/s) in float64 is within 2^-52 of s, and s is a float32).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from compiler.errors import KpucError
+from compiler.ir import QuantParam
+
+F32 = np.float32
+FLT_MAX = float(np.finfo(np.float32).max)
+FLT_MIN = float(np.finfo(np.float32).tiny)   # the smallest *positive* normal float, nncase's start for max
+
+
+# ------------------------------------------------------------------ rounding
+def round_half_even(x):
+    """Round to nearest, ties to even (numpy rint; onnx QuantizeLinear; RISC-V fcvt rne)."""
+    return np.rint(x)
+
+
+def round_half_away_from_zero(x):
+    """C `roundf` / `std::round`: ties away from zero, exact in the input's own precision."""
+    x = np.asarray(x)
+    t = np.trunc(x)
+    return np.where(np.abs(x - t) >= 0.5, t + np.sign(x), t)   # x - trunc(x) is exact
+
+
+def roundf_int(x: float) -> int:
+    """`(int)roundf(x)` of one float32 value."""
+    return int(round_half_away_from_zero(F32(x)))
+
+
+def c_div(a, b):
+    """C integer division (truncates toward zero); a zero divisor gives 0 instead of trapping."""
+    a, b = np.broadcast_arrays(np.asarray(a, np.int64), np.asarray(b, np.int64))
+    safe = np.where(b == 0, 1, b)
+    q = np.abs(a) // np.abs(safe)
+    return np.where(b == 0, 0, np.where((a < 0) ^ (safe < 0), -q, q))
+
+
+def mul_and_carry_shift(v, mul: int, shift: int) -> np.ndarray:
+    """nncase's runtime `mul_and_carry_shift` (beta4): t = v·mul in int64, t = (t + 2^(s-1)) >> s
+    (round half up), result = the low 32 bits as int32. `shift` is the i32 field read as uint8."""
+    t = np.asarray(v, np.int64) * np.int64(mul)
+    s = int(shift) & 0xFF
+    if s >= 63:
+        t = np.zeros_like(t)           # |v·mul| < 2^62 <= 2^(s-1): the rounded quotient is 0
+    elif s > 0:
+        t = (t + (np.int64(1) << np.int64(s - 1))) >> np.int64(s)
+    return t.astype(np.int32)          # two's complement wrap of the low 32 bits, as the C cast does
+
+
+# ------------------------------------------------------------------ ranges
+Range = tuple[float, float]
+
+
+def get_range(data) -> Range:
+    """nncase `quantizer::get_range`: float32 min/max over the finite values, starting from
+    (FLT_MAX, FLT_MIN) -- so an all-negative tensor gets max = FLT_MIN (fixup_range later makes it 0)."""
+    a = np.asarray(data, np.float32).reshape(-1)
+    a = a[np.isfinite(a)]
+    lo = min(FLT_MAX, float(a.min())) if a.size else FLT_MAX
+    hi = max(FLT_MIN, float(a.max())) if a.size else FLT_MIN
+    return lo, hi
+
+
+def union_range(a: Range, b: Range) -> Range:
+    """The smallest range holding both (nncase `union_range`, used across calibration samples)."""
+    return min(a[0], b[0]), max(a[1], b[1])
+
+
+def fixup_range(r: Range) -> Range:
+    """nncase `fixup_range` in float32: clamp to [-1000, 1000], widen to at least 0.01 (0.1 if empty),
+    then make the range contain 0 (kmodel-v4.md §11)."""
+    lo, hi = F32(r[0]), F32(r[1])
+    if lo < -1e3:
+        lo = F32(-1e3)
+    if hi > 1e3:
+        hi = F32(1e3)
+    width = F32(hi - lo)
+    if width == 0:
+        width = F32(0.1)
+    elif width < F32(0.01):
+        width = F32(0.01)
+    hi = F32(lo + width)
+    if hi < 0:
+        hi = F32(0)
+    if lo > 0:
+        lo = F32(0)
+    return float(lo), float(hi)
+
+
+class QuantParamU8(NamedTuple):
+    """nncase's quant_param_t: q = clamp(round(x·scale + zero_point), 0, 255); scale in levels per unit."""
+    zero_point: int
+    scale: float   # a float32 value
+
+    def to_ir(self) -> QuantParam:
+        """The IR's QuantParam (real step = 1 / scale, float64)."""
+        return QuantParam(scale=1.0 / float(self.scale), zero_point=int(self.zero_point))
+
+    @classmethod
+    def from_ir(cls, q: QuantParam) -> "QuantParamU8":
+        """Back from the IR's QuantParam; exact for a QuantParam made by `to_ir`."""
+        return cls(int(q.zero_point), float(F32(1.0 / q.scale)))
+
+
+def get_quant_param(r: Range, bits: int = 8) -> QuantParamU8:
+    """nncase `get_quant_param`: fixup_range, scale = (2^bits - 1) / (max - min) in float32,
+    zero_point = round(-min · scale) (half away from zero), so real 0 is exactly representable."""
+    lo, hi = fixup_range(r)
+    scale = F32(F32((1 << bits) - 1) / F32(F32(hi) - F32(lo)))
+    zero_point = roundf_int(F32(-F32(lo) * scale))
+    return QuantParamU8(zero_point, float(scale))
+
+
+def ir_quant_param(r: Range) -> QuantParam:
+    """The IR QuantParam of a calibrated range (get_quant_param, then to_ir)."""
+    return get_quant_param(r).to_ir()
+
+
+# ------------------------------------------------------------------ fixed-point multipliers
+class FixedMul(NamedTuple):
+    """value ≈ mul · 2^-shift; `mul` is the float32 nncase keeps, `rounded` the stored integer."""
+    mul: float
+    shift: int
+
+    @property
+    def rounded(self) -> int:
+        """nncase `rounded_mul()`: (int32)roundf(mul)."""
+        return roundf_int(self.mul)
+
+
+def fixed_mul(value: float, max_bits: int, max_shift: int, signed: bool = True) -> FixedMul:
+    """nncase `quantizer::get_fixed_mul` in float32: with value = m·2^e (frexp, 0.5 <= |m| < 1),
+    shift = min(max_shift, bits - e) and mul = m·2^(shift + e), bits = max_bits - 1 if signed.
+    (nncase's two branches, |value| > 1 and |value| <= 1, reduce to this one formula.)
+
+    Raises KpucError where nncase would only assert: a value too large for the field (shift < 0).
+    One deviation: if rounding would carry |mul| up to 2^bits (which no longer fits the signed field),
+    the shift is lowered by one; nncase would write the overflowing integer."""
+    v = F32(value)
+    if v == 0:
+        return FixedMul(0.0, 0)
+    if not np.isfinite(v):
+        raise KpucError(f"fixed_mul of {value}")
+    bits = max_bits - 1 if signed else max_bits
+    m, e = np.frexp(v)
+    shift = min(int(max_shift), bits - int(e))
+    if shift < 0:
+        raise KpucError(f"fixed_mul: {value} does not fit {max_bits} bits")
+    mul = F32(np.ldexp(np.float64(m), shift + int(e)))
+    if abs(roundf_int(mul)) >= 1 << bits and shift > 0:
+        shift -= 1
+        mul = F32(np.ldexp(np.float64(m), shift + int(e)))
+    return FixedMul(float(mul), shift)
+
+
+# ------------------------------------------------------------------ quantize / dequantize (kmodel runtime)
+def quantize_u8(x, q: QuantParamU8) -> np.ndarray:
+    """nncase's quantize (host build, kmodel-v4.md §8.7), also its weight quantizer:
+    (int32)roundf(x·scale + zero_point) in float32, clamped to 0..255. NaN gives 0 (x86 INT_MIN)."""
+    with np.errstate(all="ignore"):
+        t = round_half_away_from_zero(np.asarray(x, F32) * F32(q.scale) + F32(q.zero_point))
+        t = np.where(np.isfinite(t), t, -2.0 ** 31)
+    return np.clip(t, 0, 255).astype(np.uint8)
+
+
+def dequantize_u8(q_arr, q: QuantParamU8) -> np.ndarray:
+    """nncase's dequantize (host build, §8.4): (float)(q - zero_point) · (1/scale), 1/scale in float32."""
+    d = (np.asarray(q_arr).astype(np.int64) - q.zero_point).astype(F32)
+    return d * (F32(1) / F32(q.scale))
+
+
+def quantization_step_error(q: QuantParamU8) -> float:
+    """Half a quantization step in real units: the worst rounding error inside the range."""
+    return 0.5 / q.scale
+
+
+def range_of(q: QuantParamU8) -> Range:
+    """The real values the codes 0 and 255 stand for."""
+    return (0 - q.zero_point) / q.scale, (255 - q.zero_point) / q.scale
+
+
+__all__ = ["F32", "Range", "QuantParamU8", "FixedMul", "round_half_even", "round_half_away_from_zero",
+           "roundf_int", "c_div", "mul_and_carry_shift", "get_range", "union_range", "fixup_range",
+           "get_quant_param", "ir_quant_param", "fixed_mul", "quantize_u8", "dequantize_u8", "range_of",
+           "quantization_step_error"]

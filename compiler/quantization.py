@@ -195,7 +195,69 @@ def range_of(q: QuantParamU8) -> Range:
     return (0 - q.zero_point) / q.scale, (255 - q.zero_point) / q.scale
 
 
+# ------------------------------------------------------------------ CPU quantized ops (nncase neutral transforms)
+def quantize_weights_u8(w) -> tuple[QuantParamU8, np.ndarray]:
+    """One zero point and scale for a whole weight tensor (nncase quantized_conv2d: no equalisation)."""
+    wq = get_quant_param(fixup_range(get_range(w)))
+    return wq, quantize_u8(w, wq)
+
+
+def weights_span(w) -> float:
+    """max - min of the fixed-up weight range: what --weights-quantize-threshold compares against."""
+    lo, hi = fixup_range(get_range(w))
+    return float(F32(F32(hi) - F32(lo)))
+
+
+def quantized_conv2d_params(bias, iq: QuantParamU8, wq: QuantParamU8, yq: QuantParamU8,
+                            max_shift: int = 255) -> tuple[np.ndarray, dict]:
+    """(int32 bias, attrs) of a quantized conv2d / matmul (nncase quantized_conv2d.cpp, kmodel-v4.md §8.16):
+    bias_q = roundf(bias · sa), sa = s_in · s_w; (output_mul, output_shift) = fixed_mul(s_out / sa, 32,
+    max_shift) (255 for conv2d, 32 for matmul); offsets are minus the operands' zero points."""
+    sa = F32(F32(iq.scale) * F32(wq.scale))
+    bias_q = round_half_away_from_zero(np.asarray(bias, F32) * sa).astype(np.int32)
+    out = fixed_mul(F32(F32(yq.scale) / sa), 32, max_shift, True)
+    return bias_q, {"output_mul": out.rounded, "output_shift": out.shift, "output_offset": yq.zero_point}
+
+
+def quantized_binary_params(op: str, qa: QuantParamU8, qb: QuantParamU8, qy: QuantParamU8) -> dict:
+    """Attrs of a quantized binary (nncase quantized_binary.cpp, §8.18): add/sub/min/max rescale a by b's
+    scale and b by a's (16-bit muls), mul keeps both, div rescales a only; the result is scaled by
+    fixed_mul(s_out / sa, 32, 32)."""
+    one = FixedMul(1.0, 0)
+    if op in ("add", "sub", "min", "max"):
+        sa = F32(F32(qa.scale) * F32(qb.scale))
+        fa, fb = fixed_mul(qb.scale, 16, 16, True), fixed_mul(qa.scale, 16, 16, True)
+    elif op == "mul":
+        sa, fa, fb = F32(F32(qa.scale) * F32(qb.scale)), one, one
+    elif op == "div":
+        sa, fa, fb = F32(qa.scale), fixed_mul(qb.scale, 16, 16, True), one
+    else:
+        raise KpucError(f"no quantized binary {op}")
+    fy = fixed_mul(F32(F32(qy.scale) / sa), 32, 32, True)
+    return {"op": op, "input_a_offset": -qa.zero_point, "input_a_mul": fa.rounded, "input_a_shift": fa.shift,
+            "input_b_offset": -qb.zero_point, "input_b_mul": fb.rounded, "input_b_shift": fb.shift,
+            "output_mul": fy.rounded, "output_shift": fy.shift, "output_offset": qy.zero_point}
+
+
+def sample_codes(q: QuantParamU8, count: int) -> np.ndarray:
+    """nncase's sample points over a quantized range: x_min + i·(x_max - x_min)/(count - 1) in float32,
+    x_min/x_max the reals of codes 0 and 255."""
+    x_min = F32(F32(0 - q.zero_point) / F32(q.scale))
+    x_max = F32(F32(255 - q.zero_point) / F32(q.scale))
+    step = F32(F32(x_max - x_min) / F32(count - 1))
+    return F32(x_min) + np.arange(count, dtype=F32) * step
+
+
+def lookup_table(fn, iq: QuantParamU8, yq: QuantParamU8) -> np.ndarray:
+    """The 256-byte table of an elementwise float function between two quantizations (nncase
+    fused_unary_to_lookup1d: fn at 256 float32 samples of the input range, quantized like a quantize op)."""
+    with np.errstate(all="ignore"):
+        ys = np.asarray(fn(sample_codes(iq, 256)), F32)
+    return quantize_u8(ys, yq)
+
+
 __all__ = ["F32", "Range", "QuantParamU8", "FixedMul", "round_half_even", "round_half_away_from_zero",
            "roundf_int", "c_div", "mul_and_carry_shift", "get_range", "union_range", "fixup_range",
            "get_quant_param", "ir_quant_param", "fixed_mul", "quantize_u8", "dequantize_u8", "range_of",
-           "quantization_step_error"]
+           "quantization_step_error", "quantize_weights_u8",
+           "weights_span", "quantized_conv2d_params", "quantized_binary_params", "sample_codes", "lookup_table"]

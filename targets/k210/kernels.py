@@ -12,11 +12,10 @@ from typing import Callable, Mapping
 import numpy as np
 
 from compiler.executor import Executor
-from compiler.ir import Graph
+from compiler.ir import Graph, QuantParam
 from compiler.kernels import KERNELS
 from compiler.kernels.conv import conv2d
 from compiler.quantization import QuantParamU8, c_div, dequantize_u8, mul_and_carry_shift, quantize_u8
-from compiler.ir import QuantParam
 from targets.k210.kpu import POOL_TYPES, ActTable, BatchNorm, kpu_conv2d
 
 K210_KERNELS: dict[str, Callable] = {}

@@ -194,8 +194,10 @@ class Lowering:
 
 
 def shape4(shape) -> tuple[int, int, int, int]:
-    """A runtime_shape_t: the shape left-padded with 1s to 4-D (§1)."""
+    """A runtime_shape_t: the shape left-padded with 1s to 4-D (§1); leading 1s beyond 4-D are dropped."""
     shape = tuple(int(d) for d in shape)
+    while len(shape) > 4 and shape[0] == 1:
+        shape = shape[1:]
     if len(shape) > 4:
         raise KpucError(f"kmodel v4 shapes are at most 4-D, not {shape}")
     return (1,) * (4 - len(shape)) + shape

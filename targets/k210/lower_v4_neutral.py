@@ -15,6 +15,7 @@ import numpy as np
 
 from compiler.errors import KpucError
 from compiler.ir import Node, Value
+from compiler.kernels.resize import _nearest_index, _source_coord
 from targets.k210 import kmodel_v4 as k4
 from targets.k210.lower_v4 import Buffer, Lowering, emitter, shape4, value_range
 
@@ -138,6 +139,14 @@ def binary(ctx: Lowering, node: Node) -> None:
         emit_binary(ctx, "mul", t, out.shape, t, out.shape, ctx.output(out), out.shape, clamp)
     elif op == "pow" and b.is_constant and np.all(b.data == 2) and out.shape == a.shape:   # a^2 = a·a
         emit_binary(ctx, "mul", ctx.buffer(a), a.shape, ctx.buffer(a), a.shape, ctx.output(out), out.shape, clamp)
+    elif op == "pow":                                      # a^b = exp(b·log a), for a > 0 (and a = 0, b > 0)
+        la, t = ctx.temp("log", a.shape), ctx.temp("mul", out.shape)
+        ctx.emit(k4.Unary(ctx.buffer(a), la, UNARY_CODES["log"]))
+        emit_binary(ctx, "mul", ctx.buffer(b), b.shape, la, a.shape, t, out.shape)
+        if clamp == FULL:
+            ctx.emit(k4.Unary(t, ctx.output(out), UNARY_CODES["exp"]))
+        else:
+            emit_nnil(ctx, clamp_program(Nnil().x().op("exp"), *clamp).ret(), t, ctx.output(out))
     else:
         raise KpucError(f"{node.name}: the v0.2 runtime has no binary '{op}'")
 
@@ -478,23 +487,52 @@ def pad(ctx: Lowering, node: Node) -> None:
     ctx.emit(pad_body(ctx.buffer(x), ctx.output(node.output), x.shape, a["pads"], a.get("value", 0.0)))
 
 
+def _runtime_coords(in_len: int, out_len: int, align_corners: bool) -> np.ndarray:
+    """resize_image's source coordinate of every output index (§8.11): o·scale in float32."""
+    scale = F32(in_len) / F32(out_len)
+    if align_corners and out_len > 1:
+        scale = F32(in_len - 1) / F32(out_len - 1)
+    return np.arange(out_len, dtype=F32) * scale
+
+
+def _resize_mode(a: dict, in_hw, out_hw) -> tuple[int, bool] | None:
+    """(mode, align_corners) of a resize_image that picks exactly the IR resize's source pixels (nearest)
+    or coordinates (bilinear, within float32 rounding), or None. Decided by comparing the index / coordinate
+    arrays, so e.g. TFLite's half-pixel nearest upscale by an integer factor qualifies."""
+    ctm = a.get("coordinate_transformation_mode", "half_pixel")
+    ok = {}
+    for align in (False, True):
+        same = True
+        for n, o in zip(in_hw, out_hw):
+            ir = _source_coord(ctm, o, n)
+            rt = _runtime_coords(n, o, align)
+            if a["mode"] == "nearest":
+                ir_idx = np.clip(_nearest_index(ir, a.get("nearest_mode", "round_prefer_floor")), 0, n - 1)
+                same &= bool(np.array_equal(ir_idx, np.minimum(np.floor(rt).astype(np.int64), n - 1)))
+            else:
+                same &= bool(np.allclose(np.clip(ir, 0, n - 1), np.clip(rt, 0, n - 1), rtol=0, atol=1e-5))
+        ok[align] = same
+    if a["mode"] == "nearest" and ok[False]:
+        return 1, False                       # the runtime's nearest ignores align_corners
+    if a["mode"] == "linear" and (ok[False] or ok[True]):
+        return 0, not ok[False]
+    return None
+
+
 @emitter("resize")
 def resize(ctx: Lowering, node: Node) -> None:
-    """resize_image (§8.11): nearest = floor(o·in/out) (asymmetric, floor), bilinear without half-pixel
-    centres (asymmetric or align_corners); H and W only."""
+    """resize_image (§8.11): nearest = floor(o·in/out), bilinear without half-pixel centres (plain or
+    align_corners); H and W only."""
     x = node.inputs[0]
-    a = node.attrs
-    sizes, ctm = tuple(a["sizes"]), a.get("coordinate_transformation_mode", "half_pixel")
+    a, sizes = node.attrs, tuple(node.attrs["sizes"])
     if x.type.rank != 4 or sizes[:2] != x.shape[:2]:
         raise KpucError(f"{node.name}: resize_image scales H and W of a 4-D tensor only")
-    if a["mode"] == "nearest" and ctm == "asymmetric" and a.get("nearest_mode", "round_prefer_floor") == "floor":
-        mode, align = 1, False
-    elif a["mode"] == "linear" and ctm in ("asymmetric", "align_corners"):
-        mode, align = 0, ctm == "align_corners"
-    else:
-        raise KpucError(f"{node.name}: the runtime resizes nearest (asymmetric, floor) or bilinear "
-                        f"(asymmetric/align_corners), not {a['mode']} with {ctm}")
-    ctx.emit(k4.ResizeImage(ctx.buffer(x), ctx.output(node.output), shape4(x.shape), sizes[2], sizes[3], mode, align))
+    mode = _resize_mode(a, x.shape[2:], sizes[2:])
+    if mode is None:
+        raise KpucError(f"{node.name}: resize_image cannot sample like a {a['mode']} resize with "
+                        f"{a.get('coordinate_transformation_mode', 'half_pixel')} coordinates "
+                        f"({x.shape[2]}x{x.shape[3]} -> {sizes[2]}x{sizes[3]})")
+    ctx.emit(k4.ResizeImage(ctx.buffer(x), ctx.output(node.output), shape4(x.shape), sizes[2], sizes[3], *mode))
 
 
 @emitter("space_to_batch")

@@ -1,11 +1,180 @@
-"""kmodel v4 emitters for the uint8 and KPU ops (kmodel-v4.md §8.4, §8.7, §8.16-§8.19, §10)."""
+"""kmodel v4 emitters for the uint8 and KPU ops (kmodel-v4.md §8.4, §8.7, §8.16-§8.19, §10).
+
+The quantizer (targets/k210/quantize.py) leaves every integer already computed in the IR: quant params
+as attrs, KPU tables and quantized weights as constants (compiler/ops.py, "Quantized ops"), so these
+emitters only move numbers into bodies. What they decide is where KPU maps live (§6.2, §10.6):
+- a uint8 model input read only by KPU layers is itself a `kpu` input (the host uploads it);
+- a KPU layer reads its input from KPU RAM: the map a previous layer left there, or one `kpu_upload`
+  per value from main memory;
+- a KPU layer's result stays in KPU RAM and, when any reader is not a KPU layer (or it is a model
+  output), is also written densely to main memory by the same layer (`main_mem_output`), instead of a
+  separate download.
+"""
 from __future__ import annotations
 
-from compiler.ir import Node, Value
+import dataclasses
+
+import numpy as np
+
+from compiler.errors import KpucError
+from compiler.ir import Node, QuantParam, Value
+from compiler.quantization import QuantParamU8
 from targets.k210 import kmodel_v4 as k4
-from targets.k210.lower_v4 import Lowering, emitter
+from targets.k210.kernels import POOL_TYPE_OF, kpu_tables, requantize
+from targets.k210.kpu import KpuArgs
+from targets.k210.kpu_layout import row_layout
+from targets.k210.lower_v4 import Buffer, Lowering, emitter, shape4
+from targets.k210.lower_v4_neutral import BINARY_CODES
+
+KPU_LAYER_OPS = ("kpu_conv2d_q",)
+WEIGHT_LOAD_BYTES = 30 * 1024          # ncc splits a layer's weights into loads of at most 30 KiB (§10.3)
 
 
+def _u8_param(scale: float, zero_point: int) -> k4.QuantParam:
+    """The IR's (real step, zero point) as the file's quant_param_t (levels per unit, float32)."""
+    q = QuantParamU8.from_ir(QuantParam(scale, zero_point))
+    return k4.QuantParam(q.zero_point, q.scale)
+
+
+def _const(node: Node, v: Value, what: str) -> np.ndarray:
+    if not v.is_constant:
+        raise KpucError(f"{node.name}: the {what} must be a constant (it goes into the body)")
+    return v.data
+
+
+# ---------------------------------------------------------------- where values live
 def input_buffer(ctx: Lowering, v: Value) -> None:
-    """A model input lives in main memory."""
-    ctx.output(v)
+    """A model input: in KPU RAM when it is uint8 and only KPU layers read it (the host writes it in KPU
+    layout, §5.1), else in main memory."""
+    users = v.user_nodes()
+    if (ctx.target == "k210" and v.dtype == "uint8" and v.type.rank == 4 and users
+            and all(u.op in KPU_LAYER_OPS and u.inputs[0] is v for u in users) and v not in ctx.graph.outputs):
+        ctx.output(v, k4.MEM_KPU)
+    else:
+        ctx.output(v)
+
+
+def kpu_input(ctx: Lowering, v: Value) -> Buffer:
+    """The KPU map of `v`: where a layer left it, else uploaded once from main memory (§8.27)."""
+    if v not in ctx.kpu:
+        src = ctx.buffer(v)
+        dst = ctx.new_buffer(f"{v.name}/kpu", v.shape, "uint8", k4.MEM_KPU)
+        ctx.emit(k4.KpuUpload(src, dst, shape4(v.shape)))
+        ctx.kpu[v] = dst
+    return ctx.kpu[v]
+
+
+def _needs_main_copy(ctx: Lowering, v: Value) -> bool:
+    return v in ctx.graph.outputs or any(u.op not in KPU_LAYER_OPS or u.inputs[0] is not v for u in v.user_nodes())
+
+
+# ---------------------------------------------------------------- the KPU layer (§10.2-§10.4)
+def layer_args(in_shape, out_shape, k: int, depthwise: bool, pool: str, attrs: dict, main_output: bool) -> KpuArgs:
+    """The 12 argument words as ncc fills them (§10.3); the image addresses and the three table skips
+    are filled in once the buffers are placed and the body is written."""
+    _, ic, h, w = in_shape
+    _, oc, oh, ow = out_shape
+    lin, lout = row_layout(w), row_layout(ow)
+    if depthwise:
+        per, para_size, loads = oc, oc * k * k, 1
+    else:
+        per = min(oc, WEIGHT_LOAD_BYTES // (k * k * ic))
+        para_size, loads = k * k * ic * per, -(-oc // per)
+    return KpuArgs(
+        depth_wise_layer=int(depthwise), i_ch_num=ic - 1, o_ch_num=oc - 1, o_ch_num_coef=per - 1,
+        i_row_wid=w - 1, i_col_high=h - 1, o_row_wid=ow - 1, o_col_high=oh - 1,
+        kernel_type=int(k == 3), pool_type=POOL_TYPE_OF[pool], load_para=1, dma_burst_size=15,
+        pad_value=attrs.get("pad_value", 0), load_coor=1, load_time=loads - 1, para_size=para_size,
+        channel_switch_addr=lin.row_len * h, row_switch_addr=lin.row_len, coef_group=lin.groups, load_act=1,
+        wb_channel_switch_addr=lout.row_len * oh, wb_row_switch_addr=lout.row_len, wb_group=lout.groups,
+        shr_w=attrs.get("shr_w", 0), shr_x=attrs.get("shr_x", 0), arg_w=attrs.get("arg_w", 0),
+        arg_x=attrs.get("arg_x", 0), arg_add=attrs.get("arg_add", 0), send_data_out=int(main_output),
+        channel_byte_num=ow * oh - 1, dma_total_byte=ow * oh * oc - 1)
+
+
+@emitter("kpu_conv2d_q")
+def kpu_conv2d_q(ctx: Lowering, node: Node) -> None:
+    x, w, bn, act = node.inputs
+    weights = _const(node, w, "weights").astype(np.uint8)
+    batch_norm, table = kpu_tables(_const(node, bn, "batch-norm table"), _const(node, act, "activation table"))
+    src = kpu_input(ctx, x)
+    out = node.output
+    dst = ctx.output(out, k4.MEM_KPU)
+    main = ctx.output(out) if _needs_main_copy(ctx, out) else None
+    a = node.attrs
+    args = layer_args(shape4(x.shape), shape4(out.shape), w.shape[-1], a.get("depthwise", False),
+                      a.get("pool", "bypass"), a, main is not None)
+
+    def finish(body: k4.KpuConv2D) -> k4.KpuConv2D:
+        return dataclasses.replace(
+            body, main_mem_output=main.range() if main is not None else k4.NO_RANGE,
+            layer=body.layer.replace(image_src_addr=src.range().start // 64, image_dst_addr=dst.range().start // 64))
+
+    body = k4.KpuConv2D(k4.NO_RANGE, x.shape[0], 0, args, batch_norm, table, weights)
+    ctx.emit(body, reads=(src,), writes=(dst,) + ((main,) if main is not None else ()), finish=finish)
+
+
+# ---------------------------------------------------------------- uint8 CPU ops
+@emitter("quantize_u8", "quantize")
+def quantize(ctx: Lowering, node: Node) -> None:
+    """f32 -> u8 (§8.7). (The generic `quantize` op rounds ties to even; the runtime rounds them away
+    from zero, as quantize_u8 does.)"""
+    a = node.attrs
+    if node.op == "quantize" and (a.get("axis") is not None or a.get("dtype", "uint8") != "uint8"):
+        raise KpucError(f"{node.name}: the runtime quantizes per tensor to uint8 only")
+    ctx.emit(k4.Quantize(ctx.buffer(node.inputs[0]), ctx.output(node.output), _u8_param(a["scale"], a["zero_point"])))
+
+
+@emitter("dequantize_u8", "dequantize")
+def dequantize(ctx: Lowering, node: Node) -> None:
+    """u8 -> f32 (§8.4)."""
+    a = node.attrs
+    if a.get("axis") is not None or node.inputs[0].dtype != "uint8":
+        raise KpucError(f"{node.name}: the runtime dequantizes uint8 per tensor only")
+    ctx.emit(k4.Dequantize(ctx.buffer(node.inputs[0]), ctx.output(node.output), _u8_param(a["scale"], a["zero_point"])))
+
+
+@emitter("table_lookup1d", "requantize_u8")
+def table_lookup1d(ctx: Lowering, node: Node) -> None:
+    """out = table[in] (§8.19); a requantization is the 256-entry table of its own function."""
+    x = node.inputs[0]
+    if node.op == "requantize_u8":
+        table = ctx.const(requantize(np.arange(256), **node.attrs).astype(np.uint8), f"{node.name}/table")
+    else:
+        table = ctx.buffer(node.inputs[1])
+    ctx.emit(k4.TableLookup1D(ctx.buffer(x), table, ctx.output(node.output)))
+
+
+@emitter("quantized_conv2d")
+def quantized_conv2d(ctx: Lowering, node: Node) -> None:
+    x, w, b = node.inputs
+    a = node.attrs
+    (ph, pw), (sh, sw), (dh, dw) = a.get("padding", ((0, 0), (0, 0))), a.get("strides", (1, 1)), a.get("dilations", (1, 1))
+    oc, _, kh, kw = w.shape
+    ctx.emit(k4.QuantizedConv2D(
+        ctx.buffer(x), ctx.output(node.output), shape4(x.shape), a.get("groups", 1), oc, k4.Padding(*ph),
+        k4.Padding(*pw), kh, kw, sh, sw, dh, dw, a["input_offset"], a["filter_offset"], a["output_mul"],
+        a["output_shift"], a["output_offset"], _const(node, b, "bias").astype(np.int32).reshape(-1),
+        _const(node, w, "weights").astype(np.uint8).reshape(-1)))
+
+
+@emitter("quantized_matmul")
+def quantized_matmul(ctx: Lowering, node: Node) -> None:
+    """u8 [M,K]·[K,N] (§8.17); a constant B goes into the blob as it is (no run-time transpose)."""
+    a_, b, bias = node.inputs
+    a = node.attrs
+    (m, k), n = a_.shape, b.shape[1]
+    ctx.emit(k4.QuantizedMatMul(
+        ctx.buffer(a_), ctx.buffer(b), ctx.output(node.output), m, k, n, a["input_a_offset"], a["input_b_offset"],
+        a["output_mul"], a["output_shift"], a["output_offset"], _const(node, bias, "bias").astype(np.int32).reshape(-1)))
+
+
+@emitter("quantized_binary")
+def quantized_binary(ctx: Lowering, node: Node) -> None:
+    """u8 a op b with per-operand rescaling (§8.18); a constant operand is a u8 constant in the blob."""
+    x, y = node.inputs
+    a, out = node.attrs, node.output
+    ctx.emit(k4.QuantizedBinary(
+        ctx.buffer(x), ctx.buffer(y), ctx.output(out), BINARY_CODES[a["op"]], shape4(x.shape), shape4(y.shape),
+        shape4(out.shape), a["input_a_offset"], a["input_a_mul"], a["input_a_shift"], a["input_b_offset"],
+        a["input_b_mul"], a["input_b_shift"], a["output_offset"], a["output_mul"], a["output_shift"]))

@@ -101,6 +101,7 @@ class Slice(NamedTuple):
 
     @classmethod
     def of(cls, node: Node) -> "Slice | None":
+        """The slice a strided_slice node takes, or None (another op, or a negative stride)."""
         a = node.attrs
         if node.op != "strided_slice" or any(s < 1 for s in a["strides"]):
             return None
@@ -112,6 +113,7 @@ class Slice(NamedTuple):
                      tuple(s * s2 for s, s2 in zip(self.stride, outer.stride)), outer.length)
 
     def attrs(self) -> dict:
+        """strided_slice attributes (begin, end, strides) taking this slice."""
         end = tuple(b + (n - 1) * s + 1 if n else b for b, s, n in zip(self.begin, self.stride, self.length))
         return {"begin": self.begin, "end": end, "strides": self.stride}
 

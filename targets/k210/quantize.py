@@ -1,0 +1,467 @@
+"""The K210 quantizer: a calibrated, legalized float graph -> a graph of uint8 KPU layers and CPU ops.
+
+Every number is computed as nncase v0.2.0-beta4 computes it (kmodel-v4.md §10.6, §11; nncase
+src/transforms/hlir/k210/kpu_conv2d.cpp, piecewise_regression.cpp, neutral/quantized_*.cpp), in float32
+where nncase uses `float`:
+- kpu_conv2d -> kpu_conv2d_q: per-channel weight equalisation folded into the batch norm, uint8 weights
+  with one zero point, arg_x/arg_w/arg_add/pad_value from the zero points, per-channel norm_mul/shift/add,
+  and a 16-segment activation table fitted (15 segments, nncase's piecewise regression) to the layer's
+  activation chain over the conv output's quantized range;
+- conv2d / matmul left on the CPU -> quantized_conv2d / quantized_matmul, binary -> quantized_binary,
+  unless their (fixed-up) weight range is wider than `weights_quantize_threshold` or their output has
+  fewer than `output_quantize_threshold` elements (nncase add_quant_checkpoints); a kpu_conv2d whose
+  weights are too wide falls back to a float conv2d (+ activations + pool) with meta["why_not_kpu"];
+- shape-only ops whose input is uint8 run on the codes (nncase's dequantize motion), with a pad filling
+  the zero point (ncc v0.2 padded with byte 0 -- kmodel-v4.md §18.4 -- which shifts real values);
+  elementwise activations whose input is uint8 become a table_lookup1d (nncase fused_unary_to_lookup1d);
+- everything else runs in float: dequantize_u8 / quantize_u8 / requantize_u8 are inserted where the
+  representation changes, so the executor runs the result as it is.
+
+Names: the float version of a source value keeps the source name (a dequantize when the value is made in
+uint8), its uint8 version is `<name>_q`; every node that computes a source value carries
+meta["float_value"] = that value's name, for compiler/accuracy.py. Quantization parameters live on the
+uint8 Values (Value.quant, the IR's real-step convention). Deterministic: graph order, no sets.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from compiler.calibration import conv_key, split_activation
+from compiler.errors import KpucError
+from compiler.ir import Graph, Node, QuantParam, Value
+from compiler.kernels import KERNELS
+from compiler.kernels.kpu import ACTIVATION_STEPS
+from compiler.quantization import (F32, QuantParamU8, Range, fixed_mul, fixup_range, get_quant_param, get_range,
+                                   lookup_table, quantize_u8, quantize_weights_u8, quantized_binary_params,
+                                   quantized_conv2d_params, round_half_away_from_zero, roundf_int, weights_span)
+from compiler.ops import KPU_POOLS
+
+ACT_SEGMENTS = 16
+ACT_SAMPLES = 1024
+X_START_MIN = -(1 << 35)       # segment 0 (kmodel-v4.md §10.4)
+BN_SHIFT_MAX = 15
+
+
+# ------------------------------------------------------------------ KPU numbers
+def equalize_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """nncase's per-channel equalisation: channel oc is multiplied by s = T.max/R.max or T.min/R.min
+    (the larger if either is negative, else the smaller; std::min/max NaN rules), T and R the fixed-up
+    ranges of all weights and of the channel, so every channel spans the whole weight range.
+    Returns the scaled float32 weights and the float32 scales."""
+    w = np.asarray(w, F32)
+    t_lo, t_hi = (F32(v) for v in fixup_range(get_range(w)))
+    scales = np.empty(w.shape[0], F32)
+    for oc in range(w.shape[0]):    # per channel: get_range/fixup are scalar float32 recipes
+        r_lo, r_hi = (F32(v) for v in fixup_range(get_range(w[oc])))
+        with np.errstate(all="ignore"):
+            s1, s2 = F32(t_hi / r_hi), F32(t_lo / r_lo)
+        if s1 < 0 or s2 < 0:
+            s = s2 if s1 < s2 else s1          # std::max(s1, s2)
+        else:
+            s = s2 if s2 < s1 else s1          # std::min(s1, s2)
+        if not s > 0:
+            raise KpucError(f"weight equalisation of channel {oc} gives scale {s}")
+        scales[oc] = s
+    return w * scales.reshape((-1,) + (1,) * (w.ndim - 1)), scales
+
+
+def quantize_kpu_weights(w: np.ndarray) -> tuple[QuantParamU8, np.ndarray, np.ndarray]:
+    """(weight quant param, per-channel equalisation scales, uint8 weights) of a KPU layer."""
+    scaled, scales = equalize_weights(w)
+    wq = get_quant_param(get_range(scaled))
+    return wq, scales, quantize_u8(scaled, wq)
+
+
+class Segment(NamedTuple):
+    start: float
+    stop: float
+    slope: float
+    intercept: float     # y at `start`
+
+
+def piecewise_regression(xs: np.ndarray, ys: np.ndarray, segments: int = ACT_SEGMENTS - 1) -> list[Segment]:
+    """nncase's piecewise_regression::fit in float32: one segment per pair of neighbouring samples, then,
+    while there are too many, merge the first neighbouring pair whose slopes differ least into the line
+    from the first one's start point to the second one's end point."""
+    xs, ys = np.asarray(xs, F32), np.asarray(ys, F32)
+    if len(xs) <= segments:
+        raise KpucError("piecewise regression: not enough points")
+    order = np.argsort(xs, kind="stable")
+    xs, ys = xs[order], ys[order]
+    start, stop, intercept = xs[:-1].copy(), xs[1:].copy(), ys[:-1].copy()
+    with np.errstate(all="ignore"):
+        slope = F32(ys[1:] - ys[:-1]) / F32(xs[1:] - xs[:-1])
+        while len(start) > segments:
+            diff = np.abs(slope[:-1] - slope[1:])
+            diff = np.where(np.isnan(diff), np.inf, diff)
+            i = int(np.argmin(diff))
+            if not diff[i] < np.finfo(F32).max:
+                raise KpucError("piecewise regression: activation samples are not finite")
+            y0 = F32(F32(F32(start[i] - start[i]) * slope[i]) + intercept[i])
+            y1 = F32(F32(F32(stop[i + 1] - start[i + 1]) * slope[i + 1]) + intercept[i + 1])
+            slope[i] = F32(F32(y1 - y0) / F32(stop[i + 1] - start[i]))
+            stop[i] = stop[i + 1]
+            start, stop, slope, intercept = (np.delete(a, i + 1) for a in (start, stop, slope, intercept))
+    return [Segment(*map(float, seg)) for seg in zip(start, stop, slope, intercept)]
+
+
+def kpu_batch_norm(bias: np.ndarray, scales: np.ndarray, iq: QuantParamU8, wq: QuantParamU8,
+                   yq: QuantParamU8) -> tuple[np.ndarray, float]:
+    """(int64 [OC, 3] = norm_mul, norm_shift, norm_add; the activation input scale s_act_in).
+
+    so = s_y / (s_in·s_w) split as fixed_mul(so, 22, 255) into a ≤ 15 BN shift and a power-of-two "post"
+    upscale the activation table divides back out; per channel fixed_mul(so·post/s_oc, 22, 15) and
+    norm_add = round(b·s_act_in), s_act_in = s_y·post (double precision, as nncase's `auto`)."""
+    sa = F32(F32(iq.scale) * F32(wq.scale))
+    so = F32(F32(yq.scale) / sa)
+    bn_mul = fixed_mul(so, 22, 255, True)
+    up_scale = bn_mul.shift - min(bn_mul.shift, BN_SHIFT_MAX)
+    post = float(F32(F32(bn_mul.rounded) / F32(bn_mul.mul))) * 2.0 ** up_scale
+    s_act_in = float(F32(yq.scale)) * post
+    table = np.zeros((len(bias), 3), np.int64)
+    for oc, (b, s) in enumerate(zip(np.asarray(bias, F32), scales)):
+        ch = fixed_mul(F32(float(so) * post / float(s)), 22, BN_SHIFT_MAX, True)
+        table[oc] = (ch.rounded, ch.shift, int(round_half_away_from_zero(np.float64(float(b) * s_act_in))))
+    return table, s_act_in
+
+
+def kpu_activation(act_in_scale: float, yq: QuantParamU8, zq: QuantParamU8, clamp: tuple[float, float],
+                   steps: tuple) -> np.ndarray:
+    """int64 [16, 4] = x_start, y_mul, shift_number, y_add: segment 0 catches everything below; segments
+    1..15 are the piecewise regression of the activation chain (`steps`, identity if empty) sampled at
+    1024 points of the conv output's quantized range clamped to `clamp`, mapped from BN units
+    (real · act_in_scale) to the output codes of `zq` (nncase quantize_act)."""
+    s_in = F32(act_in_scale)
+    lo, hi = F32(clamp[0]), F32(clamp[1])
+    x_min = np.clip(F32(F32(0 - yq.zero_point) / F32(yq.scale)), lo, hi)
+    x_max = np.clip(F32(F32(255 - yq.zero_point) / F32(yq.scale)), lo, hi)
+    step = F32(F32(x_max - x_min) / F32(ACT_SAMPLES - 1))
+    xs = F32(x_min) + np.arange(ACT_SAMPLES, dtype=F32) * step
+    with np.errstate(all="ignore"):
+        ys = np.asarray(apply_float_steps(xs, steps), F32)
+    z_scale = F32(s_in / F32(zq.scale))
+    table = np.zeros((ACT_SEGMENTS, 4), np.int64)
+    table[0] = (X_START_MIN, 0, 0, 0)
+    if step == 0:     # a collapsed range: one flat segment at the only value
+        segs = [Segment(float(x_min), float(x_max), 0.0, float(ys[0]))] * (ACT_SEGMENTS - 1)
+    else:
+        segs = piecewise_regression(xs, ys)
+    for i, seg in enumerate(segs, start=1):
+        mul = fixed_mul(F32(F32(seg.slope) / z_scale), 16, 20, True)
+        y_add = min(max(roundf_int(F32(F32(F32(seg.intercept) * F32(zq.scale)) + F32(zq.zero_point))), 0), 255)
+        table[i] = (roundf_int(F32(F32(seg.start) * s_in)), mul.rounded, mul.shift, y_add)
+    return table
+
+
+def apply_float_steps(x: np.ndarray, steps: tuple) -> np.ndarray:
+    """The float activation steps (the float kpu_conv2d kernel's own functions), in float32."""
+    for name, *params in steps:
+        x = np.asarray(ACTIVATION_STEPS[name](x, *params), F32)
+    return x
+
+
+@dataclass(frozen=True)
+class KpuLayer:
+    """Everything quantization decides for one KPU layer."""
+    weights: np.ndarray      # uint8 OIHW
+    bn: np.ndarray           # int64 [OC, 3]
+    act: np.ndarray          # int64 [16, 4]
+    input: QuantParamU8
+    weights_q: QuantParamU8
+    conv: QuantParamU8       # the conv output (after its fused clamp), what the BN and table start from
+    output: QuantParamU8     # the activation output = the layer's uint8 codes
+    attrs: dict              # pad_value, arg_x, shr_x, arg_w, shr_w, arg_add
+
+
+def quantize_kpu_layer(w: np.ndarray, b: np.ndarray, activation: tuple, iq: QuantParamU8, yq: QuantParamU8,
+                       zq: QuantParamU8) -> KpuLayer:
+    """The KPU numbers of one kpu_conv2d from its input, conv-output and activation-output quantizations
+    (kmodel-v4.md §10.6)."""
+    clamp, steps = split_activation(activation)
+    wq, scales, w_q = quantize_kpu_weights(w)
+    bn, s_act_in = kpu_batch_norm(b, scales, iq, wq, yq)
+    act = kpu_activation(s_act_in, yq, zq if steps else yq, clamp, steps)
+    k = w.shape[-1]
+    attrs = {"pad_value": iq.zero_point, "arg_x": -wq.zero_point, "shr_x": 0, "arg_w": -iq.zero_point, "shr_w": 0,
+             "arg_add": k * k * wq.zero_point * iq.zero_point}
+    return KpuLayer(w_q, bn, act, iq, wq, yq, zq if steps else yq, attrs)
+
+
+# ------------------------------------------------------------------ the graph rewrite
+U8_DATA_OPS = ("reshape", "transpose", "pad", "strided_slice", "concat", "resize", "reduce_window2d",
+               "space_to_batch", "batch_to_space", "space_to_depth", "depth_to_space")
+TABLE_OPS = ("unary", "clamp", "leaky_relu", "hard_sigmoid", "prelu")
+QUANTIZED_BINARY_OPS = ("add", "sub", "mul", "div", "min", "max")
+
+
+@dataclass(frozen=True)
+class Options:
+    weights_quantize_threshold: float = 64.0
+    output_quantize_threshold: int = 1024
+    quantized_binary: bool = True
+
+
+class _Rewriter:
+    """Builds the quantized graph node by node; each source value has one native version (float or
+    uint8) and lazily made conversions, cached per representation and quantization."""
+
+    def __init__(self, src: Graph, ranges: dict[str, Range], opts: Options):
+        self.src, self.ranges, self.opts = src, ranges, opts
+        self.g = Graph()
+        self.orig: dict[Value, Value] = {}                         # float (or non-float original) version
+        self.u8: dict[Value, dict[QuantParam, Value]] = {}         # uint8 versions by quant param
+        self.native_u8: dict[Value, Value] = {}
+
+    # ---- representations
+    def param(self, v: Value) -> QuantParamU8:
+        if v in self.native_u8:
+            return QuantParamU8.from_ir(self.native_u8[v].quant)
+        if v.is_constant:
+            return get_quant_param(get_range(v.data))
+        if v.name not in self.ranges:
+            raise KpucError(f"no calibration range for %{v.name}; run calibrate() on this graph first")
+        return get_quant_param(self.ranges[v.name])
+
+    def get_float(self, v: Value) -> Value:
+        if v not in self.orig:
+            if v.is_constant:
+                self.orig[v] = self.g.const(v.data, name=v.name, quant=v.quant)
+            else:
+                q = self.native_u8[v].quant
+                self.orig[v] = self._add("dequantize_u8", [self.native_u8[v]], name=v.name,
+                                         scale=q.scale, zero_point=q.zero_point)
+        return self.orig[v]
+
+    def get_u8(self, v: Value, q: QuantParamU8 | None = None) -> Value:
+        q = q or self.param(v)
+        key = q.to_ir()
+        versions = self.u8.setdefault(v, {})
+        if key not in versions:
+            if v.is_constant:
+                versions[key] = self.g.const(quantize_u8(v.data, q), name=f"{v.name}_q", quant=key)
+            elif v in self.native_u8:
+                src = self.native_u8[v].quant
+                versions[key] = self._add("requantize_u8", [self.native_u8[v]], name=f"{v.name}_rq", quant=q,
+                                          in_scale=src.scale, in_zero_point=src.zero_point,
+                                          scale=key.scale, zero_point=key.zero_point)
+            else:
+                versions[key] = self._add("quantize_u8", [self.get_float(v)], name=f"{v.name}_q", quant=q,
+                                          scale=key.scale, zero_point=key.zero_point)
+        return versions[key]
+
+    def _add(self, op: str, inputs, *, name: str, quant: QuantParamU8 | None = None, **attrs) -> Value:
+        node = self.g.add(op, inputs, name=name, **attrs)
+        if quant is not None:
+            node.output.quant = quant.to_ir()
+        return node.output
+
+    def set_native(self, old: Node, new: Value, q: QuantParamU8 | None = None, **meta) -> None:
+        """`new` computes `old`'s (single) output: uint8 with `q`, or float when q is None."""
+        v = old.output
+        new.producer.meta.update({**old.meta, **meta, "float_value": v.name})
+        if q is None:
+            self.orig[v] = new
+        else:
+            new.quant = q.to_ir()
+            self.native_u8[v] = new
+            self.u8.setdefault(v, {})[new.quant] = new
+
+    def is_u8(self, v: Value) -> bool:
+        return v in self.native_u8
+
+    # ---- rules
+    def copy_float(self, node: Node) -> None:
+        new = self.g.add(node.op, [self.get_float(v) for v in node.inputs], name=node.name, **node.attrs)
+        new.meta.update(node.meta)
+        for old_v, new_v in zip(node.outputs, new.outputs):
+            self.orig[old_v] = new_v
+        new.meta["float_value"] = node.outputs[0].name
+
+    def kpu_conv2d(self, node: Node) -> None:
+        x, w, b = node.inputs
+        v = node.output
+        span = weights_span(w.data)
+        if span > self.opts.weights_quantize_threshold:
+            return self.kpu_conv2d_in_float(node, span)
+        iq = self.param(x)
+        yq = get_quant_param(self.ranges[conv_key(v.name)])
+        zq = get_quant_param(self.ranges[v.name])
+        layer = quantize_kpu_layer(w.data, b.data, node.attrs.get("activation", ()), iq, yq, zq)
+        consts = [self.g.const(layer.weights, name=f"{v.name}_q/weights", quant=layer.weights_q.to_ir()),
+                  self.g.const(layer.bn, name=f"{v.name}_q/bn"), self.g.const(layer.act, name=f"{v.name}_q/act")]
+        new = self._add("kpu_conv2d_q", [self.get_u8(x, iq), *consts], name=f"{v.name}_q",
+                        depthwise=node.attrs.get("depthwise", False), pool=node.attrs.get("pool", "bypass"),
+                        **layer.attrs)
+        self.set_native(node, new, layer.output, kpu_quant={"input": layer.input, "weights": layer.weights_q,
+                                                             "conv": layer.conv, "output": layer.output})
+
+    def kpu_conv2d_in_float(self, node: Node, span: float) -> None:
+        """conv2d (+ activation nodes + pool) in float: nncase keeps a conv with such weights off the KPU."""
+        x, w, b = node.inputs
+        v, a = node.output, node.attrs
+        (lo, hi), steps = split_activation(a.get("activation", ()))
+        p = w.shape[-1] // 2
+        chain = [("conv2d", {"padding": ((p, p), (p, p)), "groups": x.shape[1] if a.get("depthwise", False) else 1,
+                             "fused_clamp": (lo, hi)})]
+        chain += [_step_node(name, params) for name, *params in steps]
+        chain += _float_pool(v.shape, a.get("pool", "bypass"))
+        y = None
+        for i, (op, attrs) in enumerate(chain):
+            inputs = [self.get_float(x), self.get_float(w), self.get_float(b)] if i == 0 else [y]
+            last = i == len(chain) - 1
+            y = self.g.add(op, inputs, name=v.name if last else f"{v.name}/{op}", **attrs).output
+            if i == 0:
+                y.producer.meta["why_not_kpu"] = (f"weights span {span:.4g} > weights_quantize_threshold "
+                                                  f"{self.opts.weights_quantize_threshold:g} (kept in float, as nncase does)")
+        self.set_native(node, y)
+
+    def conv2d(self, node: Node) -> None:
+        x, w, b = node.inputs
+        v = node.output
+        if not (w.is_constant and b.is_constant) or not self._worth_quantizing(v, w):
+            return self.copy_float(node)
+        iq, yq = self.param(x), self.param(v)
+        wq, w_q = quantize_weights_u8(w.data)
+        bias_q, attrs = quantized_conv2d_params(b.data, iq, wq, yq, max_shift=255)
+        a = node.attrs
+        new = self._add("quantized_conv2d", [self.get_u8(x, iq), self.g.const(w_q, name=f"{w.name}_q", quant=wq.to_ir()),
+                                             self.g.const(bias_q, name=f"{b.name}_q")], name=f"{v.name}_q",
+                        strides=a.get("strides", (1, 1)), padding=a.get("padding", ((0, 0), (0, 0))),
+                        dilations=a.get("dilations", (1, 1)), groups=a.get("groups", 1),
+                        input_offset=-iq.zero_point, filter_offset=-wq.zero_point, **attrs)
+        self.set_native(node, new, yq)
+
+    def matmul(self, node: Node) -> None:
+        a, b = node.inputs
+        v = node.output
+        if len(a.shape) != 2 or len(b.shape) != 2 or not self._worth_quantizing(v, b if b.is_constant else None):
+            return self.copy_float(node)
+        qa, qb, yq = self.param(a), self.param(b), self.param(v)
+        bias_q, attrs = quantized_conv2d_params(np.zeros(b.shape[1], F32), qa, qb, yq, max_shift=32)
+        new = self._add("quantized_matmul", [self.get_u8(a, qa), self.get_u8(b, qb),
+                                             self.g.const(bias_q, name=f"{v.name}_q/bias")], name=f"{v.name}_q",
+                        input_a_offset=-qa.zero_point, input_b_offset=-qb.zero_point, **attrs)
+        self.set_native(node, new, yq)
+
+    def binary(self, node: Node) -> None:
+        a, b = node.inputs
+        v = node.output
+        if (not self.opts.quantized_binary or node.attrs["op"] not in QUANTIZED_BINARY_OPS
+                or a.dtype != "float32" or b.dtype != "float32" or not self._worth_quantizing(v, None)):
+            return self.copy_float(node)
+        qa, qb, qy = self.param(a), self.param(b), self.param(v)
+        attrs = quantized_binary_params(node.attrs["op"], qa, qb, qy)
+        new = self._add("quantized_binary", [self.get_u8(a, qa), self.get_u8(b, qb)], name=f"{v.name}_q", **attrs)
+        self.set_native(node, new, qy)
+
+    def data_op(self, node: Node) -> None:
+        """A shape-only op on uint8 codes when its data input is uint8; the output keeps its quantization."""
+        data = [v for v in node.inputs if not v.is_constant]
+        v, a = node.output, dict(node.attrs)
+        if not data or not all(self.is_u8(d) for d in data) or not _exact_on_codes(node):
+            return self.copy_float(node)
+        if node.op == "concat":
+            q = self.param(v) if v.name in self.ranges else self.param(data[0])
+            inputs = [self.get_u8(d, q) for d in node.inputs]
+        else:
+            q = self.param(data[0])
+            inputs = [self.get_u8(d) if d in data else self.get_float(d) for d in node.inputs]
+        if node.op == "pad":
+            a["value"] = float(quantize_u8(np.float32(a.get("value", 0.0)), q))
+        new = self._add(node.op, inputs, name=f"{v.name}_q", **a)
+        self.set_native(node, new, q)
+
+    def table(self, node: Node) -> None:
+        """An elementwise function of a uint8 input: a 256-byte table (prelu only with a scalar slope)."""
+        x = node.inputs[0]
+        v = node.output
+        if not self.is_u8(x) or v.name not in self.ranges or any(not i.is_constant or i.data.size != 1
+                                                                  for i in node.inputs[1:]):
+            return self.copy_float(node)
+        iq, yq = self.param(x), self.param(v)
+        fn = KERNELS[node.op]
+        extra = [i.data.astype(np.float32) for i in node.inputs[1:]]
+        table = lookup_table(lambda xs: fn(xs, *extra, **node.attrs), iq, yq)
+        new = self._add("table_lookup1d", [self.get_u8(x, iq), self.g.const(table, name=f"{v.name}_q/table")],
+                        name=f"{v.name}_q")
+        self.set_native(node, new, yq)
+
+    def _worth_quantizing(self, out: Value, weights: Value | None) -> bool:
+        """nncase add_quant_checkpoints: big enough outputs, narrow enough weights."""
+        if out.type.size < self.opts.output_quantize_threshold:
+            return False
+        return weights is None or weights_span(weights.data) <= self.opts.weights_quantize_threshold
+
+    # ---- driver
+    def run(self) -> Graph:
+        rules = {"kpu_conv2d": self.kpu_conv2d, "conv2d": self.conv2d, "matmul": self.matmul, "binary": self.binary,
+                 **{op: self.data_op for op in U8_DATA_OPS}, **{op: self.table for op in TABLE_OPS}}
+        for v in self.src.inputs:
+            self.orig[v] = self.g.input(v.name, v.type, v.quant)
+        for node in self.src.nodes:
+            if node.op in ("input", "constant"):
+                continue
+            rules.get(node.op, self.copy_float)(node)
+        self.g.outputs = [self.get_float(v) for v in self.src.outputs]
+        self.g.eliminate_dead_code()
+        self.g.validate()
+        return self.g
+
+
+def _step_node(name: str, params) -> tuple[str, dict]:
+    """The IR op and attrs of one kpu_conv2d activation step."""
+    if name == "clamp":
+        return "clamp", {"min": params[0], "max": params[1]}
+    if name == "leaky_relu":
+        return "leaky_relu", {"alpha": params[0]}
+    if name == "unary":
+        return "unary", {"op": params[0]}
+    if name == "hard_sigmoid":
+        return "hard_sigmoid", {"alpha": params[0], "beta": params[1]}
+    raise KpucError(f"unknown KPU activation step {name}")
+
+
+def _float_pool(out_shape, pool: str) -> list[tuple[str, dict]]:
+    """A KPU pool type as CPU ops with the float kpu_conv2d kernel's semantics (compiler/kernels/kpu.py)."""
+    if pool == "bypass":
+        return []
+    f, s = KPU_POOLS[pool]
+    n, c, oh, ow = out_shape
+    if pool in ("left_top_2_s2", "left_top_4_s4", "right_top_2_s2"):
+        dx = 1 if pool == "right_top_2_s2" else 0
+        return [("strided_slice", {"begin": (0, 0, 0, dx), "end": (n, c, (oh - 1) * s + 1, dx + (ow - 1) * s + 1),
+                                   "strides": (1, 1, s, s)})]
+    # 2x2/1 reaches one pixel past the map: max ignores it, the edge-replicated mean /4 equals the
+    # mean of the valid taps (constraints._pool); the s2/s4 windows always fit (H div s outputs).
+    pad = ((0, 1), (0, 1)) if s == 1 else ((0, 0), (0, 0))
+    return [("reduce_window2d", {"op": "max" if pool.startswith("max") else "mean", "kernel": (f, f),
+                                 "strides": (s, s), "padding": pad})]
+
+
+def _exact_on_codes(node: Node) -> bool:
+    """Whether the op gives the same codes as dequantize -> op -> quantize with the input's parameters."""
+    a = node.attrs
+    if node.op == "pad":
+        return a.get("mode", "constant") == "constant"
+    if node.op == "resize":
+        return a["mode"] == "nearest"
+    if node.op == "reduce_window2d":
+        return a["op"] == "max"
+    if node.op == "space_to_batch":
+        return False        # its zero padding would be code 0, not the zero point
+    return True
+
+
+def quantize_k210(graph: Graph, ranges: dict[str, Range], *, weights_quantize_threshold: float = 64,
+                  output_quantize_threshold: int = 1024, quantized_binary: bool = True) -> Graph:
+    """A new graph computing `graph` (legalized, calibrated: `ranges` from compiler.calibration.calibrate)
+    with uint8 KPU layers and quantized CPU ops; the source graph is not modified."""
+    opts = Options(float(weights_quantize_threshold), int(output_quantize_threshold), bool(quantized_binary))
+    return _Rewriter(graph, ranges, opts).run()
+
+
+__all__ = ["quantize_k210", "quantize_kpu_layer", "KpuLayer", "equalize_weights", "quantize_kpu_weights",
+           "piecewise_regression", "kpu_batch_norm", "kpu_activation", "Segment"]

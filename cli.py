@@ -104,6 +104,49 @@ def info(model, input_format, as_json, dump_ir):
         raise UnsupportedOps(summary.unsupported)
 
 
+# ---------------------------------------------------------------- compile
+@cli.command("compile")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("-i", "--input-format", type=click.Choice(["tflite", "onnx"]), help="Guessed from the extension.")
+@click.option("-o", "--output-format", type=click.Choice(["kmodel"]), default="kmodel", show_default=True)
+@click.option("-t", "--target", type=click.Choice(["k210", "cpu"]), default="k210", show_default=True,
+              help="k210: KPU + CPU layers; cpu: no KPU.")
+@click.option("--kmodel-version", type=click.Choice(["3", "4"]), default="4", show_default=True,
+              help="3: nncase v0.1 format (KPU-only SDK loader, faster); 4: nncase v0.2 format (more ops).")
+@click.option("--dataset", type=click.Path(), help="Calibration data (a file or folder); needed for uint8.")
+@click.option("--dataset-format", type=click.Choice(["image", "raw"]), default="image", show_default=True)
+@click.option("--inference-type", type=click.Choice(["uint8", "float"]), default="uint8", show_default=True)
+@click.option("--input-mean", type=float, help="Image preprocessing (x - mean) / std; forces the input range.")
+@click.option("--input-std", type=float)
+@click.option("--calibrate-method", type=click.Choice(["no_clip", "l2"]), default="no_clip", show_default=True)
+@click.option("--weights-quantize-threshold", type=float, default=64.0, show_default=True,
+              help="Convs/matmuls whose weight range exceeds this stay float.")
+@click.option("--output-quantize-threshold", type=int, default=1024, show_default=True,
+              help="Ops with fewer output elements than this stay float.")
+@click.option("--no-quantized-binary", is_flag=True, help="Keep binary ops in float.")
+@click.option("--dump-ir", type=click.Path(file_okay=False), help="Write the IR after each stage as Graphviz .dot.")
+@_verbose_option
+def compile_(model, output, input_format, output_format, target, kmodel_version, dataset, dataset_format,
+             inference_type, input_mean, input_std, calibrate_method, weights_quantize_threshold,
+             output_quantize_threshold, no_quantized_binary, dump_ir):
+    """Compile MODEL (.tflite or .onnx) into a kmodel file OUTPUT for the K210."""
+    from compiler.pipeline import CompileOptions, compile_model
+    opts = CompileOptions(input_format=input_format, target=target, kmodel_version=int(kmodel_version),
+                          inference_type=inference_type, dataset=dataset, dataset_format=dataset_format,
+                          input_mean=input_mean, input_std=input_std, calibrate_method=calibrate_method,
+                          weights_quantize_threshold=weights_quantize_threshold,
+                          output_quantize_threshold=output_quantize_threshold,
+                          quantized_binary=not no_quantized_binary, lint=VERBOSE["on"])
+    dump = (lambda graph, stage: write_ir_dump(graph, dump_ir, stage)) if dump_ir or VERBOSE["on"] else None
+    result = compile_model(model, opts, dump=dump)
+    write_atomic(Path(output), result.kmodel)
+    s = result.summary
+    click.echo(f"{output}: kmodel v{kmodel_version}, {len(result.kmodel):,} bytes; "
+               + ", ".join(f"{k.replace('_', ' ')} {v:,}" if isinstance(v, int) else f"{k.replace('_', ' ')} {v}"
+                           for k, v in s.items() if k != "file_bytes"))
+
+
 # ---------------------------------------------------------------- infer
 def is_kmodel(path: str, input_format: str | None) -> bool:
     """A .kmodel (or any file that is not .tflite/.onnx when -i is absent) is run as a kmodel."""

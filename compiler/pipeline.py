@@ -5,8 +5,10 @@ until a whole round changes nothing.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
+from compiler.errors import KpucError
 from compiler.ir import Graph
 from passes.batch_norm_to_mul_add import batch_norm_to_mul_add
 from passes.eliminate_identity import eliminate_identity
@@ -51,3 +53,85 @@ def legalize_k210(graph: Graph, *, lint: bool = False, dump: Callable[[Graph, st
     k210.legalize_k210(graph, lint=lint, dump=dump)
     graph.validate()
     return graph
+
+
+# ---------------------------------------------------------------- the whole compile
+@dataclass(frozen=True)
+class CompileOptions:
+    """ncc v0.2's compile flags (kmodel-v4.md §13), with kpuc's --kmodel-version."""
+    input_format: str | None = None
+    target: str = "k210"                 # k210 (KPU + CPU) or cpu (no KPU)
+    kmodel_version: int = 4
+    inference_type: str = "uint8"        # uint8 (quantize) or float
+    dataset: str | None = None
+    dataset_format: str = "image"
+    input_mean: float | None = None      # given -> the input range is forced, as ncc does
+    input_std: float | None = None
+    calibrate_method: str = "no_clip"
+    weights_quantize_threshold: float = 64.0
+    output_quantize_threshold: int = 1024
+    quantized_binary: bool = True
+    lint: bool = False
+
+
+@dataclass
+class Compiled:
+    kmodel: bytes
+    summary: dict
+    float_graph: Graph
+    graph: Graph                          # what was lowered (quantized unless --inference-type float)
+
+
+def compile_model(path, opts: CompileOptions, *, dump: Callable[[Graph, str], None] | None = None) -> Compiled:
+    """File -> importer -> generic passes -> (K210 legalization, calibration, quantization) -> kmodel bytes."""
+    from compiler.importers import import_model
+    if opts.kmodel_version not in (3, 4):
+        raise KpucError(f"--kmodel-version {opts.kmodel_version}: kpuc writes kmodel v3 or v4")
+    if opts.target not in ("k210", "cpu"):
+        raise KpucError(f"unknown target '{opts.target}' (k210 or cpu)")
+    if opts.inference_type not in ("uint8", "float"):
+        raise KpucError(f"unknown inference type '{opts.inference_type}' (uint8 or float)")
+    graph = import_model(path, opts.input_format)
+    stage(dump, graph, "import")
+    optimize_generic(graph, lint=opts.lint, dump=dump)
+    stage(dump, graph, "generic")
+    float_graph = graph
+    if opts.inference_type == "uint8":
+        graph = quantize(graph, opts, dump=dump)
+    if opts.kmodel_version == 3:
+        from targets.k210.lower_v3 import compile_v3
+        data, summary = compile_v3(graph)
+    else:
+        from targets.k210.lower_v4 import compile_v4
+        data, summary = compile_v4(graph, target=opts.target)
+    return Compiled(data, summary, float_graph, graph)
+
+
+def quantize(graph: Graph, opts: CompileOptions, *, dump=None) -> Graph:
+    """Legalize for the KPU (k210 target), calibrate on the dataset and quantize to uint8."""
+    from compiler.calibration import calibrate
+    from compiler.datasets import iter_dataset
+    from targets.k210.quantize import quantize_k210
+    if not opts.dataset:
+        raise KpucError("--inference-type uint8 needs a calibration --dataset (or use --inference-type float)")
+    if len(graph.inputs) != 1:
+        raise KpucError(f"calibration feeds one input; the model has {len(graph.inputs)}")
+    if opts.target == "k210":
+        legalize_k210(graph, lint=opts.lint, dump=dump)
+        stage(dump, graph, "legalize_k210")
+    x = graph.inputs[0]
+    mean = 0.0 if opts.input_mean is None else opts.input_mean
+    std = 1.0 if opts.input_std is None else opts.input_std
+    samples = [s.data for s in iter_dataset(opts.dataset, x.shape, format=opts.dataset_format, mean=mean, std=std)]
+    ranges = calibrate(graph, samples, method=opts.calibrate_method, input_mean=opts.input_mean,
+                       input_std=opts.input_std)
+    quantized = quantize_k210(graph, ranges, weights_quantize_threshold=opts.weights_quantize_threshold,
+                              output_quantize_threshold=opts.output_quantize_threshold,
+                              quantized_binary=opts.quantized_binary)
+    stage(dump, quantized, "quantize")
+    return quantized
+
+
+def stage(dump, graph: Graph, name: str) -> None:
+    if dump:
+        dump(graph, name)

@@ -185,16 +185,6 @@ def dequantize_u8(q_arr, q: QuantParamU8) -> np.ndarray:
     return d * (F32(1) / F32(q.scale))
 
 
-def quantization_step_error(q: QuantParamU8) -> float:
-    """Half a quantization step in real units: the worst rounding error inside the range."""
-    return 0.5 / q.scale
-
-
-def range_of(q: QuantParamU8) -> Range:
-    """The real values the codes 0 and 255 stand for."""
-    return (0 - q.zero_point) / q.scale, (255 - q.zero_point) / q.scale
-
-
 # ------------------------------------------------------------------ CPU quantized ops (nncase neutral transforms)
 def quantize_weights_u8(w) -> tuple[QuantParamU8, np.ndarray]:
     """One zero point and scale for a whole weight tensor (nncase quantized_conv2d: no equalisation)."""
@@ -258,6 +248,5 @@ def lookup_table(fn, iq: QuantParamU8, yq: QuantParamU8) -> np.ndarray:
 
 __all__ = ["F32", "Range", "QuantParamU8", "FixedMul", "round_half_even", "round_half_away_from_zero",
            "roundf_int", "c_div", "mul_and_carry_shift", "get_range", "union_range", "fixup_range",
-           "get_quant_param", "ir_quant_param", "fixed_mul", "quantize_u8", "dequantize_u8", "range_of",
-           "quantization_step_error", "quantize_weights_u8",
+           "get_quant_param", "ir_quant_param", "fixed_mul", "quantize_u8", "dequantize_u8", "quantize_weights_u8",
            "weights_span", "quantized_conv2d_params", "quantized_binary_params", "sample_codes", "lookup_table"]

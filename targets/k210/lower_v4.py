@@ -2,19 +2,27 @@
 
 `lower_v4(graph, target=...)` walks the graph in order and calls one emitter per IR op from `LOWER_V4`
 (nncase's `codegen/ops/*`: one function per op, filled by decorator in the family files
-`lower_v4_neutral.py` (float and data-movement ops) and `lower_v4_quant.py` (uint8 and KPU ops)).
-An emitter builds kmodel body dataclasses (targets/k210/kmodel_v4.py) whose memory-range fields hold
-`Buffer` placeholders; once every node is emitted the buffers are placed and the placeholders become
-`MemoryRange`s. So emitters never think about addresses:
+`lower_v4_math.py` (float math), `lower_v4_shape.py` (data movement) and `lower_v4_quant.py` (uint8 and
+KPU ops)). An emitter builds kmodel body dataclasses (targets/k210/kmodel_v4.py) whose memory-range
+fields hold `Buffer` placeholders; once every node is emitted the steps are ordered, the buffers placed
+and the placeholders become `MemoryRange`s. So emitters never think about addresses:
 
-    graph  --LOWER_V4-->  steps (body + buffers read / written)  --place-->  KModelV4  --write_v4-->  bytes
+    graph --LOWER_V4--> steps (body + buffers read / written) --order, place--> KModelV4 --write_v4--> bytes
+
+Decisions taken before the emitters run, each exact (the file computes what the graph computes):
+- model inputs (lower_v4_quant.input_buffer): a float input the graph only quantizes becomes a uint8
+  input (ncc's --input-type default), a uint8 input read only by KPU layers lives in KPU RAM;
+- in-place concats (lower_v4_shape.plan_inplace_concats): inputs are written straight into their
+  slot of the output;
+- subsampling (lower_v4_quant.plan_kpu_subsampling): a stride-2/4 slice between a KPU layer and 1x1
+  KPU layers becomes their `left_top` pool.
+After: the node order fills the KPU tables' alignment gaps with CPU bodies (lower_v4_schedule).
 
 Memory (§6): every buffer lives in one pool. Constants go into the constants blob in first-use order,
-each 8-aligned, never freed. Main (8-byte unit) and KPU (64-byte unit) buffers live from the step that
-writes them to the last step that reads them; model outputs live to the end. A `Buffer` may be a view
-of another at a byte offset (a reshape is a view of its input, an in-place concat hands its inputs
-views of its output), so such ops cost neither a node nor memory. Placement is the shared planner
-(`targets.k210.planner`), see `place`.
+each 8-aligned, equal ones shared, never freed. Main (8-byte unit) and KPU (64-byte unit) buffers live
+from the step that writes them to the last step that reads them; model outputs live to the end. A
+`Buffer` may be a view of another at a byte offset (a reshape is a view of its input), so such ops cost
+neither a node nor memory. Placement is the shared planner (`targets.k210.planner`), see `place`.
 
 Header (§3, §17): target 1 (nncase writes 1 for `-t cpu` too), flags 0, reserved0 0.
 """
@@ -22,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -35,6 +43,7 @@ from targets.k210.bits import align_up
 from targets.k210.kpu_layout import KPU_RAM_BYTES
 
 TARGETS = ("k210", "cpu")
+INPUT_TYPES = ("default", "uint8", "float")
 DATATYPES = {"float32": k4.DT_FLOAT32, "uint8": k4.DT_UINT8}
 POOL_ALIGN = {k4.MEM_CONST: 8, k4.MEM_MAIN: 8, k4.MEM_KPU: 64}  # §6.1 allocation units
 KPU_OPCODES = frozenset({k4.KpuUpload.opcode, k4.KpuConv2D.opcode})
@@ -119,16 +128,20 @@ def _body_buffers(body) -> tuple[list[Buffer], list[Buffer]]:
 class Lowering:
     """State while lowering one graph: value -> buffer maps, the constants and the emitted steps."""
 
-    def __init__(self, graph: Graph, target: str):
+    def __init__(self, graph: Graph, target: str, input_type: str = "default"):
         if target not in TARGETS:
             raise KpucError(f"unknown target '{target}' (expected one of: {', '.join(TARGETS)})")
-        self.graph, self.target = graph, target
+        if input_type not in INPUT_TYPES:
+            raise KpucError(f"unknown input type '{input_type}' (expected one of: {', '.join(INPUT_TYPES)})")
+        self.graph, self.target, self.input_type = graph, target, input_type
+        self.inputs: dict[Value, Buffer] = {}  # model input -> the buffer the host writes
         self.steps: list[Step] = []
         self.main: dict[Value, Buffer] = {}    # value -> buffer in main memory (or const / a view)
         self.kpu: dict[Value, Buffer] = {}     # value -> its map in KPU RAM
         self.presets: dict[Value, Buffer] = {}  # outputs an earlier decision placed (in-place concat)
         self.absorbed: set[Node] = set()        # nodes another emitter already lowered (fused bias add)
-        self.consts: list[Buffer] = []
+        self.subsample: dict[Node, tuple] = {}  # KPU layer -> (full map it reads, pool replacing a slice)
+        self.subsampled_by: dict[Node, Value] = {}  # slices folded into the pools of their readers
         self.node: Node | None = None
 
     # -------- buffers
@@ -151,9 +164,7 @@ class Lowering:
         arr = np.ascontiguousarray(array)
         dt = self.datatype(arr.dtype.name, name)
         data = arr.astype(k4.DTYPES[dt]).tobytes()
-        buf = Buffer(name, k4.MEM_CONST, dt, len(data), data=data)
-        self.consts.append(buf)
-        return buf
+        return Buffer(name, k4.MEM_CONST, dt, len(data), data=data)
 
     def buffer(self, v: Value) -> Buffer:
         """Where value `v` lives in main memory (constants: in the blob), for a CPU op to read."""
@@ -255,13 +266,14 @@ def place(steps: list[Step], inputs: list[Buffer], outputs: list[Buffer]) -> dic
 
 
 # ---------------------------------------------------------------- the driver
-def lower_steps(graph: Graph, target: str = "k210") -> Lowering:
+def lower_steps(graph: Graph, target: str = "k210", input_type: str = "default") -> Lowering:
     """Run the emitters over the graph (no placement yet)."""
-    ctx = Lowering(graph, target)
+    ctx = Lowering(graph, target, input_type)
     for v in graph.inputs:
         ctx.node = v.producer
-        lower_v4_quant.input_buffer(ctx, v)        # main memory, or KPU RAM for a uint8 KPU input
-    lower_v4_neutral.plan_inplace_concats(ctx)
+        lower_v4_quant.input_buffer(ctx, v)        # main memory or KPU RAM, float or uint8
+    lower_v4_shape.plan_inplace_concats(ctx)
+    lower_v4_quant.plan_kpu_subsampling(ctx)
     for node in graph.nodes:
         if node.op in ("input", "constant") or node in ctx.absorbed:
             continue
@@ -288,14 +300,14 @@ def graph_outputs(ctx: Lowering) -> list[Buffer]:
         buf = ctx.buffer(v)
         if buf.root.pool == k4.MEM_CONST:
             ctx.node = v.producer
-            buf = lower_v4_neutral.copy_to_main(ctx, buf, v.shape, f"{v.name}/copy")
+            buf = lower_v4_shape.copy_to_main(ctx, buf, v.shape, f"{v.name}/copy")
         outs.append(buf)
     return outs
 
 
 def assemble(ctx: Lowering, outputs: list[Buffer]) -> k4.KModelV4:
     """Place every buffer, resolve the bodies and build the model."""
-    inputs = [ctx.kpu[v] if v in ctx.kpu else ctx.main[v] for v in ctx.graph.inputs]
+    inputs = [ctx.inputs[v] for v in ctx.graph.inputs]
     # constants: first-use order, 8-aligned, pinned (§5.2)
     used: dict[Buffer, None] = {}
     for s in ctx.steps:
@@ -305,11 +317,16 @@ def assemble(ctx: Lowering, outputs: list[Buffer]) -> k4.KModelV4:
     for b in outputs:
         if b.root.pool == k4.MEM_CONST:
             used[b.root] = None
-    blob = bytearray()
-    for b in used:
-        b.start = len(blob)
+    blob, placed = bytearray(), {}
+    for b in used:                      # equal constants share one slot
+        if b.data in placed:
+            b.start = placed[b.data]
+            continue
+        b.start = placed[b.data] = len(blob)
         blob += b.data
         blob += bytes(align_up(len(blob), POOL_ALIGN[k4.MEM_CONST]) - len(blob))
+    bodies_start = 40 + 16 * (2 * len(inputs) + len(outputs)) + len(blob) + 8 * len(ctx.steps)
+    ctx.steps = lower_v4_schedule.order_for_kpu_alignment(ctx.steps, bodies_start)
     main_mem = place(ctx.steps, inputs, outputs)[k4.MEM_MAIN]
     nodes = []
     for s in ctx.steps:
@@ -322,16 +339,21 @@ def assemble(ctx: Lowering, outputs: list[Buffer]) -> k4.KModelV4:
     return model
 
 
-def lower_v4(graph: Graph, *, target: str = "k210") -> k4.KModelV4:
-    """Lower a (float, or quantized for uint8) IR graph to a kmodel v4 model; serialize with write_v4."""
-    ctx = lower_steps(graph, target)
+def lower_v4(graph: Graph, *, target: str = "k210", input_type: str = "default") -> k4.KModelV4:
+    """Lower a (float, or quantized for uint8) IR graph to a kmodel v4 model; serialize with write_v4.
+
+    `target`: "k210" (KPU layers allowed) or "cpu" (neutral ops only; the header says 1 either way).
+    `input_type` (ncc's --input-type): "default" makes a float model input that the graph only quantizes
+    (a uint8 compile) a uint8 input fed with the codes, as ncc's default does; "float" keeps it float
+    (the file then quantizes it); "uint8" insists on the former."""
+    ctx = lower_steps(graph, target, input_type)
     return assemble(ctx, graph_outputs(ctx))
 
 
-def compile_v4(graph: Graph, *, target: str = "k210") -> tuple[bytes, dict]:
+def compile_v4(graph: Graph, *, target: str = "k210", input_type: str = "default") -> tuple[bytes, dict]:
     """The file bytes and a summary for the CLI: nodes on the KPU vs the CPU, KPU RAM peak, main memory,
     constants and file size (bytes)."""
-    model = lower_v4(graph, target=target)
+    model = lower_v4(graph, target=target, input_type=input_type)
     data = k4.write_v4(model)
     return data, summarize(model, data, target)
 
@@ -346,4 +368,4 @@ def summarize(model: k4.KModelV4, data: bytes, target: str = "k210") -> dict:
             "main_mem": model.main_mem, "constants": len(model.constants), "file_size": len(data)}
 
 
-from targets.k210 import lower_v4_neutral, lower_v4_quant  # noqa: E402,F401  (fill LOWER_V4)
+from targets.k210 import lower_v4_math, lower_v4_quant, lower_v4_schedule, lower_v4_shape  # noqa: E402,F401  (fill LOWER_V4)

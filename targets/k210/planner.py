@@ -11,8 +11,10 @@ in bytes (8-aligned, kmodel-v3.md §9.1) and KPU RAM in 64-byte rows (32768, §9
 
 Strategies:
 - `nncase_main` / `nncase_kpu` replay nncase v0.1's online allocators exactly (kmodel-v3.md §12), so
-  files match nncase's address choices. Their first-fit choices fragment: nncase failed on models
-  whose live data fitted. When a replay does not fit the capacity, the offline planner takes over.
+  files match nncase's address choices. `nncase_kpu_from_end` is the KPU allocator of the nncase v0.1
+  that made MaixPy's v3 files (mnist, facedetect): it always cuts from the end, where rc5 (yolo)
+  alternates ends. Their first-fit choices fragment: nncase failed on models whose live data fitted.
+  When a replay does not fit the capacity, the offline planner takes over.
 - `offline` sees every lifetime up front. It tries several placement orders (by size, lifetime, start
   time, area, conflict weight) with best-fit and first-fit gaps and keeps the lowest high-water mark.
   If none fits the capacity, an exact search runs: every feasible placement can be "dropped" until each
@@ -31,7 +33,7 @@ import numpy as np
 
 from compiler.errors import KpucError
 
-STRATEGIES = ("offline", "nncase_main", "nncase_kpu")
+STRATEGIES = ("offline", "nncase_main", "nncase_kpu", "nncase_kpu_from_end")
 SEARCH_BUDGET = 200_000    # nodes of the exact search before it gives up
 
 
@@ -174,7 +176,8 @@ class _NncaseArena:
 def _replay_nncase(pool: Pool, steps: list[Step], names: list[str], sizes: dict[str, int],
                    life: dict[str, tuple[int, int]]) -> dict[str, int] | None:
     """Offsets as nncase v0.1 would choose them, or None if its allocator runs out of room."""
-    arena = _NncaseArena(pool.capacity if pool.strategy == "nncase_kpu" else None, pool.strategy == "nncase_kpu")
+    kpu = pool.strategy.startswith("nncase_kpu")
+    arena = _NncaseArena(pool.capacity if kpu else None, ping_pong=pool.strategy == "nncase_kpu")
     mine = set(names)
     offsets: dict[str, int] = {}
     for i, s in enumerate(steps):

@@ -252,7 +252,7 @@ class _Rewriter:
                                           scale=key.scale, zero_point=key.zero_point)
         return versions[key]
 
-    def _add(self, op: str, inputs, *, name: str, quant: QuantParamU8 | None = None, **attrs) -> Value:
+    def _add(self, op: str, inputs, /, *, name: str, quant: QuantParamU8 | None = None, **attrs) -> Value:
         node = self.g.add(op, inputs, name=name, **attrs)
         if quant is not None:
             node.output.quant = quant.to_ir()

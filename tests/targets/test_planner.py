@@ -7,11 +7,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from compiler.errors import KpucError
-from targets.k210.kmodel_v3 import LayerType, read_v3
-from targets.k210.kpu_layout import KPU_RAM_ROWS, kpu_rows
+from targets.k210.kmodel_v3 import layer_io, read_v3
+from targets.k210.kpu_layout import KPU_RAM_ROWS
 from targets.k210.planner import Buffer, Pool, Step, _Problem, lifetimes, plan_memory
 
 YOLO = Path("/work/shared/golden/yolo20-v3/yolo.kmodel")
+IRIS = Path("/work/shared/golden/iris-v3/iris.kmodel")
+MNIST = Path("/work/shared/kmodels/maixpy_mnist.v3.kmodel")
+FACEDETECT = Path("/work/shared/kmodels/maixpy_facedetect.v3.kmodel")
 NNCASE_MAIN = Pool("main", None, 8, "bytes", "nncase_main")
 NNCASE_KPU = Pool("kpu", KPU_RAM_ROWS, 1, "rows", "nncase_kpu")
 
@@ -31,32 +34,39 @@ def test_iris_main_memory_is_nncase_s():
     assert plan.allocations["out"].size == 16                     # rounded up to 8
 
 
-def test_yolo_addresses_are_nncase_s():
-    """Replaying the 16-conv chain of nncase's yolo.kmodel gives every KPU and main address it chose."""
-    model = read_v3(YOLO.read_bytes())
-    steps, bufs, want = [], {}, {}
+def _schedule_of(model):
+    """The schedule a v3 file implies: each layer reads the buffers last written at its input addresses
+    (or, never written, the model input) and writes new ones; K210Conv's main output first (nncase
+    allocates the consumer's main input, then the KPU copy). Returns steps, buffers, outputs, addresses."""
+    steps, bufs, want, live = [], {}, {}, {}
     for i, layer in enumerate(model.layers):
-        b = layer.body
-        if layer.type == LayerType.K210Conv:
-            a = b.args
-            src, dst = f"map{i}", f"map{i + 1}"
-            bufs[src] = Buffer(src, "kpu", kpu_rows(*a.in_shape))
-            bufs[dst] = Buffer(dst, "kpu", kpu_rows(*a.out_shape))
-            want[src], want[dst] = a.image_src_addr, a.image_dst_addr
-            writes = (dst,)
-            if b.flags & 1:
-                bufs["u8"] = Buffer("u8", "main", int(np.prod(a.out_shape)))
-                want["u8"] = b.main_mem_out_address
-                writes = ("u8", dst)          # nncase allocates the consumer's main input first
-            steps.append(Step(f"conv{i}", (src,), writes))
-        else:
-            bufs["out"] = Buffer("out", "main", b.channels * b.channel_size * 4)
-            want["out"] = b.main_mem_out_address
-            steps.append(Step("dequantize", ("u8",), ("out",)))
-    plan = plan_memory(steps, bufs.values(), [NNCASE_MAIN, NNCASE_KPU], keep=["out"])
-    assert {k: offsets(plan)[k] for k in want} == want
-    assert plan.pools["kpu"].lowest == model.header.max_start_address == 0
-    assert plan.pools["main"].used == model.header.main_mem_usage == 43752
+        ins, outs = layer_io(layer)
+        reads, writes = [], []
+        for r in ins:
+            if (r.mem, r.address) not in live:
+                live[r.mem, r.address] = f"input_{r.mem}"
+                bufs[f"input_{r.mem}"], want[f"input_{r.mem}"] = Buffer(f"input_{r.mem}", r.mem, r.size), r.address
+            reads.append(live[r.mem, r.address])
+        for r in sorted(outs, key=lambda r: r.mem != "main"):
+            name = live[r.mem, r.address] = f"{i}_{r.mem}"
+            bufs[name], want[name] = Buffer(name, r.mem, r.size), r.address
+            writes.append(name)
+        steps.append(Step(f"{i}:{layer.type_name}", tuple(reads), tuple(writes)))
+    return steps, list(bufs.values()), [live["main", o.address] for o in model.outputs], want
+
+
+@pytest.mark.parametrize("path, kpu", [(YOLO, "nncase_kpu"), (IRIS, "nncase_kpu"), (MNIST, "nncase_kpu_from_end"),
+                                       (FACEDETECT, "nncase_kpu_from_end")], ids=lambda p: getattr(p, "name", p))
+def test_replays_give_every_address_of_nncase_s_files(path, kpu):
+    """Replaying the schedule of each real v3 file gives every main and KPU address nncase chose, its
+    main_mem_usage and max_start_address (rc5 alternates KPU ends; MaixPy's nncase always took the end)."""
+    model = read_v3(path.read_bytes())
+    steps, bufs, outputs, want = _schedule_of(model)
+    plan = plan_memory(steps, bufs, [NNCASE_MAIN, Pool("kpu", KPU_RAM_ROWS, 1, "rows", kpu)], keep=outputs)
+    assert offsets(plan) == want
+    assert plan.pools["main"].used == model.header.main_mem_usage
+    assert (plan.pools["kpu"].lowest if plan.pools["kpu"].lowest is not None else KPU_RAM_ROWS) \
+        == model.header.max_start_address
 
 
 def test_offline_takes_over_when_nncase_fragments():

@@ -116,6 +116,7 @@ def quantize(graph: Graph, opts: CompileOptions, *, dump=None) -> Graph:
         raise KpucError("--inference-type uint8 needs a calibration --dataset (or use --inference-type float)")
     if len(graph.inputs) != 1:
         raise KpucError(f"calibration feeds one input; the model has {len(graph.inputs)}")
+    mark_small_outputs_float(graph, opts.output_quantize_threshold)
     if opts.target == "k210":
         legalize_k210(graph, lint=opts.lint, dump=dump)
         stage(dump, graph, "legalize_k210")
@@ -130,6 +131,17 @@ def quantize(graph: Graph, opts: CompileOptions, *, dump=None) -> Graph:
                               quantized_binary=opts.quantized_binary)
     stage(dump, quantized, "quantize")
     return quantized
+
+
+def mark_small_outputs_float(graph: Graph, threshold: int) -> None:
+    """ncc's --output-quantize-threshold: a conv/matmul with fewer output elements stays float on the CPU.
+
+    Checked on the source op, before legalization pads a matmul to a 4x4 KPU map: a classifier's
+    logits (e.g. MobileNet's 1001) are the most quantization-sensitive layer of a network."""
+    for node in graph.nodes_of("conv2d", "matmul", "conv2d_transpose"):
+        if node.output.type.size < threshold:
+            node.meta["keep_float"] = (f"output has {node.output.type.size} elements, fewer than "
+                                       f"--output-quantize-threshold {threshold}: kept in float")
 
 
 def stage(dump, graph: Graph, name: str) -> None:

@@ -222,6 +222,8 @@ def why_not_kpu_pool(node: Node) -> str | None:
 # ------------------------------------------------------------------ one entry point
 def why_not_kpu(node: Node) -> str | None:
     """Why `node` cannot run on (or be fused into) a KPU layer, or None if legalization can place it."""
+    if reason := node.meta.get("keep_float"):  # a compile option (e.g. --output-quantize-threshold) said so
+        return reason
     if node.op == "conv2d":
         return _why_not_conv2d(node)
     if node.op == "kpu_conv2d":

@@ -1,14 +1,28 @@
 """Lower an IR graph to a kmodel v3 (nncase v0.1 / K210 SDK `kpu.c`): layers, memory plan, file.
 
 One function per IR op in `LOWER_V3` (nncase's emitters). Each reads the node, may absorb the nodes
-that nncase fused into the same layer (a bias add and a ReLU after a matmul), and emits layers: a
-`LayerType`, the buffers it reads and writes, and a function from addresses to the layer body. Once
-every layer is known, `planner.plan_memory` places the buffers (main memory with nncase v0.1's
-allocator, KPU RAM likewise with an offline fallback; kmodel-v3.md §12) and the bodies are built.
+nncase fused into the same layer (a bias add and a ReLU after a matmul; the pad and quantize before a
+fully connected KPU layer), and emits layers: a `LayerType`, the buffers it reads and writes, and a
+function from addresses to the body. Once every layer is known, `planner.plan_memory` places the
+buffers (main memory with nncase v0.1's allocator, KPU RAM likewise with an offline fallback;
+kmodel-v3.md §12) and the bodies are built.
+
+    graph --prepare_v3--> graph' --LOWER_V3--> layers + schedule --plan_memory--> KModelV3 --write_v3--> bytes
 
 Layer order is nncase's: depth-first from the graph outputs, producers before consumers in operand
-order (kmodel-v3.md §12). Reshapes alias their input and emit nothing. Everything v3 cannot say is
-collected and reported at once, suggesting kmodel v4.
+order (§12). Reshapes alias their input and emit nothing. Float graphs (`--inference-type float`) use
+the float CPU layers; quantized graphs (targets/k210/quantize.py) become K210Conv with K210Upload /
+K210AddPadding / K210RemovePadding around it as nncase v0.1 did, plus the quantized CPU layers. v3 has
+no pad or slice layer: pads before a KPU layer fold into its ring (`fold_pad_into_kpu_conv2d_q`) and
+slices become a nearest resize read from an offset (or a Concatenation of byte ranges).
+
+Exactness: every KPU layer, upload, slice, table and max pool computes the quantized executor's value
+bit for bit. Where the SDK's CPU arithmetic cannot (Dequantize with a zero point: q·scale + bias against
+(q − zp)·scale; quantized add), the closest form is chosen and the layer is listed in the summary's
+"inexact" entry with how often and by how much it differs. Float layers sum in float32 in the SDK's
+order where the executor sums in float64.
+
+Everything v3 cannot say is collected and reported at once, suggesting kmodel v4.
 """
 from __future__ import annotations
 
@@ -84,8 +98,9 @@ class Lowering:
         if v not in self.main_refs:
             self.main_refs[v] = self._buffer(v.name, "main", nbytes(v) + extra_bytes)
         elif extra_bytes:
-            b = self.buffers[self.main_refs[v].buffer]
-            self.buffers[b.name] = Buffer(b.name, b.pool, max(b.size, nbytes(v) + self.main_refs[v].offset + extra_bytes))
+            ref = self.main_refs[v]
+            b = self.buffers[ref.buffer]
+            self.buffers[b.name] = Buffer(b.name, b.pool, max(b.size, nbytes(v) + ref.offset + extra_bytes))
         return self.main_refs[v]
 
     def scratch(self, name: str, size_bytes: int) -> Ref:
@@ -525,8 +540,9 @@ def dequantize(ctx: Lowering, node: Node) -> None:
             0, addr(mid), addr(ry), 0, weights, zeros))
         return
     if bad:
+        zp = node.attrs["zero_point"]
         ctx.inexact.append(f"Dequantize '{node.name}': {bad} of 256 codes differ from dequantize_u8 by up to "
-                           f"{err:.3g} (the SDK computes q·scale + bias, the IR (q − {node.attrs['zero_point']})·scale)")
+                           f"{err:.3g} (the SDK computes q·scale + bias, the IR (q − {zp})·scale)")
     rx, ry = ctx.main(x), ctx.main(y)
     ctx.emit(node.name, LayerType.Dequantize, [rx], [ry], fixed(
         LayerType.Dequantize, flags=1, main_mem_in_address=rx, main_mem_out_address=ry, count=y.type.size,

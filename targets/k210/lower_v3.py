@@ -225,6 +225,22 @@ def matmul(ctx: Lowering, node: Node) -> None:
         0, addr(x), addr(y), act, weights, bias))
 
 
+@lowers("conv2d")
+def conv2d(ctx: Lowering, node: Node) -> None:
+    """A 1×1 conv of a 1×1 map is a FullyConnected (f32); v3 has no other CPU convolution."""
+    x, w, b = node.inputs
+    a = node.attrs
+    if not (w.is_constant and b.is_constant) or x.dtype != "float32" or w.shape[2:] != (1, 1) \
+            or a.get("groups", 1) != 1 or len(x.shape) != 4 or chw(x)[1:] != (1, 1) \
+            or any(p != 0 for pair in a.get("padding", ((0, 0), (0, 0))) for p in pair):
+        raise Unexpressible("v3 has no CPU convolution (only a 1×1 conv of a 1×1 map, as FullyConnected)")
+    last, act = _activation(ctx, node, a.get("fused_clamp", NO_CLAMP))
+    rx, ry = ctx.main(x), ctx.main(last.output)
+    weights, bias = np.ascontiguousarray(w.data[:, :, 0, 0], np.float32), np.asarray(b.data, np.float32)
+    ctx.emit(node.name, LayerType.FullyConnected, [rx], [ry], lambda addr: FullyConnectedBody(
+        0, addr(rx), addr(ry), act, weights, bias))
+
+
 @lowers("binary")
 def binary(ctx: Lowering, node: Node) -> None:
     """add(a, b) of two same-shape computed f32 tensors -> Add (§8.1)."""

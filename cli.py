@@ -117,6 +117,8 @@ def info(model, input_format, as_json, dump_ir):
 @click.option("--dataset", type=click.Path(), help="Calibration data (a file or folder); needed for uint8.")
 @click.option("--dataset-format", type=click.Choice(["image", "raw"]), default="image", show_default=True)
 @click.option("--inference-type", type=click.Choice(["uint8", "float"]), default="uint8", show_default=True)
+@click.option("--input-type", type=click.Choice(["default", "float", "uint8"]), default="default", show_default=True,
+              help="Type the host feeds (v4); default: uint8 when the model quantizes its input first.")
 @click.option("--input-mean", type=float, help="Image preprocessing (x - mean) / std; forces the input range.")
 @click.option("--input-std", type=float)
 @click.option("--calibrate-method", type=click.Choice(["no_clip", "l2"]), default="no_clip", show_default=True)
@@ -128,12 +130,12 @@ def info(model, input_format, as_json, dump_ir):
 @click.option("--dump-ir", type=click.Path(file_okay=False), help="Write the IR after each stage as Graphviz .dot.")
 @_verbose_option
 def compile_(model, output, input_format, output_format, target, kmodel_version, dataset, dataset_format,
-             inference_type, input_mean, input_std, calibrate_method, weights_quantize_threshold,
+             inference_type, input_type, input_mean, input_std, calibrate_method, weights_quantize_threshold,
              output_quantize_threshold, no_quantized_binary, dump_ir):
     """Compile MODEL (.tflite or .onnx) into a kmodel file OUTPUT for the K210."""
     from compiler.pipeline import CompileOptions, compile_model
     opts = CompileOptions(input_format=input_format, target=target, kmodel_version=int(kmodel_version),
-                          inference_type=inference_type, dataset=dataset, dataset_format=dataset_format,
+                          inference_type=inference_type, input_type=input_type, dataset=dataset, dataset_format=dataset_format,
                           input_mean=input_mean, input_std=input_std, calibrate_method=calibrate_method,
                           weights_quantize_threshold=weights_quantize_threshold,
                           output_quantize_threshold=output_quantize_threshold,
@@ -141,10 +143,18 @@ def compile_(model, output, input_format, output_format, target, kmodel_version,
     dump = (lambda graph, stage: write_ir_dump(graph, dump_ir, stage)) if dump_ir or VERBOSE["on"] else None
     result = compile_model(model, opts, dump=dump)
     write_atomic(Path(output), result.kmodel)
+    click.echo(compile_summary(output, int(kmodel_version), result))
+
+
+def compile_summary(output, version: int, result) -> str:
+    """One line: where it went, layers on KPU vs CPU, KPU RAM peak, main memory, file size."""
     s = result.summary
-    click.echo(f"{output}: kmodel v{kmodel_version}, {len(result.kmodel):,} bytes; "
-               + ", ".join(f"{k.replace('_', ' ')} {v:,}" if isinstance(v, int) else f"{k.replace('_', ' ')} {v}"
-                           for k, v in s.items() if k != "file_bytes"))
+    pick = lambda *keys: next((s[k] for k in keys if k in s), 0)  # noqa: E731  (v3 and v4 name them apart)
+    kpu, cpu = pick("kpu_layers", "kpu_nodes"), pick("cpu_layers", "cpu_nodes")
+    unit = "layers" if version == 3 else "nodes"
+    return (f"{output}: kmodel v{version}, {kpu} {unit} on the KPU, {cpu} on the CPU; "
+            f"KPU RAM peak {pick('kpu_ram_peak_bytes', 'kpu_ram_peak'):,} B of 2 MiB; "
+            f"main memory {pick('main_memory_bytes', 'main_mem'):,} B; file {len(result.kmodel):,} B")
 
 
 # ---------------------------------------------------------------- infer

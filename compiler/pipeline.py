@@ -63,6 +63,7 @@ class CompileOptions:
     target: str = "k210"                 # k210 (KPU + CPU) or cpu (no KPU)
     kmodel_version: int = 4
     inference_type: str = "uint8"        # uint8 (quantize) or float
+    input_type: str = "default"          # ncc's --input-type: default, float or uint8 (v4)
     dataset: str | None = None
     dataset_format: str = "image"
     input_mean: float | None = None      # given -> the input range is forced, as ncc does
@@ -103,7 +104,7 @@ def compile_model(path, opts: CompileOptions, *, dump: Callable[[Graph, str], No
         data, summary = compile_v3(graph)
     else:
         from targets.k210.lower_v4 import compile_v4
-        data, summary = compile_v4(graph, target=opts.target)
+        data, summary = compile_v4(graph, target=opts.target, input_type=opts.input_type)
     return Compiled(data, summary, float_graph, graph)
 
 
@@ -134,14 +135,25 @@ def quantize(graph: Graph, opts: CompileOptions, *, dump=None) -> Graph:
 
 
 def mark_small_outputs_float(graph: Graph, threshold: int) -> None:
-    """ncc's --output-quantize-threshold: a conv/matmul with fewer output elements stays float on the CPU.
+    """ncc's --output-quantize-threshold, applied where ncc applied it, before KPU legalization.
 
-    Checked on the source op, before legalization pads a matmul to a 4x4 KPU map: a classifier's
-    logits (e.g. MobileNet's 1001) are the most quantization-sensitive layer of a network."""
-    for node in graph.nodes_of("conv2d", "matmul", "conv2d_transpose"):
-        if node.output.type.size < threshold:
-            node.meta["keep_float"] = (f"output has {node.output.type.size} elements, fewer than "
-                                       f"--output-quantize-threshold {threshold}: kept in float")
+    ncc moves a matmul to the KPU only when its weights have at least `threshold` elements
+    (matmul_to_fake_kpu_conv2d), and it never placed a conv on a map smaller than the KPU's 4x4, so
+    such a conv stayed a CPU conv2d, kept float below the threshold (add_quant_checkpoints). kpuc can
+    pad small maps to 4x4, but a classifier's last layer (MobileNet's 1001 logits on a 1x1 map) is the
+    most quantization-sensitive layer of a network, so it follows ncc here."""
+    from targets.k210.constraints import MIN_IN_H, MIN_IN_W
+    for node in graph.nodes_of("conv2d", "matmul"):
+        if node.op == "matmul":
+            w = node.inputs[1]
+            small = w.is_constant and w.type.size < threshold
+            what = f"weights have {w.type.size} elements"
+        else:
+            h, w = node.inputs[0].shape[-2:]
+            small = (h < MIN_IN_H or w < MIN_IN_W) and node.output.type.size < threshold
+            what = f"a {w}x{h} map with {node.output.type.size} output elements"
+        if small:
+            node.meta["keep_float"] = f"{what}, fewer than --output-quantize-threshold {threshold}: kept in float"
 
 
 def stage(dump, graph: Graph, name: str) -> None:

@@ -1,5 +1,7 @@
 """Lowering to kmodel v3: nncase's iris file byte for byte, float layers against the executor, KPU words
-against nncase's real files, and one error naming everything v3 cannot express."""
+against nncase's real files, quantized graphs against the quantized executor bit for bit, and one error
+naming everything v3 cannot express."""
+import math
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +67,7 @@ def test_iris_runs_like_the_float_executor():
 # ---- float layers -------------------------------------------------------------------------------------------
 
 def _float_graph() -> Graph:
-    """FC first (the SDK's entry), then every float CPU layer v3 has, with three outputs."""
+    """FC first (the SDK's entry), then every float CPU layer v3 has, with four outputs."""
     rng = np.random.default_rng(0)
     g = Graph()
     x = g.input("x", TensorType((1, 16)))
@@ -80,12 +82,14 @@ def _float_graph() -> Graph:
     t = g.add("reshape", [t], shape=(1, 64)).output
     s = g.add("binary", [t, h], op="add").output
     gap = g.add("reduce", [m], op="mean", axes=(2, 3), keepdims=True).output
+    fc = g.add("conv2d", [gap, g.const(rng.normal(size=(6, 4, 1, 1)).astype(np.float32)),
+                          g.const(rng.normal(size=6).astype(np.float32))], fused_clamp=(0.0, math.inf)).output
     gap = g.add("reshape", [gap], shape=(1, 4)).output
     cat = g.add("concat", [s, gap], axis=1).output
     y1 = g.add("softmax", [cat], axis=1).output
     y2 = g.add("unary", [s], op="sigmoid").output
     y3 = g.add("lp_normalize", [cat], axis=1).output
-    g.outputs = [y1, y2, y3]
+    g.outputs = [y1, y2, y3, fc]
     return g
 
 
@@ -94,7 +98,7 @@ def test_float_layers_run_like_the_executor():
     model = lower_v3(g)
     assert [l.type.name for l in model.layers] == [
         "FullyConnected", "AveragePool2d", "ResizeNearestNeighbor", "TensorflowFlatten", "Add",
-        "GlobalAveragePool2d", "Concatenation", "Softmax", "Logistic", "L2Normalization"]
+        "GlobalAveragePool2d", "Concatenation", "Softmax", "Logistic", "L2Normalization", "FullyConnected"]
     model = read_v3(write_v3(model))
     for seed in range(3):
         x = np.random.default_rng(seed).normal(size=(1, 16)).astype(np.float32)

@@ -1,0 +1,96 @@
+"""Post-training quantization techniques on MobileNet v1 0.25/128 for the K210 (a script, not a test).
+
+    .venv/bin/python bench/bench_mobilenet_ptq.py [--report]
+
+The acceptance setting of tests/targets/test_quantize_k210.py: the logits conv kept float
+(mark_small_outputs_float), calibrated on the first 10 ulffd images (mean 0.5, std 0.5), judged on the other
+10 + the dog image. For each variant it prints top-1 agreement of the quantized graph (integer KPU kernels)
+with the float graph, and the worst and mean softmax-output cosine; --report adds the per-layer table of the
+last variant.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "targets"))
+
+from compiler.accuracy import compare, format_report, worst_layer  # noqa: E402
+from compiler.calibration import calibrate  # noqa: E402
+from compiler.executor import Executor  # noqa: E402
+from compiler.importers import import_model  # noqa: E402
+from compiler.pipeline import mark_small_outputs_float, optimize_generic  # noqa: E402
+from targets.k210.bias_correction import correct_biases  # noqa: E402
+from targets.k210.kernels import QUANTIZED_KERNELS, QuantizedExecutor  # noqa: E402
+from targets.k210.legalize import legalize_k210  # noqa: E402
+from targets.k210.quantize import quantize_k210  # noqa: E402
+from test_quantize_k210 import MOBILENET, mobilenet_inputs  # noqa: E402
+
+
+def float_graph():
+    g = import_model(MOBILENET)
+    optimize_generic(g)
+    mark_small_outputs_float(g, 1024)
+    legalize_k210(g)
+    return g
+
+
+def score(g, q, judged, ref_outs=None):
+    fe, qe = Executor(g), QuantizedExecutor(q)
+    name = g.outputs[0].name
+    agree, cosines = 0, []
+    for x in judged:
+        f, r = fe.run([x])[name].reshape(-1), qe.run([x])[name].reshape(-1)
+        agree += int(f.argmax() == r.argmax())
+        cosines.append(float(f @ r / (np.linalg.norm(f) * np.linalg.norm(r))))
+    return agree, min(cosines), float(np.mean(cosines))
+
+
+def build(g, calib, *, method="no_clip", bias_correction=False):
+    ranges = calibrate(g, calib, method=method, input_mean=0.5, input_std=0.5, label="")
+    q = quantize_k210(g, ranges)
+    if bias_correction:
+        correct_biases(g, q, calib)
+    return q
+
+
+VARIANTS = {
+    "baseline (no_clip)": dict(),
+    "bias correction": dict(bias_correction=True),
+    "l2": dict(method="l2"),
+    "l2 + bias correction": dict(method="l2", bias_correction=True),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--report", action="store_true")
+    ap.add_argument("--only", nargs="*", help="variant names to run")
+    args = ap.parse_args()
+    g = float_graph()
+    calib, judged = mobilenet_inputs()
+    q = None
+    for label, kw in VARIANTS.items():
+        if args.only and label not in args.only:
+            continue
+        t0 = time.perf_counter()
+        q = build(g, calib, **kw)
+        t1 = time.perf_counter()
+        agree, worst, mean = score(g, q, judged)
+        print(f"{label:40s} top-1 {agree}/{len(judged)}  worst cosine {worst:.4f}  mean {mean:.4f}  "
+              f"(build {t1 - t0:.1f} s)", flush=True)
+    if args.report and q is not None:
+        report = compare(g, q, judged, quant_kernels=QUANTIZED_KERNELS)
+        print(format_report(report, width=64))
+        w = worst_layer(report)
+        print(f"worst layer: {w.name} ({w.op}) cosine {w.cosine:.5f} SQNR {w.sqnr_db:.2f} dB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Empirical bias correction of the KPU layers of a quantized graph (Nagel et al. 2019, "Data-free
+quantization through weight equalization and bias correction", §4.2, its empirical variant).
+
+8-bit weights (and the 8-bit activations feeding a layer) shift the *mean* of a layer's pre-activation
+output per channel: E[W̃x̃] != E[Wx]. The shift is small per layer but it is systematic, so it adds up
+through a deep network (a depthwise 3x3 layer has only 9 taps per channel to average its rounding error
+over). For every kpu_conv2d_q, in graph order, on the calibration samples:
+
+  shift[c] = mean over samples and pixels of  BN_q[c] - s_act_in · conv_f[c]
+
+where BN_q is the KPU batch-norm output of the quantized layer run on the quantized upstream (already
+corrected: the layers are corrected one after another, so each one also absorbs the mean error its
+inputs bring), conv_f the float conv output (before any activation) of the float graph on the same
+sample, and s_act_in the layer's BN-output scale (targets/k210/quantize.kpu_batch_norm). The shift, in
+norm_add units, is subtracted from norm_add: only integer field *values* change, the graph stays a
+bit-exact KPU graph.
+
+Only calibration samples are used. Deterministic (graph order, float64 sums, round half away from zero).
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from compiler.executor import Executor
+from compiler.ir import Graph, Node, Value
+from compiler.kernels import KERNELS
+from compiler.kernels.conv import conv2d
+from compiler.quantization import F32, QuantParamU8
+from targets.k210.kernels import QUANTIZED_KERNELS
+from targets.k210.kpu import conv_acc, batch_norm
+from targets.k210.kernels import kpu_tables
+from targets.k210.quantize import kpu_batch_norm, quantize_kpu_weights
+
+
+def _feeds(sample, graph: Graph) -> dict[str, np.ndarray]:
+    data = getattr(sample, "data", sample)
+    if isinstance(data, Mapping):
+        return dict(data)
+    data = data if isinstance(data, (list, tuple)) else [data]
+    return {v.name: a for v, a in zip(graph.inputs, data, strict=True)}
+
+
+def float_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, depthwise: bool) -> np.ndarray:
+    """A kpu_conv2d's conv output before its activation chain (float32, NCHW)."""
+    p = w.shape[-1] // 2
+    return conv2d(x, w, b, padding=((p, p), (p, p)), groups=x.shape[1] if depthwise else 1)
+
+
+class _ConvMeans(Executor):
+    """The float graph, recording per kpu_conv2d the per-channel sum and count of its conv output."""
+
+    def __init__(self, graph: Graph, kernels: Mapping = KERNELS):
+        super().__init__(graph, kernels)
+        self.sums: dict[str, np.ndarray] = {}
+        self.counts: dict[str, int] = {}
+
+    def run_node(self, node: Node, args):
+        if node.op == "kpu_conv2d":
+            y = np.asarray(float_conv(args[0], args[1], args[2], node.attrs.get("depthwise", False)), np.float64)
+            name = node.output.name
+            self.sums[name] = self.sums.get(name, 0.0) + y.sum(axis=(0, 2, 3))
+            self.counts[name] = self.counts.get(name, 0) + y.size // y.shape[1]
+        return super().run_node(node, args)
+
+
+def bn_scale(float_node: Node, q_node: Node) -> float:
+    """s_act_in of a quantized KPU layer: real conv output · s_act_in = BN output (norm_add units)."""
+    _, w, b = float_node.inputs
+    kq = q_node.meta["kpu_quant"]
+    _, scales, _ = quantize_kpu_weights(w.data)
+    return kpu_batch_norm(b.data, scales, kq["input"], kq["weights"], kq["conv"])[1]
+
+
+def kpu_bn_output(x: np.ndarray, w: np.ndarray, bn: np.ndarray, act: np.ndarray, attrs: dict) -> np.ndarray:
+    """int64 [N, OC, H, W]: a kpu_conv2d_q's batch-norm output (before the activation table and pool)."""
+    table, _ = kpu_tables(bn, act)
+    args = {k: attrs.get(k, 0) for k in ("pad_value", "arg_x", "shr_x", "arg_w", "shr_w", "arg_add")}
+    return np.stack([batch_norm(conv_acc(xi, w, depthwise=attrs.get("depthwise", False), **args), table)
+                     for xi in x])
+
+
+def _set_const(v: Value, data: np.ndarray) -> None:
+    arr = np.array(data)
+    arr.flags.writeable = False
+    v.data = arr
+
+
+def correct_biases(float_graph: Graph, quant_graph: Graph, samples: Iterable, *,
+                   kernels: Mapping = QUANTIZED_KERNELS) -> dict[str, np.ndarray]:
+    """Correct the norm_add of every kpu_conv2d_q of `quant_graph` (made by quantize_k210 from
+    `float_graph`) in place, layer after layer; returns {float value name: int64 shift per channel}."""
+    samples = list(samples)
+    feeds = [_feeds(s, float_graph) for s in samples]
+    ref = _ConvMeans(float_graph)
+    for f in feeds:
+        ref.run(f)
+    float_nodes = {n.output.name: n for n in float_graph.nodes if n.op == "kpu_conv2d"}
+
+    # The quantized graph in lockstep over all samples, so layer L is corrected before L+1 runs.
+    ex = Executor(quant_graph, kernels)
+    g = quant_graph
+    envs: list[dict[Value, np.ndarray]] = []
+    for f in feeds:
+        env = {}
+        for v in g.inputs:
+            env[v] = np.asarray(f[v.name]).reshape(v.shape).astype(v.dtype, copy=False)
+        envs.append(env)
+    shifts: dict[str, np.ndarray] = {}
+    keep = set(g.outputs)
+    for i, node in enumerate(g.nodes):
+        if node.op == "input":
+            continue
+        name = node.meta.get("float_value")
+        if node.op == "kpu_conv2d_q" and name in float_nodes and name in ref.sums:
+            x, w, bn, act = node.inputs
+            total = 0.0
+            for env in envs:
+                total = total + kpu_bn_output(env[x], w.data, bn.data, act.data, node.attrs).sum(axis=(0, 2, 3))
+            n = len(envs) * ref.counts[name]
+            q_mean = np.asarray(total, np.float64) / n
+            f_mean = ref.sums[name] / ref.counts[name] * bn_scale(float_nodes[name], node)
+            shift = np.sign(q_mean - f_mean) * np.floor(np.abs(q_mean - f_mean) + 0.5)
+            shift = shift.astype(np.int64)
+            new_bn = np.array(bn.data, np.int64)
+            new_bn[:, 2] -= shift
+            _set_const(bn, new_bn)
+            for env in envs:
+                env[bn] = bn.data
+            shifts[name] = shift
+        for env in envs:
+            results = ex.run_node(node, [env[v] for v in node.inputs])
+            for v, r in zip(node.outputs, results, strict=True):
+                env[v] = r
+            for v in dict.fromkeys(node.inputs):
+                if ex._last_use.get(v) == i and v not in keep:
+                    del env[v]
+    return shifts
+
+
+__all__ = ["correct_biases", "kpu_bn_output", "bn_scale", "float_conv"]

@@ -57,12 +57,24 @@ class _ConvMeans(Executor):
         self.counts: dict[str, int] = {}
 
     def run_node(self, node: Node, args):
+        out = super().run_node(node, args)
         if node.op == "kpu_conv2d":
             y = np.asarray(float_conv(args[0], args[1], args[2], node.attrs.get("depthwise", False)), np.float64)
-            name = node.output.name
-            self.sums[name] = self.sums.get(name, 0.0) + y.sum(axis=(0, 2, 3))
-            self.counts[name] = self.counts.get(name, 0) + y.size // y.shape[1]
-        return super().run_node(node, args)
+        elif _float_conv_correctable(node):
+            y = np.asarray(out[0], np.float64)
+        else:
+            return out
+        name = node.output.name
+        self.sums[name] = self.sums.get(name, 0.0) + y.sum(axis=(0, 2, 3))
+        self.counts[name] = self.counts.get(name, 0) + y.size // y.shape[1]
+        return out
+
+
+def _float_conv_correctable(node: Node) -> bool:
+    """A float conv2d on the CPU (e.g. logits kept float) with a constant bias and no fused clamp."""
+    clamp = node.attrs.get("fused_clamp", (-np.inf, np.inf))
+    return (node.op == "conv2d" and len(node.inputs) == 3 and node.inputs[2].is_constant
+            and clamp[0] == -np.inf and clamp[1] == np.inf and len(node.output.shape) == 4)
 
 
 def bn_scale(float_node: Node, q_node: Node) -> float:
@@ -88,7 +100,7 @@ def _set_const(v: Value, data: np.ndarray) -> None:
 
 
 def correct_biases(float_graph: Graph, quant_graph: Graph, samples: Iterable, *,
-                   kernels: Mapping = QUANTIZED_KERNELS) -> dict[str, np.ndarray]:
+                   kernels: Mapping = QUANTIZED_KERNELS, correct_float_convs: bool = True) -> dict[str, np.ndarray]:
     """Correct the norm_add of every kpu_conv2d_q of `quant_graph` (made by quantize_k210 from
     `float_graph`) in place, layer after layer; returns {float value name: int64 shift per channel}."""
     samples = list(samples)
@@ -118,8 +130,7 @@ def correct_biases(float_graph: Graph, quant_graph: Graph, samples: Iterable, *,
             total = 0.0
             for env in envs:
                 total = total + kpu_bn_output(env[x], w.data, bn.data, act.data, node.attrs).sum(axis=(0, 2, 3))
-            n = len(envs) * ref.counts[name]
-            q_mean = np.asarray(total, np.float64) / n
+            q_mean = np.asarray(total, np.float64) / ref.counts[name]    # same pixels, same samples
             f_mean = ref.sums[name] / ref.counts[name] * bn_scale(float_nodes[name], node)
             shift = np.sign(q_mean - f_mean) * np.floor(np.abs(q_mean - f_mean) + 0.5)
             shift = shift.astype(np.int64)
@@ -128,6 +139,16 @@ def correct_biases(float_graph: Graph, quant_graph: Graph, samples: Iterable, *,
             _set_const(bn, new_bn)
             for env in envs:
                 env[bn] = bn.data
+            shifts[name] = shift
+        elif (correct_float_convs and node.op == "conv2d" and _float_conv_correctable(node) and name in ref.sums):
+            x, w, b = node.inputs
+            total = 0.0
+            for env in envs:
+                total = total + np.asarray(ex.run_node(node, [env[v] for v in node.inputs])[0], np.float64).sum(axis=(0, 2, 3))
+            shift = (total - ref.sums[name]) / ref.counts[name]
+            _set_const(b, (np.asarray(b.data, np.float64) - shift).astype(b.dtype))
+            for env in envs:
+                env[b] = b.data
             shifts[name] = shift
         for env in envs:
             results = ex.run_node(node, [env[v] for v in node.inputs])

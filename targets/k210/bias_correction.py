@@ -23,6 +23,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from compiler.calibration import split_activation
 from compiler.executor import Executor
 from compiler.ir import Graph, Node, Value
 from compiler.kernels import KERNELS
@@ -55,6 +56,8 @@ class _ConvMeans(Executor):
         super().__init__(graph, kernels)
         self.sums: dict[str, np.ndarray] = {}
         self.counts: dict[str, int] = {}
+        self.maps: dict[str, list[np.ndarray]] = {}
+        self.keep_maps = False
 
     def run_node(self, node: Node, args):
         out = super().run_node(node, args)
@@ -67,6 +70,8 @@ class _ConvMeans(Executor):
         name = node.output.name
         self.sums[name] = self.sums.get(name, 0.0) + y.sum(axis=(0, 2, 3))
         self.counts[name] = self.counts.get(name, 0) + y.size // y.shape[1]
+        if self.keep_maps:
+            self.maps.setdefault(name, []).append(y.astype(np.float32))
         return out
 
 
@@ -100,12 +105,13 @@ def _set_const(v: Value, data: np.ndarray) -> None:
 
 
 def correct_biases(float_graph: Graph, quant_graph: Graph, samples: Iterable, *,
-                   kernels: Mapping = QUANTIZED_KERNELS, correct_float_convs: bool = True) -> dict[str, np.ndarray]:
+                   kernels: Mapping = QUANTIZED_KERNELS, correct_float_convs: bool = False, region: str = "all") -> dict[str, np.ndarray]:
     """Correct the norm_add of every kpu_conv2d_q of `quant_graph` (made by quantize_k210 from
     `float_graph`) in place, layer after layer; returns {float value name: int64 shift per channel}."""
     samples = list(samples)
     feeds = [_feeds(s, float_graph) for s in samples]
     ref = _ConvMeans(float_graph)
+    ref.keep_maps = region != "all"
     for f in feeds:
         ref.run(f)
     float_nodes = {n.output.name: n for n in float_graph.nodes if n.op == "kpu_conv2d"}
@@ -127,12 +133,24 @@ def correct_biases(float_graph: Graph, quant_graph: Graph, samples: Iterable, *,
         name = node.meta.get("float_value")
         if node.op == "kpu_conv2d_q" and name in float_nodes and name in ref.sums:
             x, w, bn, act = node.inputs
-            total = 0.0
-            for env in envs:
-                total = total + kpu_bn_output(env[x], w.data, bn.data, act.data, node.attrs).sum(axis=(0, 2, 3))
-            q_mean = np.asarray(total, np.float64) / ref.counts[name]    # same pixels, same samples
-            f_mean = ref.sums[name] / ref.counts[name] * bn_scale(float_nodes[name], node)
-            shift = np.sign(q_mean - f_mean) * np.floor(np.abs(q_mean - f_mean) + 0.5)
+            s_bn = bn_scale(float_nodes[name], node)
+            if region == "all":
+                total = 0.0
+                for env in envs:
+                    total = total + kpu_bn_output(env[x], w.data, bn.data, act.data, node.attrs).sum(axis=(0, 2, 3))
+                q_mean = np.asarray(total, np.float64) / ref.counts[name]    # same pixels, same samples
+                diff = q_mean - ref.sums[name] / ref.counts[name] * s_bn
+            else:
+                lo, hi = split_activation(float_nodes[name].attrs.get("activation", ()))[0]
+                err, cnt = 0.0, 0.0
+                for env, fmap in zip(envs, ref.maps[name]):
+                    qb = kpu_bn_output(env[x], w.data, bn.data, act.data, node.attrs).astype(np.float64)
+                    fb = fmap.astype(np.float64) * s_bn
+                    m = ((fmap > lo) & (fmap < hi)) if region == "active" else ((qb / s_bn > lo) | (fmap > lo))
+                    err = err + ((qb - fb) * m).sum(axis=(0, 2, 3))
+                    cnt = cnt + m.sum(axis=(0, 2, 3))
+                diff = np.where(cnt > 0, err / np.maximum(cnt, 1), 0.0)
+            shift = np.sign(diff) * np.floor(np.abs(diff) + 0.5)
             shift = shift.astype(np.int64)
             new_bn = np.array(bn.data, np.int64)
             new_bn[:, 2] -= shift

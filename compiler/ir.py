@@ -186,6 +186,23 @@ class Graph:
         else:
             self.nodes.insert(self.nodes.index(before), node)
 
+    def clone(self) -> "Graph":
+        """An independent copy: same names, attrs, quantization and meta; constant arrays shared (read-only)."""
+        g, values = Graph(), {}
+        for n in self.nodes:
+            if n.op == "input":
+                values[n.output] = g.input(n.name, n.output.type, quant=n.output.quant)
+            elif n.op == "constant":
+                values[n.output] = g.const(n.output.data, name=n.name, quant=n.output.quant)
+            else:
+                copy = g.add(n.op, [values[v] for v in n.inputs], name=n.name, **n.attrs)
+                for old, new in zip(n.outputs, copy.outputs):
+                    new.quant, values[old] = old.quant, new
+            values[n.outputs[0]].producer.meta.update(n.meta)
+        g.inputs = [values[v] for v in self.inputs]
+        g.outputs = [values[v] for v in self.outputs]
+        return g
+
     # ------------------------------------------------------------ editing
     def replace_all_uses(self, old: Value, new: Value) -> None:
         """Point every consumer of `old` (and the graph outputs) at `new`.

@@ -83,11 +83,21 @@ class Compiled:
     graph: Graph                          # what was lowered (quantized unless --inference-type float)
 
 
-def compile_model(path, opts: CompileOptions, *, dump: Callable[[Graph, str], None] | None = None) -> Compiled:
+def compile_model(path, opts: CompileOptions, *, dump: Callable[[Graph, str], None] | None = None,
+                  samples: list | None = None) -> Compiled:
     """File -> importer -> generic passes -> (K210 legalization, calibration, quantization) -> kmodel bytes."""
-    from compiler.importers import import_model
     if opts.kmodel_version not in (3, 4):
         raise KpucError(f"--kmodel-version {opts.kmodel_version}: kpuc writes kmodel v3 or v4")
+    float_graph, graph = prepare_model(path, opts, dump=dump, samples=samples)
+    data, summary = lower_model(graph, opts)
+    return Compiled(data, summary, float_graph, graph)
+
+
+def prepare_model(path, opts: CompileOptions, *, dump: Callable[[Graph, str], None] | None = None,
+                  samples: list | None = None) -> tuple[Graph, Graph]:
+    """Everything before lowering, the same for v3 and v4: (float graph, graph to lower). `samples`
+    (input arrays) calibrate instead of opts.dataset (`kpuc check` without --dataset)."""
+    from compiler.importers import import_model
     if opts.target not in ("k210", "cpu"):
         raise KpucError(f"unknown target '{opts.target}' (k210 or cpu)")
     if opts.inference_type not in ("uint8", "float"):
@@ -98,22 +108,25 @@ def compile_model(path, opts: CompileOptions, *, dump: Callable[[Graph, str], No
     stage(dump, graph, "generic")
     float_graph = graph
     if opts.inference_type == "uint8":
-        graph = quantize(graph, opts, dump=dump)
+        graph = quantize(graph, opts, dump=dump, samples=samples)
+    return float_graph, graph
+
+
+def lower_model(graph: Graph, opts: CompileOptions) -> tuple[bytes, dict]:
+    """The kmodel (opts.kmodel_version) bytes and summary of a prepared graph; does not change the graph."""
     if opts.kmodel_version == 3:
         from targets.k210.lower_v3 import compile_v3
-        data, summary = compile_v3(graph)
-    else:
-        from targets.k210.lower_v4 import compile_v4
-        data, summary = compile_v4(graph, target=opts.target, input_type=opts.input_type)
-    return Compiled(data, summary, float_graph, graph)
+        return compile_v3(graph)
+    from targets.k210.lower_v4 import compile_v4
+    return compile_v4(graph, target=opts.target, input_type=opts.input_type)
 
 
-def quantize(graph: Graph, opts: CompileOptions, *, dump=None) -> Graph:
-    """Legalize for the KPU (k210 target), calibrate on the dataset and quantize to uint8."""
+def quantize(graph: Graph, opts: CompileOptions, *, dump=None, samples: list | None = None) -> Graph:
+    """Legalize for the KPU (k210 target), calibrate on the dataset (or `samples`) and quantize to uint8."""
     from compiler.calibration import calibrate
     from compiler.datasets import iter_dataset
     from targets.k210.quantize import quantize_k210
-    if not opts.dataset:
+    if not opts.dataset and samples is None:
         raise KpucError("--inference-type uint8 needs a calibration --dataset (or use --inference-type float)")
     if len(graph.inputs) != 1:
         raise KpucError(f"calibration feeds one input; the model has {len(graph.inputs)}")
@@ -124,7 +137,8 @@ def quantize(graph: Graph, opts: CompileOptions, *, dump=None) -> Graph:
     x = graph.inputs[0]
     mean = 0.0 if opts.input_mean is None else opts.input_mean
     std = 1.0 if opts.input_std is None else opts.input_std
-    samples = [s.data for s in iter_dataset(opts.dataset, x.shape, format=opts.dataset_format, mean=mean, std=std)]
+    if samples is None:
+        samples = [s.data for s in iter_dataset(opts.dataset, x.shape, format=opts.dataset_format, mean=mean, std=std)]
     ranges = calibrate(graph, samples, method=opts.calibrate_method, input_mean=opts.input_mean,
                        input_std=opts.input_std)
     quantized = quantize_k210(graph, ranges, weights_quantize_threshold=opts.weights_quantize_threshold,

@@ -111,3 +111,17 @@ def test_conv_shape_rule_matches_the_formula(h, k, s, p):
         return
     conv = g.add("conv2d", [x, w, b], strides=(s, s), padding=((p, p), (p, p)))
     assert conv.output.shape[2] == (h + 2 * p - k) // s + 1
+
+
+def test_clone_is_independent_and_keeps_names_quant_and_meta():
+    from compiler.ir import QuantParam
+    g, x, conv, add = small_graph()
+    conv.meta["why_not_kpu"] = "test"
+    conv.output.quant = QuantParam(0.5, 3)
+    c = g.clone()
+    c.validate()
+    assert str(c) == str(g)
+    cc = c.node("conv")
+    assert cc is not conv and cc.meta == {"why_not_kpu": "test"} and cc.output.quant == QuantParam(0.5, 3)
+    c.node("add").attrs["op"] = "mul"
+    assert add.attrs["op"] == "add"

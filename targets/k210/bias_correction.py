@@ -32,7 +32,8 @@ from compiler.quantization import F32, QuantParamU8
 from targets.k210.kernels import QUANTIZED_KERNELS
 from targets.k210.kpu import conv_acc, batch_norm
 from targets.k210.kernels import kpu_tables
-from targets.k210.quantize import kpu_batch_norm, quantize_kpu_weights
+from targets.k210.quantize import equalize_weights, kpu_batch_norm, quantize_kpu_weights
+from targets.k210.weight_rounding import round_kpu_weights
 
 
 def _feeds(sample, graph: Graph) -> dict[str, np.ndarray]:
@@ -105,7 +106,7 @@ def _set_const(v: Value, data: np.ndarray) -> None:
 
 
 def correct_biases(float_graph: Graph, quant_graph: Graph, samples: Iterable, *,
-                   kernels: Mapping = QUANTIZED_KERNELS, correct_float_convs: bool = False, region: str = "all") -> dict[str, np.ndarray]:
+                   kernels: Mapping = QUANTIZED_KERNELS, correct_float_convs: bool = False, region: str = "all", round_weights: bool = False) -> dict[str, np.ndarray]:
     """Correct the norm_add of every kpu_conv2d_q of `quant_graph` (made by quantize_k210 from
     `float_graph`) in place, layer after layer; returns {float value name: int64 shift per channel}."""
     samples = list(samples)
@@ -133,6 +134,13 @@ def correct_biases(float_graph: Graph, quant_graph: Graph, samples: Iterable, *,
         name = node.meta.get("float_value")
         if node.op == "kpu_conv2d_q" and name in float_nodes and name in ref.sums:
             x, w, bn, act = node.inputs
+            if round_weights:
+                kq = node.meta["kpu_quant"]
+                xs = np.concatenate([env[x].astype(np.float64) - kq["input"].zero_point for env in envs])
+                w_eq = equalize_weights(float_nodes[name].inputs[1].data)[0]
+                _set_const(w, round_kpu_weights(w_eq, kq["weights"], xs, depthwise=node.attrs.get("depthwise", False)))
+                for env in envs:
+                    env[w] = w.data
             s_bn = bn_scale(float_nodes[name], node)
             if region == "all":
                 total = 0.0

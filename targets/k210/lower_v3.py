@@ -871,28 +871,9 @@ def _copy_node(graph: Graph, node: Node, inputs, *, before: Node, **changes) -> 
     return new
 
 
-def clone(graph: Graph) -> Graph:
-    """An independent copy (same names, attrs, quantization and meta; constant arrays shared, read-only)."""
-    g, values = Graph(), {}
-    for n in graph.nodes:
-        if n.op == "input":
-            values[n.output] = g.input(n.name, n.output.type, quant=n.output.quant)
-        elif n.op == "constant":
-            values[n.output] = g.const(n.output.data, name=n.name, quant=n.output.quant)
-        else:
-            copy = g.add(n.op, [values[v] for v in n.inputs], name=n.name, **n.attrs)
-            copy.meta.update(n.meta)
-            for old_v, new_v in zip(n.outputs, copy.outputs):
-                new_v.quant = old_v.quant
-                values[old_v] = new_v
-    g.inputs = [values[v] for v in graph.inputs]
-    g.outputs = [values[v] for v in graph.outputs]
-    return g
-
-
 def prepare_v3(graph: Graph) -> Graph:
     """A copy of `graph` rewritten into the forms v3 layers express (the source graph is untouched)."""
-    g = clone(graph)
+    g = graph.clone()
     while fold_pad_into_kpu_conv2d_q(g):
         pass
     return g

@@ -24,19 +24,8 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 
 # ------------------------------------------------------------------ checks
 def clone(graph: Graph) -> Graph:
-    """An independent copy with the same node names, attrs and constants (arrays are shared, read-only)."""
-    g, values = Graph(), {}
-    for n in graph.nodes:
-        if n.op == "input":
-            values[n.output] = g.input(n.name, n.output.type, quant=n.output.quant)
-        elif n.op == "constant":
-            values[n.output] = g.const(n.output.data, name=n.name, quant=n.output.quant)
-        else:
-            copy = g.add(n.op, [values[v] for v in n.inputs], name=n.name, **n.attrs)
-            values.update(zip(n.outputs, copy.outputs))
-    g.inputs = [values[v] for v in graph.inputs]
-    g.outputs = [values[v] for v in graph.outputs]
-    return g
+    """graph.clone(), under the name the tests use."""
+    return graph.clone()
 
 
 def random_feeds(graph: Graph, seed: int = 0) -> list[np.ndarray]:

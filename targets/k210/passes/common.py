@@ -23,6 +23,7 @@ def derive(graph: Graph, old: Node, op: str, inputs, *, suffix: str = "", before
     """Add the node that replaces `old`, named after its source node (`conv1` -> `conv1_kpu`)."""
     node = graph.add(op, inputs, name=source_name(old) + suffix, before=before, **attrs)
     node.meta["source"] = source_name(old)
+    node.meta["kpu_rewrites"] = old.meta.get("kpu_rewrites", ())  # which passes reshaped it (kpuc check)
     return node
 
 

@@ -48,6 +48,7 @@ def _rewrite(graph: Graph, node: Node) -> None:
     wf = graph.const(_flipped_weights(w.data, attrs["groups"]), name=f"{name}_w", before=node)
     extra = {"fused_clamp": node.attrs["fused_clamp"]} if "fused_clamp" in node.attrs else {}
     conv = derive(graph, node, "conv2d", [z, wf, b], before=node, strides=(1, 1), **attrs, **extra)
+    conv.meta["kpu_rewrites"] += ("conv2d_transpose_to_kpu_conv2d",)
     graph.replace_all_uses(node.output, conv.output)
 
 

@@ -43,6 +43,7 @@ def _rewrite(graph: Graph, conv: Node, chain: list) -> None:
     s2b = graph.add("space_to_batch", [x], name=f"{name}_s2b", before=last, block=d, pads=pads)
     attrs = {**conv.attrs, "padding": ((1, 1), (1, 1)), "dilations": (1, 1)}
     one = derive(graph, conv, "conv2d", [s2b.output, w, b], before=last, **attrs)
+    one.meta["kpu_rewrites"] += ("decompose_conv2d_dilation",)
     y = rebuild_chain(graph, one.output, chain, before=last)
     out = graph.add("batch_to_space", [y], name=f"{name}_b2s", before=last, block=d, crops=tuple(crops))
     graph.replace_all_uses(last.output, out.output)

@@ -27,6 +27,7 @@ def _rewrite(graph: Graph, conv: Node, chain: list) -> None:
     last = chain_end(conv.output, chain).producer
     strided = last.output.shape
     one = derive(graph, conv, "conv2d", list(conv.inputs), before=last, **{**conv.attrs, "strides": (1, 1)})
+    one.meta["kpu_rewrites"] += ("decompose_conv2d_stride",)
     y = rebuild_chain(graph, one.output, chain, before=last)
     sh, sw = conv.attrs["strides"]
     n, c, oh, ow = strided

@@ -55,6 +55,7 @@ def _rewrite(graph: Graph, m: Match) -> None:
     xp = pad_spatial(graph, x, tuple(g[:2] for g in m.geometry), name=f"{name}_pad", before=last)
     attrs = {**m.conv.attrs, "padding": ((p, p), (p, p)), "strides": (1, 1), "dilations": (1, 1)}
     conv = derive(graph, m.conv, "conv2d", [xp, w, b], before=last, **attrs)
+    conv.meta["kpu_rewrites"] += ("insert_pad_crop_for_kpu_conv2d",)
     y = rebuild_chain(graph, conv.output, m.chain, before=last)
     crops = tuple(g[2:] for g in m.geometry)
     if m.slice is None:

@@ -69,6 +69,7 @@ def _rewrite(graph: Graph, m: Match) -> None:
     x = pad_spatial(graph, x, ((0, MIN_IN_H - 1), (0, MIN_IN_W - 1)), name=f"{name}_pad", before=at)
     y = derive(graph, m.matmul, "kpu_conv2d", [x, w, bias], suffix="_kpu", before=at, depthwise=False,
                pool="bypass", activation=m.steps).output
+    y.producer.meta["kpu_rewrites"] += ("matmul_to_kpu_conv2d",)
     y = crop_spatial(graph, y, ((0, MIN_IN_H - 1), (0, MIN_IN_W - 1)), name=f"{name}_crop", before=at)
     out = graph.add("reshape", [y], name=f"{name}_flat", before=at, shape=(rows, n)).output
     graph.replace_all_uses(m.last.output, out)

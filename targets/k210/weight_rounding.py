@@ -1,0 +1,78 @@
+"""Data-aware rounding of a KPU layer's uint8 weights (GPTQ, Frantar et al. 2022 / OBQ's error feedback).
+
+The grid stays nncase's (kmodel-v4.md §10.6): per-channel equalisation scales folded into the batch norm,
+one weight scale and zero point for the layer; only *which* code each weight gets changes. Instead of
+rounding each weight to its nearest code, the weights of an output channel are rounded one input tap at
+a time and the rounding error of each tap is pushed onto the taps not yet rounded, weighted by the
+inverse of the layer-input Gram matrix H = X Xᵀ (X = the layer's input patches on calibration data),
+which minimises ||(W - W̃) X||² far better than nearest rounding. H is damped (1% of its mean diagonal)
+since 10 calibration images give few samples for the late, narrow layers.
+
+Everything is float64 numpy and deterministic (fixed tap order).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from compiler.quantization import QuantParamU8
+
+DAMP = 0.01
+
+
+def kpu_patches(x: np.ndarray, k: int, depthwise: bool) -> np.ndarray:
+    """Input patches of a stride-1 'same' KPU conv, `x` = [N, IC, H, W] real-centred input (padding 0):
+    dense -> [IC·k·k, N·H·W] (rows in OIHW weight order); depthwise -> [IC, k·k, N·H·W]."""
+    n, c, h, w = x.shape
+    p = k // 2
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (0, 0), (p, p), (p, p)))
+    taps = np.stack([xp[:, :, ky:ky + h, kx:kx + w] for ky in range(k) for kx in range(k)], axis=2)  # N,C,kk,H,W
+    taps = taps.transpose(1, 2, 0, 3, 4).reshape(c, k * k, n * h * w)
+    return taps if depthwise else taps.reshape(c * k * k, n * h * w)
+
+
+def gram(x: np.ndarray, k: int, depthwise: bool) -> np.ndarray:
+    """H = X Xᵀ of the patches: [D, D] dense, [C, k·k, k·k] depthwise (float64)."""
+    p = kpu_patches(x, k, depthwise)
+    return np.einsum("cdn,cen->cde", p, p) if depthwise else p @ p.T
+
+
+def gptq_round(w: np.ndarray, h: np.ndarray, wq: QuantParamU8, *, damp: float = DAMP) -> np.ndarray:
+    """uint8 codes of `w` ([R, D] equalised weights, real value = (code - zp) / scale) minimising
+    Σ_r (w_r - w̃_r)ᵀ H_r (w_r - w̃_r); `h` is [D, D] shared by every row or [R, D, D] per row."""
+    w = np.array(w, np.float64)
+    h = np.array(h, np.float64)
+    shared = h.ndim == 2
+    hs = h[None] if shared else h
+    diag = np.einsum("rii->ri", hs)
+    dead = diag == 0
+    idx = np.arange(w.shape[1])
+    hs[:, idx, idx] += damp * np.maximum(diag.mean(axis=1, keepdims=True), 1e-12) + dead
+    if shared:
+        w[:, dead[0]] = 0.0
+    else:
+        w[dead] = 0.0
+    # U upper with H⁻¹ = Uᵀ U (GPTQ: the Cholesky factor of the inverse, upper form)
+    u = np.linalg.cholesky(np.linalg.inv(hs)).transpose(0, 2, 1)
+    if shared:
+        u = np.broadcast_to(u, (w.shape[0],) + u.shape[1:])
+    zp, scale = wq.zero_point, float(wq.scale)
+    codes = np.empty(w.shape, np.int64)
+    for i in range(w.shape[1]):
+        col = w[:, i]
+        q = np.clip(np.floor(col * scale + zp + 0.5), 0, 255)
+        codes[:, i] = q
+        err = (col - (q - zp) / scale) / u[:, i, i]
+        w[:, i + 1:] -= err[:, None] * u[:, i, i + 1:]
+    return codes.astype(np.uint8)
+
+
+def round_kpu_weights(w_eq: np.ndarray, wq: QuantParamU8, x: np.ndarray, *, depthwise: bool,
+                      damp: float = DAMP) -> np.ndarray:
+    """uint8 OIHW codes for equalised float weights `w_eq` given the layer's real-centred inputs `x`
+    ([N, IC, H, W], padding = 0)."""
+    oc, _, k, _ = w_eq.shape
+    h = gram(x, k, depthwise)
+    return gptq_round(w_eq.reshape(oc, -1), h, wq, damp=damp).reshape(w_eq.shape)
+
+
+__all__ = ["kpu_patches", "gram", "gptq_round", "round_kpu_weights"]

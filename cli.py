@@ -157,6 +157,56 @@ def compile_summary(output, version: int, result) -> str:
             f"main memory {pick('main_memory_bytes', 'main_mem'):,} B; file {len(result.kmodel):,} B")
 
 
+# ---------------------------------------------------------------- check
+class FirmwareBudget(click.ParamType):
+    """--firmware: c-sdk, maixpy-mini, maixpy-full or a number of bytes."""
+    name = "c-sdk|maixpy-mini|maixpy-full|BYTES"
+
+    def convert(self, value, param, ctx):
+        from compiler.check import firmware_budget
+        try:
+            firmware_budget(str(value))
+        except KpucError as e:
+            self.fail(str(e), param, ctx)
+        return str(value)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-i", "--input-format", type=click.Choice(["tflite", "onnx"]), help="Guessed from the extension.")
+@click.option("--kmodel-version", type=click.Choice(["3", "4", "both"]), default="both", show_default=True)
+@click.option("--dataset", type=click.Path(), help="Calibration data; adds the per-layer quantization sensitivity.")
+@click.option("--dataset-format", type=click.Choice(["image", "raw"]), default="image", show_default=True)
+@click.option("--input-mean", type=float, help="Image preprocessing (x - mean) / std, as for compile.")
+@click.option("--input-std", type=float)
+@click.option("--weights-quantize-threshold", type=float, default=64.0, show_default=True)
+@click.option("--output-quantize-threshold", type=int, default=1024, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--firmware", type=FirmwareBudget(), default="c-sdk", show_default=True,
+              help="Main-memory budget: c-sdk 6 MiB, maixpy-mini 3.5 MiB, maixpy-full 2 MiB, or bytes.")
+@_verbose_option
+def check(model, input_format, kmodel_version, dataset, dataset_format, input_mean, input_std,
+          weights_quantize_threshold, output_quantize_threshold, fmt, firmware):
+    """Will MODEL run on the K210? Placement of every op, KPU RAM, main memory, v3/v4, all problems.
+
+    Exit status: 0 it fits (at least one requested kmodel version), 1 it does not fit or has
+    unsupported ops, 2 bad input or usage."""
+    import os
+    from compiler.check import CheckOptions, check_model, format_text
+    versions = (3, 4) if kmodel_version == "both" else (int(kmodel_version),)
+    opts = CheckOptions(input_format=input_format, versions=versions, dataset=dataset, dataset_format=dataset_format,
+                        input_mean=input_mean, input_std=input_std, firmware=firmware,
+                        weights_quantize_threshold=weights_quantize_threshold,
+                        output_quantize_threshold=output_quantize_threshold)
+    doc = check_model(model, opts).doc
+    if fmt == "json":
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        click.echo(format_text(doc, color=color), color=color)
+    return doc["exit_code"]
+
+
 # ---------------------------------------------------------------- infer
 def is_kmodel(path: str, input_format: str | None) -> bool:
     """A .kmodel (or any file that is not .tflite/.onnx when -i is absent) is run as a kmodel."""

@@ -90,6 +90,28 @@ quantized_matmul  a: u8[M,K], b: u8[K,N], bias: i32[N]   input_a_offset, input_b
 quantized_binary  a: u8, b: u8 (broadcast)  op: add sub mul div min max, input_a_offset, input_a_mul,
                                             input_a_shift, input_b_offset, input_b_mul, input_b_shift,
                                             output_mul, output_shift, output_offset       (§8.18) -> uint8
+
+Device ops (targets/k210/device_semantics.py makes them right before lowering, where a kmodel runtime's
+arithmetic differs from the ops above; targets/k210/kernels.py runs each through the interpreter's own
+layer code, so the quantized executor computes what the file computes, bit for bit). `kmodel` is 3 (K210
+SDK kpu.c, targets/k210/interpreter_v3.py) or 4 (nncase v0.2 runtime, interpreter_v4.py).
+dequantize_v3     x: u8                     scale, bias          float32(x)·scale + bias in float32 (v3 Dequantize)
+quantize_v3       x: f32                    scale, bias          clamp(roundf((x − bias)·(1.0f/scale)), 0, 255)
+                                                                  (v3 Quantize) -> uint8
+quantized_add_v3  a: u8, b: u8 (same shape) in_a_offset, in_a_mul, in_a_shift, in_b_offset, in_b_mul,
+                                            in_b_shift, out_offset, out_mul, out_shift  (v3 QuantizedAdd) -> uint8
+reduce_f32        x: f32                    op, axes, keepdims=True, kmodel   float32 sums in the runtime's order:
+                                            v3 GlobalAveragePool2d (mean over H, W: Σ in order / (float)(H·W));
+                                            v4 reduce (mean sum min max from the init value in NCHW order; mean
+                                            multiplies by (float)out_count / (float)in_count)
+reduce_window2d_f32 x: f32                  as reduce_window2d, kmodel       v3 AveragePool2d, v4 reduce_window2d
+matmul_f32        a: f32 [.., K], b: f32 [K, N], bias: f32 [N]   fused_clamp=(-inf,inf), kmodel
+                                            v3 FullyConnected per row (Σ a·b in K order from 0, + bias);
+                                            v4 matmul (bias + a·b in K order)
+conv2d_f32        x, w, b                   as conv2d, kmodel   v3 FullyConnected (1×1 conv of a 1×1 map);
+                                            v4 conv2d (bias + x·w over (ic, ky, kx))
+softmax_f32       x: f32                    axis, kmodel=3       v3 Softmax per vector (max seeded with FLT_MIN,
+                                            float32 exp, Σ in order)
 """
 from __future__ import annotations
 
@@ -453,3 +475,71 @@ def _quantized_binary(t, a):
     _u8(*t)
     need(a["op"] in ("add", "sub", "mul", "div", "min", "max"), f"no quantized binary {a['op']}")
     return TensorType(broadcast(t[0].shape, t[1].shape), "uint8")
+
+
+# ------------------------------------------------------------------ device ops (a kmodel runtime's arithmetic)
+def _kmodel(a):
+    need(a.get("kmodel") in (3, 4), f"kmodel must be 3 or 4, not {a.get('kmodel')}")
+
+
+def _f32(*types):
+    need(all(t.dtype == "float32" for t in types), f"expects float32 operands, got {[t.dtype for t in types]}")
+
+
+@rule("dequantize_v3")
+def _dequantize_v3(t, a):
+    _u8(t[0])
+    return TensorType(t[0].shape, "float32")
+
+
+@rule("quantize_v3")
+def _quantize_v3(t, a):
+    _f32(t[0])
+    return TensorType(t[0].shape, "uint8")
+
+
+@rule("quantized_add_v3")
+def _quantized_add_v3(t, a):
+    _u8(*t)
+    need(t[0].shape == t[1].shape, f"QuantizedAdd adds two maps of one shape, not {t[0].shape} and {t[1].shape}")
+    return t[0]
+
+
+@rule("reduce_f32")
+def _reduce_f32(t, a):
+    _kmodel(a)
+    _f32(t[0])
+    need(a["op"] in ("mean", "sum", "min", "max"), f"the runtimes reduce with mean sum min max, not {a['op']}")
+    return _reduce(t, a)
+
+
+@rule("reduce_window2d_f32")
+def _reduce_window2d_f32(t, a):
+    _kmodel(a)
+    _f32(t[0])
+    return _reduce_window2d(t, a)
+
+
+@rule("matmul_f32")
+def _matmul_f32(t, a):
+    _kmodel(a)
+    x, w, bias = t
+    _f32(*t)
+    need(len(x.shape) >= 1 and len(w.shape) == 2 and x.shape[-1] == w.shape[0],
+         f"matmul_f32 is [.., K] @ [K, N], got {x.shape} @ {w.shape}")
+    need(bias.shape == (w.shape[1],), f"bias shape {bias.shape} != ({w.shape[1]},)")
+    return TensorType(x.shape[:-1] + (w.shape[1],), "float32")
+
+
+@rule("conv2d_f32")
+def _conv2d_f32(t, a):
+    _kmodel(a)
+    _f32(*t)
+    return _conv2d(t, a)
+
+
+@rule("softmax_f32")
+def _softmax_f32(t, a):
+    _kmodel(a)
+    _f32(t[0])
+    return _along_axis(t, a)

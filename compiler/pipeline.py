@@ -72,6 +72,8 @@ class CompileOptions:
     weights_quantize_threshold: float = 64.0
     output_quantize_threshold: int = 1024
     quantized_binary: bool = True
+    bias_correction: bool = True         # kpuc: per-channel KPU norm_add correction on the calibration data
+    weight_rounding: bool = True         # kpuc: data-aware (GPTQ) rounding of the KPU weight codes
     lint: bool = False
 
 
@@ -89,8 +91,17 @@ def compile_model(path, opts: CompileOptions, *, dump: Callable[[Graph, str], No
     if opts.kmodel_version not in (3, 4):
         raise KpucError(f"--kmodel-version {opts.kmodel_version}: kpuc writes kmodel v3 or v4")
     float_graph, graph = prepare_model(path, opts, dump=dump, samples=samples)
+    graph = device_graph(graph, opts)
+    stage(dump, graph, f"v{opts.kmodel_version}_semantics")
     data, summary = lower_model(graph, opts)
     return Compiled(data, summary, float_graph, graph)
+
+
+def device_graph(graph: Graph, opts: CompileOptions) -> Graph:
+    """A copy of a prepared graph in the arithmetic of the kmodel's runtime (targets/k210/device_semantics.py):
+    what the file computes, bit for bit, under QuantizedExecutor; the graph to lower."""
+    from targets.k210.device_semantics import to_device_semantics
+    return to_device_semantics(graph, opts.kmodel_version)
 
 
 def prepare_model(path, opts: CompileOptions, *, dump: Callable[[Graph, str], None] | None = None,
@@ -144,6 +155,9 @@ def quantize(graph: Graph, opts: CompileOptions, *, dump=None, samples: list | N
     quantized = quantize_k210(graph, ranges, weights_quantize_threshold=opts.weights_quantize_threshold,
                               output_quantize_threshold=opts.output_quantize_threshold,
                               quantized_binary=opts.quantized_binary)
+    if opts.target == "k210" and (opts.bias_correction or opts.weight_rounding):
+        from targets.k210.bias_correction import correct_biases   # targets/k210/bias_correction.py
+        correct_biases(graph, quantized, samples, round_weights=opts.weight_rounding, bias=opts.bias_correction)
     stage(dump, quantized, "quantize")
     return quantized
 

@@ -20,7 +20,9 @@ Exactness: every KPU layer, upload, slice, table and max pool computes the quant
 bit for bit. Where the SDK's CPU arithmetic cannot (Dequantize with a zero point: q·scale + bias against
 (q − zp)·scale; quantized add), the closest form is chosen and the layer is listed in the summary's
 "inexact" entry with how often and by how much it differs. Float layers sum in float32 in the SDK's
-order where the executor sums in float64.
+order where the executor sums in float64. compile_model lowers the graph rewritten by
+targets/k210/device_semantics.py instead, whose device ops (dequantize_v3, quantize_v3, quantized_add_v3,
+reduce_f32, matmul_f32, ...) say what these layers compute, so that graph and the file agree bit for bit.
 
 Everything v3 cannot say is collected and reported at once, suggesting kmodel v4.
 """
@@ -201,17 +203,20 @@ def _activation(ctx: Lowering, node: Node, clamp) -> tuple[Node, int]:
     return node, act
 
 
-@lowers("matmul")
+@lowers("matmul", "matmul_f32")
 def matmul(ctx: Lowering, node: Node) -> None:
-    """matmul(x[1,IC], W[IC,OC]) [+ bias[OC]] [ReLU/ReLU6] -> FullyConnected (f32, kmodel-v3.md §8.11)."""
-    a, b = node.inputs
+    """matmul(x[1,IC], W[IC,OC]) [+ bias[OC]] [ReLU/ReLU6] -> FullyConnected (f32, kmodel-v3.md §8.11);
+    matmul_f32 (device_semantics) carries its bias as operand 3."""
+    a, b = node.inputs[:2]
     if not b.is_constant or b.data.ndim != 2 or a.dtype != "float32":
         raise Unexpressible("FullyConnected needs a float input and a constant 2-D weight matrix")
     ic, oc = b.shape
     if a.type.size != ic:
         raise Unexpressible(f"input {a.shape} is a batch of rows; FullyConnected multiplies one vector")
     bias, last, clamp = np.zeros(oc, np.float32), node, node.attrs.get("fused_clamp", NO_CLAMP)
-    add = sole_user(ctx.graph, node.output)
+    add = sole_user(ctx.graph, node.output) if node.op == "matmul" else None
+    if node.op == "matmul_f32":
+        bias = np.asarray(node.inputs[2].data, np.float32).reshape(oc)
     if tuple(clamp) == NO_CLAMP and add is not None and add.op == "binary" and add.attrs["op"] == "add" \
             and add.output.shape == node.output.shape:
         other = add.inputs[1] if add.inputs[0] is node.output else add.inputs[0]
@@ -225,7 +230,7 @@ def matmul(ctx: Lowering, node: Node) -> None:
         0, addr(x), addr(y), act, weights, bias))
 
 
-@lowers("conv2d")
+@lowers("conv2d", "conv2d_f32")
 def conv2d(ctx: Lowering, node: Node) -> None:
     """A 1×1 conv of a 1×1 map is a FullyConnected (f32); v3 has no other CPU convolution."""
     x, w, b = node.inputs
@@ -267,7 +272,7 @@ def _vector_layer(type: LayerType, ctx: Lowering, node: Node, axis: int | None) 
                                                 channels=n))
 
 
-@lowers("softmax")
+@lowers("softmax", "softmax_f32")
 def softmax(ctx: Lowering, node: Node) -> None:
     """softmax over a whole vector -> Softmax (§8.9)."""
     if node.attrs.get("log", False):
@@ -291,7 +296,7 @@ def unary(ctx: Lowering, node: Node) -> None:
     _vector_layer(LayerType.Logistic, ctx, node, None)
 
 
-@lowers("reduce")
+@lowers("reduce", "reduce_f32")
 def reduce(ctx: Lowering, node: Node) -> None:
     """mean over H and W of a C×H×W f32 map -> GlobalAveragePool2d (§8.3)."""
     x = node.inputs[0]
@@ -320,7 +325,7 @@ def _pool_fields(node: Node) -> dict:
                 padding_height=pt)
 
 
-@lowers("reduce_window2d")
+@lowers("reduce_window2d", "reduce_window2d_f32")
 def reduce_window2d(ctx: Lowering, node: Node) -> None:
     """mean pool (f32) -> AveragePool2d; max pool (u8) -> QuantizedMaxPool2d (§8.4, §8.5)."""
     x = node.inputs[0]
@@ -531,6 +536,13 @@ def quantize(ctx: Lowering, node: Node) -> None:
     _emit_quantize(ctx, node.name, ctx.main(x), ctx.main(y), y.type.size, sc, bias)
 
 
+@lowers("quantize_v3")
+def quantize_v3(ctx: Lowering, node: Node) -> None:
+    """The SDK's own Quantize (device_semantics): its (scale, bias) are the layer's."""
+    _emit_quantize(ctx, node.name, ctx.main(node.inputs[0]), ctx.main(node.output), node.output.type.size,
+                   node.attrs["scale"], node.attrs["bias"])
+
+
 def _emit_quantize(ctx: Lowering, name: str, rx: Ref, ry: Ref, count: int, sc: float, bias: float) -> None:
     ctx.emit(name, LayerType.Quantize, [rx], [ry], fixed(
         LayerType.Quantize, flags=0, main_mem_in_address=rx, mem_out_address=ry, count=count, scale=sc, bias=bias))
@@ -563,6 +575,15 @@ def dequantize(ctx: Lowering, node: Node) -> None:
     ctx.emit(node.name, LayerType.Dequantize, [rx], [ry], fixed(
         LayerType.Dequantize, flags=1, main_mem_in_address=rx, main_mem_out_address=ry, count=y.type.size,
         scale=sc, bias=bias))
+
+
+@lowers("dequantize_v3")
+def dequantize_v3(ctx: Lowering, node: Node) -> None:
+    """The SDK's own Dequantize (device_semantics): q·scale + bias with the node's (scale, bias)."""
+    rx, ry = ctx.main(node.inputs[0]), ctx.main(node.output)
+    ctx.emit(node.name, LayerType.Dequantize, [rx], [ry], fixed(
+        LayerType.Dequantize, flags=1, main_mem_in_address=rx, main_mem_out_address=ry, count=node.output.type.size,
+        scale=node.attrs["scale"], bias=node.attrs["bias"]))
 
 
 def _table_layer(ctx: Lowering, node: Node, table: np.ndarray) -> None:
@@ -609,27 +630,46 @@ def _float_add(ga, gb, qa: QuantParam, qb: QuantParam, qy: QuantParam) -> tuple[
     return codes.astype(np.int64), [da, db, (sc, bias)]
 
 
-@lowers("quantized_binary")
-def quantized_binary(ctx: Lowering, node: Node) -> None:
-    """u8 add of two same-shape maps: QuantizedAdd (§8.2), or Dequantize ×2 + Add + Quantize, whichever
-    agrees with the IR kernel on more of the 65536 input pairs (checked exhaustively). QuantizedAdd shifts
-    the operand sum down (floor) where the IR rounds each operand, and the SDK's carry shift rounds
-    negative values one step too far (kpu.md §5.6); the float path typically disagrees 20× less often."""
+def sdk_add_form(node: Node) -> tuple[str, object, int, int] | None:
+    """How v3 adds two same-shape u8 maps (a quantized_binary add), None if it cannot: (form, params,
+    mismatches of that form, mismatches of QuantizedAdd) over the 65536 input pairs against the IR kernel.
+    form "QuantizedAdd": params are the SDK layer's fields; "float" (Dequantize ×2 + Add + Quantize): params
+    are [(scale, bias) of each Dequantize, (scale, bias) of the Quantize]. The float form is taken when it
+    disagrees less often: QuantizedAdd shifts the operand sum down (floor) where the IR rounds each operand,
+    and the SDK's carry shift rounds negative values one step too far (kpu.md §5.6)."""
     a, b = node.inputs
     at, y = node.attrs, node.output
     if at["op"] != "add" or a.shape != b.shape or a.is_constant or b.is_constant:
-        raise Unexpressible(f"quantized {at['op']} of {a.shape} and {b.shape} (v3 has the add of two same-shape maps)")
+        return None
     p = {"in_a_offset": at["input_a_offset"], "in_a_mul": at["input_a_mul"], "in_a_shift": at["input_a_shift"],
          "in_b_offset": at["input_b_offset"], "in_b_mul": at["input_b_mul"], "in_b_shift": at["input_b_shift"],
          "out_offset": at["output_offset"], "out_mul": at["output_mul"], "out_shift": at["output_shift"]}
     ga, gb = (g.reshape(-1).astype(np.int64) for g in np.meshgrid(np.arange(256), np.arange(256), indexing="ij"))
     want = K210_KERNELS["quantized_binary"](ga.astype(np.uint8), gb.astype(np.uint8), **at).astype(np.int64)
     bad_int = int((_sdk_quantized_add(ga, gb, p) != want).sum())
-    float_codes, (da, db, (sc, bias)) = _float_add(ga, gb, a.quant, b.quant, y.quant) if a.quant and b.quant \
-        and y.quant else (None, (None, None, (None, None)))
-    bad_float = int((float_codes != want).sum()) if float_codes is not None else 65537
+    if a.quant and b.quant and y.quant:
+        float_codes, float_params = _float_add(ga, gb, a.quant, b.quant, y.quant)
+        bad_float = int((float_codes != want).sum())
+        if bad_float < bad_int:
+            return "float", float_params, bad_float, bad_int
+    return "QuantizedAdd", p, bad_int, bad_int
+
+
+@lowers("quantized_binary")
+def quantized_binary(ctx: Lowering, node: Node) -> None:
+    """u8 add of two same-shape maps: QuantizedAdd (§8.2), or Dequantize ×2 + Add + Quantize, whichever
+    agrees with the IR kernel on more of the 65536 input pairs (sdk_add_form, checked exhaustively); the
+    float path typically disagrees 20× less often."""
+    a, b = node.inputs
+    y = node.output
+    form = sdk_add_form(node)
+    if form is None:
+        raise Unexpressible(f"quantized {node.attrs['op']} of {a.shape} and {b.shape} (v3 has the add of two "
+                            "same-shape maps)")
+    kind, params, bad, bad_int = form
     n, ra, rb, ry = y.type.size, ctx.main(a), ctx.main(b), ctx.main(y)
-    if bad_float < bad_int:
+    if kind == "float":
+        da, db, (sc, bias) = params
         fa, fb, total = (ctx.scratch(f"{node.name}@{k}", 4 * n) for k in ("a", "b", "sum"))
         for r, f, (sc_in, b_in), k in ((ra, fa, da, "a"), (rb, fb, db, "b")):
             ctx.emit(f"{node.name}/dequantize_{k}", LayerType.Dequantize, [r], [f], fixed(
@@ -640,14 +680,25 @@ def quantized_binary(ctx: Lowering, node: Node) -> None:
             count=n))
         _emit_quantize(ctx, node.name, total, ry, n, sc, bias)
     else:
-        ctx.emit(node.name, LayerType.QuantizedAdd, [ra, rb], [ry], fixed(
-            LayerType.QuantizedAdd, flags=1, main_mem_in_a_address=ra, main_mem_in_b_address=rb,
-            main_mem_out_address=ry, count=n, **p))
-    bad = min(bad_int, bad_float)
+        _emit_quantized_add(ctx, node.name, ra, rb, ry, n, params)
     if bad:
-        form = "Dequantize+Add+Quantize" if bad_float < bad_int else "QuantizedAdd"
-        ctx.inexact.append(f"quantized add '{node.name}' as {form}: {bad} of 65536 input pairs give another code "
-                           f"than quantized_binary (QuantizedAdd: {bad_int})")
+        form_name = "Dequantize+Add+Quantize" if kind == "float" else "QuantizedAdd"
+        ctx.inexact.append(f"quantized add '{node.name}' as {form_name}: {bad} of 65536 input pairs give another "
+                           f"code than quantized_binary (QuantizedAdd: {bad_int})")
+
+
+@lowers("quantized_add_v3")
+def quantized_add_v3(ctx: Lowering, node: Node) -> None:
+    """The SDK's own QuantizedAdd (device_semantics): the node's fields are the layer's."""
+    a, b = node.inputs
+    _emit_quantized_add(ctx, node.name, ctx.main(a), ctx.main(b), ctx.main(node.output), node.output.type.size,
+                        node.attrs)
+
+
+def _emit_quantized_add(ctx: Lowering, name: str, ra: Ref, rb: Ref, ry: Ref, n: int, params: dict) -> None:
+    ctx.emit(name, LayerType.QuantizedAdd, [ra, rb], [ry], fixed(
+        LayerType.QuantizedAdd, flags=1, main_mem_in_a_address=ra, main_mem_in_b_address=rb,
+        main_mem_out_address=ry, count=n, **params))
 
 
 # ---------------------------------------------------------------- KPU layers
@@ -719,7 +770,9 @@ def _kpu_input(ctx: Lowering, node: Node) -> Ref:
         src, quantize_node = ctx.fc_inputs[node]
         c = x.shape[1]
         if quantize_node is not None:
-            sc, bias, bad = quantize_params(quantize_node.attrs["scale"], quantize_node.attrs["zero_point"])
+            qa = quantize_node.attrs
+            sc, bias, bad = (qa["scale"], qa["bias"], 0) if quantize_node.op == "quantize_v3" else \
+                quantize_params(qa["scale"], qa["zero_point"])
             if bad:
                 ctx.inexact.append(f"Quantize '{quantize_node.name}': float32 inputs next to a rounding boundary "
                                    f"can get another code (zero point {quantize_node.attrs['zero_point']})")
@@ -775,7 +828,7 @@ def _fc_input(g: Graph, conv: Node) -> tuple[Node, Node | None] | None:
             or x.shape[0] != 1 or x.shape[2:] != (4, 4) or sole_user(g, x) is not conv:
         return None
     quantize_node, p = None, x.producer
-    if p.op == "quantize_u8":
+    if p.op in ("quantize_u8", "quantize_v3"):
         quantize_node, p = p, p.inputs[0].producer
         if sole_user(g, p.output) is not quantize_node:
             return None

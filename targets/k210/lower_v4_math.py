@@ -174,7 +174,7 @@ def prelu(ctx: Lowering, node: Node) -> None:
 
 
 # ---------------------------------------------------------------- convolutions and matmul
-@emitter("conv2d")
+@emitter("conv2d", "conv2d_f32")
 def conv2d(ctx: Lowering, node: Node) -> None:
     x, w, b = node.inputs
     _need_float(node, x)
@@ -270,20 +270,23 @@ def _bias_add(ctx: Lowering, node: Node) -> tuple[Node, np.ndarray] | None:
     return add, other.data.astype(F32).reshape(-1)
 
 
-@emitter("matmul")
+@emitter("matmul", "matmul_f32")
 def matmul(ctx: Lowering, node: Node) -> None:
     """A[.., K] · B[K, N] (+ a fused bias add and clamp). A small constant B is stored as ncc's importer
     leaves it, [N, K] (TFLite FullyConnected), and transposed into main memory at run time, as in the
     iris golden file (§16.3); a larger one is read from the constants as [K, N] directly (§8.5 allows a
-    mem_const B), so its copy costs no main memory."""
-    a, b = node.inputs
+    mem_const B), so its copy costs no main memory. matmul_f32 (device_semantics) carries its bias as
+    operand 3, the add already folded."""
+    a, b = node.inputs[:2]
     _need_float(node, a, b)
     if b.type.rank != 2 or a.type.rank < 1:
         raise KpucError(f"{node.name}: the runtime's matmul is [M,K]·[K,N], not {a.shape}·{b.shape}")
     k, n = b.shape
     rows = _elems(a.shape[:-1])
     clamp, out, bias = node.attrs.get("fused_clamp", FULL), node.output, np.zeros(n, F32)
-    fused = _bias_add(ctx, node)
+    fused = _bias_add(ctx, node) if node.op == "matmul" else None
+    if node.op == "matmul_f32":
+        bias = np.asarray(node.inputs[2].data, F32).reshape(n)
     if fused:
         add, bias = fused
         ctx.absorbed.add(add)
@@ -300,7 +303,7 @@ def matmul(ctx: Lowering, node: Node) -> None:
 
 
 # ---------------------------------------------------------------- pooling and reductions
-@emitter("reduce_window2d")
+@emitter("reduce_window2d", "reduce_window2d_f32")
 def reduce_window2d(ctx: Lowering, node: Node) -> None:
     """Padding taps are skipped by the runtime (§8.9): max pools agree with any padding, mean pools
     when they count real pixels only; count_include_pad pads explicitly first. ceil_mode grows the
@@ -358,7 +361,7 @@ def emit_reduce(ctx: Lowering, op: str, src: Buffer, in_shape, axes, out: Buffer
     ctx.emit(k4.Reduce(src, out, REDUCE_CODES[op], shape4(in_shape), shape4(keep), init))
 
 
-@emitter("reduce")
+@emitter("reduce", "reduce_f32")
 def reduce(ctx: Lowering, node: Node) -> None:
     x = node.inputs[0]
     _need_float(node, x)

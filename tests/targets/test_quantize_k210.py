@@ -367,17 +367,20 @@ def mobilenet_inputs():
 
 @pytest.mark.skipif(not (MOBILENET.exists() and ULFFD.exists() and DOG.exists()), reason="shared files missing")
 @pytest.mark.xfail(strict=True, reason=(
-    "8-bit KPU weights cannot meet it on these inputs: on this float model and these 11 images even ideal "
-    "per-channel 8-bit weights alone (float activations) agree on top-1 for 6/11 with worst softmax cosine "
-    "0.43, and 8-bit activations alone (float weights) for 9/11 with 0.58 (bench/bench_quantized.py)"))
+    "worst softmax cosine 0.972 < 0.99 (top-1 11/11 is met): the default compile (logits conv float, "
+    "bias correction + GPTQ weight rounding, targets/k210/bias_correction.py) gets 11/11 and worst cosine "
+    "0.9723 (mean 0.9904); nncase's recipe alone 3/11 and 0.32. The noise of 27 8-bit layers (each 32-51 dB "
+    "in isolation) adds up to 19 dB at Conv2d_13_pointwise, 23 dB at the logits, and these images' top-1 "
+    "softmax probabilities are 0.05-0.40 (bench/bench_mobilenet_ptq.py)"))
 def test_acceptance_mobilenet_v1():
-    """(b) mobilenet_v1_0.25_128 calibrated on the first 10 ulffd images, judged on the other 10 + the dog."""
+    """(b) mobilenet_v1_0.25_128 calibrated on the first 10 ulffd images, judged on the other 10 + the dog,
+    through the default compile flow (compiler.pipeline.quantize)."""
+    from compiler.pipeline import CompileOptions, quantize
     g = import_model(MOBILENET)
     optimize_generic(g)
-    legalize_k210(g)
     calib, judged = mobilenet_inputs()
-    q = quantize_k210(g, calibrate(g, calib, input_mean=0.5, input_std=0.5))
-    assert len(q.nodes_of("kpu_conv2d_q")) == 28
+    q = quantize(g, CompileOptions(input_mean=0.5, input_std=0.5), samples=calib)   # legalizes g in place
+    assert len(q.nodes_of("kpu_conv2d_q")) == 27          # the 1001-logits conv stays float
     agreement, worst_cos, report = acceptance(g, q, judged)
     print(f"\nmobilenet_v1_0.25_128: top-1 agreement {agreement:.1%}, worst output cosine {worst_cos:.5f}\n{report}")
     assert agreement >= 0.95 and worst_cos >= 0.99

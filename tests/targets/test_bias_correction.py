@@ -1,0 +1,151 @@
+"""targets/k210/bias_correction.py and weight_rounding.py: bias correction removes the per-channel mean
+error of a KPU layer, GPTQ rounding lowers ||(W - W̃)X||², both change only integer field values and are
+deterministic."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compiler.calibration import calibrate
+from compiler.executor import Executor
+from compiler.ir import Graph, TensorType
+from compiler.kernels.conv import conv2d
+from compiler.quantization import QuantParamU8, quantize_u8
+from targets.k210.bias_correction import bn_scale, correct_biases, kpu_bn_output, kpu_finish
+from targets.k210.kernels import QuantizedExecutor, kpu_conv2d_q
+from targets.k210.quantize import quantize_k210
+from targets.k210.weight_rounding import gptq_round, kpu_patches
+
+
+def biased_graph(c=8, oc=8, hw=8, seed=0) -> Graph:
+    """Two 1x1 KPU layers whose weights have one outlier per tensor, so the common 8-bit grid is coarse
+    and rounding shifts each channel's mean on an all-positive input."""
+    rng = np.random.default_rng(seed)
+    g = Graph()
+    x = g.input("x", TensorType((1, c, hw, hw)))
+    w1 = rng.standard_normal((oc, c, 1, 1)).astype(np.float32) * 0.05
+    w1[0, 0] = 3.0
+    w2 = rng.standard_normal((oc, oc, 1, 1)).astype(np.float32) * 0.05
+    w2[1, 2] = -3.0
+    y = g.add("kpu_conv2d", [x, g.const(w1, name="w1"), g.const(np.full(oc, 0.1, np.float32), name="b1")],
+              name="l1", activation=()).output
+    g.outputs = [g.add("kpu_conv2d", [y, g.const(w2, name="w2"), g.const(np.zeros(oc, np.float32), name="b2")],
+                       name="l2", activation=()).output]
+    return g
+
+
+def data(n, seed):
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(0.0, 1.0, (1, 8, 8, 8)).astype(np.float32) for _ in range(n)]
+
+
+def channel_mean_error(g: Graph, q: Graph, xs) -> np.ndarray:
+    fe, qe = Executor(g), QuantizedExecutor(q)
+    err = [qe.run([x])["l2"].astype(np.float64) - fe.run([x])["l2"] for x in xs]
+    return np.mean(err, axis=(0, 1, 3, 4))
+
+
+def test_bias_correction_removes_the_mean_error_and_changes_only_norm_add():
+    g = biased_graph()
+    calib, held_out = data(8, 1), data(8, 2)
+    q = quantize_k210(g, calibrate(g, calib))
+    before = {n.name: [v.data.copy() for v in n.inputs[1:]] for n in q.nodes_of("kpu_conv2d_q")}
+    err_before = channel_mean_error(g, q, held_out)
+    shifts = correct_biases(g, q, calib)
+    err_after = channel_mean_error(g, q, held_out)
+    step = q.node("l2_q").output.quant.scale
+    assert set(shifts) == {"l1", "l2"} and any(np.any(s != 0) for s in shifts.values())
+    assert np.abs(err_before).max() > 2 * step                       # the rounding bias is real ...
+    assert np.abs(err_after).max() < 0.5 * np.abs(err_before).max()  # ... and mostly gone on unseen data
+    assert np.abs(err_after).mean() < 0.5 * np.abs(err_before).mean()
+    for n in q.nodes_of("kpu_conv2d_q"):
+        w, bn, act = (v.data for v in n.inputs[1:])
+        w0, bn0, act0 = before[n.name]
+        assert np.array_equal(w, w0) and np.array_equal(act, act0)
+        assert np.array_equal(bn[:, :2], bn0[:, :2])                 # norm_mul, norm_shift untouched
+        assert bn.dtype == np.int64 and np.abs(bn[:, 2]).max() < 2 ** 31
+
+
+def test_corrected_layer_mean_matches_the_float_mean_on_the_calibration_data():
+    g = biased_graph()
+    calib = data(6, 3)
+    q = quantize_k210(g, calibrate(g, calib))
+    correct_biases(g, q, calib)
+    node = q.node("l1_q")
+    x_codes = [QuantizedExecutor(q).run([x], keep_all=True)[node.inputs[0].name] for x in calib]
+    bn_mean = np.mean([kpu_bn_output(xc, *(v.data for v in node.inputs[1:]), node.attrs) for xc in x_codes],
+                      axis=(0, 1, 3, 4))
+    f = np.mean([Executor(g).run([x], keep_all=True)["l1"].astype(np.float64) for x in calib], axis=(0, 1, 3, 4))
+    s = bn_scale(g.node("l1"), node)
+    assert np.abs(bn_mean - f * s).max() <= 0.5 + 1e-9                # within the norm_add rounding
+
+
+def test_correction_and_rounding_are_deterministic():
+    g = biased_graph()
+    calib = data(4, 4)
+    r = calibrate(g, calib)
+    graphs = []
+    for _ in range(2):
+        q = quantize_k210(g, r)
+        correct_biases(g, q, calib, round_weights=True)
+        graphs.append({n.name: [v.data for v in n.inputs[1:]] for n in q.nodes_of("kpu_conv2d_q")})
+    for name, arrays in graphs[0].items():
+        assert all(np.array_equal(a, b) for a, b in zip(arrays, graphs[1][name]))
+
+
+def test_gptq_with_a_diagonal_gram_matrix_is_nearest_rounding():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((5, 7))
+    wq = QuantParamU8(128, 40.0)
+    codes = gptq_round(w, np.diag(rng.uniform(1, 2, 7)), wq)
+    assert np.array_equal(codes, np.clip(np.floor(w * 40.0 + 128 + 0.5), 0, 255).astype(np.uint8))
+
+
+def test_gptq_lowers_the_output_error_of_correlated_inputs():
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((3, 2000))
+    x = np.repeat(base, 4, axis=0) + 0.3 * rng.standard_normal((12, 2000))    # correlated input taps
+    w = rng.standard_normal((16, 12)) * 0.5
+    wq = QuantParamU8(128, 20.0)
+    nearest = np.clip(np.floor(w * 20.0 + 128 + 0.5), 0, 255)
+    codes = gptq_round(w, x @ x.T, wq, damp=0.01).astype(np.float64)
+    assert codes.min() >= 0 and codes.max() <= 255
+
+    def err(c):
+        return float(np.sum(((w - (c - 128) / 20.0) @ x) ** 2))
+    assert err(codes) < 0.7 * err(nearest)
+
+
+def test_kpu_patches_follow_the_weight_layout():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3, 5, 5))
+    w = rng.standard_normal((4, 3, 3, 3))
+    want = conv2d(x.astype(np.float32), w.astype(np.float32), np.zeros(4, np.float32), padding=((1, 1), (1, 1)))
+    got = (w.reshape(4, -1) @ kpu_patches(x, 3, False)).reshape(4, 2, 5, 5).transpose(1, 0, 2, 3)
+    assert np.allclose(got, want, atol=1e-4)
+    dw = rng.standard_normal((3, 1, 3, 3))
+    want = conv2d(x.astype(np.float32), dw.astype(np.float32), np.zeros(3, np.float32), padding=((1, 1), (1, 1)),
+                  groups=3)
+    got = np.einsum("cd,cdn->cn", dw.reshape(3, 9), kpu_patches(x, 3, True)).reshape(3, 2, 5, 5).transpose(1, 0, 2, 3)
+    assert np.allclose(got, want, atol=1e-4)
+
+
+@pytest.mark.parametrize("pool, depthwise", [("bypass", False), ("max_2_s2", True), ("left_top_2_s2", False),
+                                             ("mean_2_s2", True)])
+def test_finishing_from_the_batch_norm_output_is_the_kpu_kernel(pool, depthwise):
+    """correct_biases runs each corrected layer as kpu_bn_output -> kpu_finish; that must be the kernel."""
+    rng = np.random.default_rng(5)
+    g = Graph()
+    x = g.input("x", TensorType((2, 4, 8, 8)))
+    w = g.const(rng.standard_normal((4, 1 if depthwise else 4, 3, 3)).astype(np.float32) * 0.4, name="w")
+    b = g.const(rng.standard_normal(4).astype(np.float32) * 0.3, name="b")
+    g.outputs = [g.add("kpu_conv2d", [x, w, b], name="layer", depthwise=depthwise, pool=pool,
+                       activation=(("clamp", 0.0, 6.0),)).output]
+    xs = [rng.uniform(-1, 1, (2, 4, 8, 8)).astype(np.float32) for _ in range(3)]
+    q = quantize_k210(g, calibrate(g, xs))
+    node = q.node("layer_q")
+    codes = quantize_u8(xs[0], QuantParamU8.from_ir(node.inputs[0].quant))
+    _, wt, bn, act = (v.data if v.is_constant else None for v in node.inputs)
+    want = kpu_conv2d_q(codes, wt, bn, act, **node.attrs)
+    got = kpu_finish(kpu_bn_output(codes, wt, bn, act, node.attrs), act, pool)
+    assert np.array_equal(got, want)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compiler.errors import KpucError, Unsupported
+from compiler.errors import KpucError, Unsupported, UnsupportedOps
 from compiler.ir import Graph
 
 FORMATS = {".tflite": "tflite", ".onnx": "onnx"}
@@ -25,6 +25,15 @@ class SourceSummary:
     op_histogram: dict[str, int]                         # source op type -> count, sorted by name
     parameters: int                                      # elements in constant weight tensors
     unsupported: list[Unsupported] = field(default_factory=list)
+
+
+def checked_graph(graph: Graph, problems: list[Unsupported]) -> Graph:
+    """An importer's result: UnsupportedOps if it met any problem, else the graph swept and validated."""
+    if problems:
+        raise UnsupportedOps(problems)
+    graph.eliminate_dead_code()
+    graph.validate()
+    return graph
 
 
 def guess_format(path: str | Path, format: str | None = None) -> str:

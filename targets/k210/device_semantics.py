@@ -114,22 +114,26 @@ def _mean_pool(node: Node, kmodel: int) -> None:
         _become(node, "reduce_window2d_f32", **node.attrs, kmodel=kmodel)
 
 
+def _rewrite_all(g: Graph, rewrites: dict) -> Graph:
+    """Apply each node's rewrite from `rewrites` to `g` (a copy the caller owns) in node order; `g`."""
+    for node in list(g.nodes):
+        if node not in g.nodes:
+            continue                              # folded away by an earlier rewrite
+        rewrite = rewrites.get(node.op)
+        if rewrite is not None:
+            rewrite(g, node)
+    g.eliminate_dead_code()
+    g.validate()
+    return g
+
+
 # ---------------------------------------------------------------- v3
 def to_v3_semantics(graph: Graph) -> Graph:
     """A copy of `graph` in the SDK's arithmetic (see the module doc); pads are folded into the KPU ring
     first (lower_v3.prepare_v3), as the lowering does."""
     from targets.k210.lower_v3 import prepare_v3
     _check_version(graph, 3)
-    g = prepare_v3(graph)
-    for node in list(g.nodes):
-        if node not in g.nodes:
-            continue                              # folded away by an earlier rewrite
-        rewrite = V3_REWRITES.get(node.op)
-        if rewrite is not None:
-            rewrite(g, node)
-    g.eliminate_dead_code()
-    g.validate()
-    return g
+    return _rewrite_all(prepare_v3(graph), V3_REWRITES)
 
 
 def _v3_dequantize(graph: Graph, node: Node) -> None:
@@ -203,16 +207,7 @@ V3_REWRITES = {
 def to_v4_semantics(graph: Graph) -> Graph:
     """A copy of `graph` in the nncase v0.2 runtime's arithmetic (see the module doc)."""
     _check_version(graph, 4)
-    g = graph.clone()
-    for node in list(g.nodes):
-        if node not in g.nodes:
-            continue
-        rewrite = V4_REWRITES.get(node.op)
-        if rewrite is not None:
-            rewrite(g, node)
-    g.eliminate_dead_code()
-    g.validate()
-    return g
+    return _rewrite_all(graph.clone(), V4_REWRITES)
 
 
 def _v4_reduce(graph: Graph, node: Node) -> None:

@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from compiler.errors import KpucError, MalformedModel
+from compiler.quantization import c_div, mul_and_carry_shift, round_half_away_from_zero
 from targets.k210 import kmodel_v4 as k4
 from targets.k210.kpu import run_kpu_layer
 from targets.k210.kpu_layout import byte_offsets, kpu_rows
@@ -69,33 +70,6 @@ class Memory:
 
 
 # ---------------------------------------------------------------- numeric helpers (kmodel-v4.md §11)
-def mul_and_carry_shift(v, mul: int, shift: int) -> np.ndarray:
-    """nncase's runtime::mul_and_carry_shift (beta4): t = v·mul; t = (t + 2^(s-1)) >> s; low 32 bits."""
-    t = np.asarray(v, np.int64) * np.int64(mul)
-    s = int(shift) & 0xFF  # the i32 field is passed as uint8_t
-    if s >= 63:
-        t = np.zeros_like(t)  # |t| < 2^62, so the rounded quotient is 0
-    elif s > 0:
-        t = (t + (np.int64(1) << np.int64(s - 1))) >> np.int64(s)
-    return t.astype(np.int32)
-
-
-def roundf(x: np.ndarray) -> np.ndarray:
-    """C roundf (half away from zero) of float32 values, exactly, as float64."""
-    a = np.abs(x.astype(np.float64))
-    r = np.floor(a)
-    r += (a - r) >= 0.5
-    return np.copysign(r, x)
-
-
-def c_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """C integer division (truncates toward zero); a zero divisor gives 0 instead of trapping."""
-    a, b = np.broadcast_arrays(np.asarray(a, np.int64), np.asarray(b, np.int64))
-    safe = np.where(b == 0, 1, b)
-    q = np.abs(a) // np.abs(safe)
-    return np.where(b == 0, 0, np.where((a < 0) ^ (safe < 0), -q, q))
-
-
 def clamp(v: np.ndarray, act: k4.ValueRange) -> np.ndarray:
     """std::clamp(v, min, max) in float32 (NaN passes through)."""
     lo, hi = F32(act.min), F32(act.max)
@@ -203,7 +177,7 @@ def quantize(b: k4.Quantize, mem: Memory):
     clamp turns into 0 (the RISC-V build rounds pairs to even instead, §8.7)."""
     x = mem.get(b.input, F32)
     with np.errstate(all="ignore"):
-        t = roundf(x * F32(b.quant_param.scale) + F32(b.quant_param.zero_point))
+        t = round_half_away_from_zero(x * F32(b.quant_param.scale) + F32(b.quant_param.zero_point))
         t = np.where((t >= -2.0**31) & (t < 2.0**31), t, -2.0**31)
     mem.put(b.output, np.clip(t, 0, 255).astype(np.uint8))
 

@@ -30,8 +30,8 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from compiler.errors import KpucError, MalformedModel, Unsupported, UnsupportedOps
-from compiler.importers import SourceSummary
+from compiler.errors import KpucError, MalformedModel, Unsupported
+from compiler.importers import SourceSummary, checked_graph
 from compiler.importers.onnx.context import (CONVERTERS, RUNTIME_DTYPES, NotConvertible, OnnxContext,
                                              check_call, graph_array, lookup)
 from compiler.ir import Graph, TensorType, Value
@@ -47,12 +47,7 @@ DEFAULT_DOMAINS = ("", "ai.onnx")
 def import_model(path: str | Path) -> Graph:
     """Translate an ONNX file into a validated IR graph, or raise UnsupportedOps listing every problem."""
     path = Path(path)
-    graph, problems = _convert(_load(path), path.parent)
-    if problems:
-        raise UnsupportedOps(problems)
-    graph.eliminate_dead_code()
-    graph.validate()
-    return graph
+    return checked_graph(*_convert(_load(path), path.parent))
 
 
 def summarize_model(path: str | Path) -> SourceSummary:

@@ -32,8 +32,8 @@ from typing import Callable
 
 import numpy as np
 
-from compiler.errors import KpucError, Unsupported, UnsupportedOps
-from compiler.importers import SourceSummary
+from compiler.errors import KpucError, Unsupported
+from compiler.importers import SourceSummary, checked_graph
 from compiler.importers.tflite.reader import ModelData, OpInfo, TensorInfo, read_model
 from compiler.ir import Graph, Node, QuantParam, TensorType, Value
 
@@ -345,12 +345,7 @@ def convert(model: ModelData) -> tuple[Graph, list[Unsupported]]:
 
 def import_model(path: str | Path) -> Graph:
     """Read a .tflite file into a validated float32 NCHW graph, or raise UnsupportedOps / MalformedModel."""
-    graph, problems = convert(read_model(path))
-    if problems:
-        raise UnsupportedOps(problems)
-    graph.eliminate_dead_code()
-    graph.validate()
-    return graph
+    return checked_graph(*convert(read_model(path)))
 
 
 def summarize_model(path: str | Path) -> SourceSummary:

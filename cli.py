@@ -121,7 +121,8 @@ def info(model, input_format, as_json, dump_ir):
               help="Type the host feeds (v4); default: uint8 when the model quantizes its input first.")
 @click.option("--input-mean", type=float, help="Image preprocessing (x - mean) / std; forces the input range.")
 @click.option("--input-std", type=float)
-@click.option("--calibrate-method", type=click.Choice(["no_clip", "l2"]), default="no_clip", show_default=True)
+@click.option("--calibrate-method", type=click.Choice(["no_clip", "l2", "mse"]), default="no_clip", show_default=True,
+              help="no_clip: min/max; l2: ncc v0.2's L2-optimal clipping; mse: kpuc's MSE-optimal clipping.")
 @click.option("--weights-quantize-threshold", type=float, default=64.0, show_default=True,
               help="Convs/matmuls whose weight range exceeds this stay float.")
 @click.option("--output-quantize-threshold", type=int, default=1024, show_default=True,

@@ -3,7 +3,8 @@
 As ncc v0.2 does it (kmodel-v4.md §11, nncase src/cli/compile.cpp + src/evaluator/quantizer.cpp):
 1. every sample is run through the float graph and, per value, the float32 min/max of its finite
    elements (`get_range`) is merged into a running union;
-2. `l2` only: a second pass fills, per value, a 2048-bin histogram over the fixed-up range of pass 1;
+2. `l2` and `mse` (kpuc's own) only: a second pass fills, per value, a 2048-bin histogram over the
+   fixed-up range of pass 1;
 3. a method from CALIBRATION_METHODS turns the statistics of each value into its range;
 4. with an explicit input mean/std the model input's range is forced to [(0-mean)/std, (1-mean)/std]
    instead of being measured;
@@ -84,6 +85,7 @@ class Stats:
     hi: float = FLT_MIN
     counts: np.ndarray | None = None
     hist_range: Range | None = None
+    zeros: float = 0.0          # exact zeros seen by the histogram pass (quantized exactly: zero error)
 
     def record_range(self, a: np.ndarray) -> None:
         self.lo, self.hi = union_range((self.lo, self.hi), get_range(a))
@@ -101,6 +103,7 @@ class Stats:
         with np.errstate(all="ignore"):
             idx = np.clip((v - lo) / interval, F32(0), F32(bins - 1)).astype(np.int64)
         self.counts += np.bincount(idx, minlength=bins)
+        self.zeros += float(np.count_nonzero(v == 0))
 
 
 def bin_interval(r: Range, bins: int) -> np.float32:
@@ -165,7 +168,47 @@ def l2(stats: Stats, levels: int = QUANT_LEVELS) -> Range:
     return (float(F32(F32(F32(best_l) * interval) + lo_edge)), float(F32(F32(F32(best_u) * interval) + lo_edge)))
 
 
-CALIBRATION_METHODS: dict[str, Callable[[Stats], Range]] = {"no_clip": no_clip, "l2": l2}
+def mse(stats: Stats, levels: int = QUANT_LEVELS) -> Range:
+    """The clip range minimising the expected squared quantization error of the value's histogram:
+    over every pair of bin edges lower <= 0 <= upper (lower = the histogram's own lower end when it is
+    not negative, e.g. after a ReLU), loss = clipping error + rounding error, with
+
+      clipping error  Σ_{bins outside} count · (centre - nearest end)²   (exact at bin centres)
+      rounding error  (#values inside, exact zeros excluded) · step² / 12,  step = (upper - lower) / (levels - 1)
+
+    (the uniform rounding-noise model; exact zeros are representable, so a ReLU's zeros cost nothing).
+    Unlike `l2` it never forces the window to span `levels` bins, so a ReLU6 output whose tail is rare
+    gets a range well below 6.0. Ties go to the widest range (lowest lower, highest upper). float64,
+    deterministic."""
+    p = np.asarray(stats.counts, np.float64)
+    bins = len(p)
+    lo_edge = float(F32(stats.hist_range[0]))
+    interval = float(bin_interval(stats.hist_range, bins))
+    if p.sum() == 0 or interval <= 0:
+        return stats.hist_range
+    centre = lo_edge + (np.arange(bins) + 0.5) * interval
+    edges = lo_edge + np.arange(bins + 1) * interval            # edge e = lower end of bin e
+    c0, c1, c2 = (np.concatenate([[0.0], np.cumsum(p * centre ** k)]) for k in range(3))   # Σ_{i<e}
+    zero_edge = int(np.clip(np.floor(-lo_edge / interval + 0.5), 0, bins))                 # edge nearest 0
+    lowers = np.arange(zero_edge + 1) if lo_edge < 0 else np.array([0])
+    uppers = np.arange(max(zero_edge, 1), bins + 1)
+    lo_v, hi_v = edges[lowers], edges[uppers]
+    # below[l] = Σ_{i<l} p_i (c_i - e_l)², above[u] = Σ_{i>=u} p_i (c_i - e_u)²
+    below = c2[lowers] - 2 * lo_v * c1[lowers] + lo_v ** 2 * c0[lowers]
+    t0, t1, t2 = (c[-1] - c[uppers] for c in (c0, c1, c2))
+    above = t2 - 2 * hi_v * t1 + hi_v ** 2 * t0
+    inside = np.maximum(c0[uppers][None, :] - c0[lowers][:, None] - stats.zeros, 0.0)
+    step = (hi_v[None, :] - lo_v[:, None]) / (levels - 1)
+    loss = below[:, None] + above[None, :] + inside * step ** 2 / 12.0
+    loss = np.where(step > 0, loss, np.inf)
+    # ties: the lowest lower, then the highest upper
+    flipped = loss[:, ::-1]
+    best_l, k = np.unravel_index(int(np.argmin(flipped)), flipped.shape)
+    best_u = len(uppers) - 1 - k
+    return float(F32(lo_v[best_l])), float(F32(hi_v[best_u]))
+
+
+CALIBRATION_METHODS: dict[str, Callable[[Stats], Range]] = {"no_clip": no_clip, "l2": l2, "mse": mse}
 
 
 # ------------------------------------------------------------------ the calibrating executor
@@ -276,4 +319,4 @@ def calibrate(graph: Graph, dataset: Iterable, *, method: str = "no_clip", input
 
 
 __all__ = ["Calibrator", "Stats", "CALIBRATION_METHODS", "BROADCAST_OPS", "calibrate", "conv_key", "no_clip",
-           "l2", "split_activation", "apply_steps", "kpu_conv2d_stages", "input_range", "broadcast_ranges"]
+           "l2", "mse", "split_activation", "apply_steps", "kpu_conv2d_stages", "input_range", "broadcast_ranges"]

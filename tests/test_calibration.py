@@ -1,5 +1,5 @@
 """compiler/calibration.py: ranges over a dataset (no_clip, l2 against a brute-force copy of nncase's
-loop), forced input ranges, broadcast through shape-only ops, the two stages of a kpu_conv2d."""
+loop, mse against a brute-force loop), forced input ranges, broadcast through shape-only ops, the two stages of a kpu_conv2d."""
 from __future__ import annotations
 
 import io
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from compiler.calibration import (BROADCAST_OPS, CALIBRATION_METHODS, Calibrator, Stats, calibrate, conv_key,
-                                  input_range, kpu_conv2d_stages, l2, split_activation)
+                                  input_range, kpu_conv2d_stages, l2, mse, split_activation)
 from compiler.ir import Graph, TensorType
 from compiler.kernels.kpu import kpu_conv2d
 from compiler.progress import progress
@@ -71,7 +71,7 @@ def test_calibration_is_silent_without_a_terminal(capsys):
 def test_unknown_method_is_refused():
     with pytest.raises(Exception, match="unknown calibration method"):
         calibrate(small_graph(), samples(1), method="kld")
-    assert set(CALIBRATION_METHODS) == {"no_clip", "l2"}
+    assert set(CALIBRATION_METHODS) == {"no_clip", "l2", "mse"}
 
 
 # ------------------------------------------------------------------ kpu_conv2d stages
@@ -180,6 +180,63 @@ def test_l2_clips_rare_outliers_and_keeps_zero():
     assert no_clip == (-60.0, 40.0)
     assert -20 < clipped[0] < -3 and 3 < clipped[1] < 20
     assert clipped[0] <= 0 <= clipped[1]
+
+
+# ------------------------------------------------------------------ mse
+def mse_cost(stats, lower, upper, levels):
+    """The loss `mse` minimises, edge by edge: clipping error at bin centres + uniform rounding noise."""
+    bins = len(stats.counts)
+    lo = float(F32(stats.hist_range[0]))
+    interval = float(F32(F32(F32(stats.hist_range[1]) - F32(stats.hist_range[0])) / F32(bins)))
+    a, b = lo + lower * interval, lo + upper * interval
+    step = (b - a) / (levels - 1)
+    loss, inside = 0.0, -stats.zeros
+    for i, n in enumerate(stats.counts):
+        c = lo + (i + 0.5) * interval
+        if i < lower:
+            loss += n * (c - a) ** 2
+        elif i >= upper:
+            loss += n * (c - b) ** 2
+        else:
+            inside += n
+    return loss + max(inside, 0.0) * step ** 2 / 12
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 10_000), st.floats(-4.0, 0.0), st.floats(0.5, 4.0))
+def test_mse_picks_the_cheapest_pair_of_edges(seed, lo, hi):
+    bins, levels = 40, 8
+    rng = np.random.default_rng(seed)
+    stats = Stats(lo=lo, hi=hi)
+    stats.start_histogram(bins)
+    stats.record_histogram(np.concatenate([rng.normal(0, 0.3 * hi, 500), rng.uniform(lo, hi, 20),
+                                           np.zeros(50)]).astype(np.float32))
+    r_lo, r_hi = stats.hist_range
+    interval = float(F32(F32(F32(r_hi) - F32(r_lo)) / F32(bins)))
+    zero = int(np.clip(np.floor(-r_lo / interval + 0.5), 0, bins))
+    lowers = range(zero + 1) if r_lo < 0 else [0]
+    best = min(mse_cost(stats, a, b, levels) for a in lowers for b in range(max(zero, 1), bins + 1) if b > a)
+    got = mse(stats, levels=levels)
+    pair = (round((got[0] - r_lo) / interval), round((got[1] - r_lo) / interval))
+    assert math.isclose(mse_cost(stats, *pair, levels), best, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def test_mse_clips_rare_outliers_keeps_zero_and_a_saturated_top():
+    rng = np.random.default_rng(0)
+    g = Graph()
+    x = g.input("x", TensorType((2_000_002,)))
+    g.outputs = [g.add("unary", [x], name="y", op="neg").output]
+    data = np.concatenate([rng.normal(0, 1, 2_000_000), [60.0, -40.0]]).astype(np.float32)
+    clipped = calibrate(g, [data], method="mse")["y"]
+    assert -20 < clipped[0] < -3 and 3 < clipped[1] < 20 and clipped[0] <= 0 <= clipped[1]
+    assert calibrate(g, [data], method="mse")["y"] == clipped                       # deterministic
+    # a ReLU6 output: zeros, a rare tail clipped; a heavy saturated top at 6 kept
+    relu = -np.clip(rng.exponential(0.3, 2_000_002), 0, 6).astype(np.float32)        # y = -x
+    lo, hi = calibrate(g, [relu], method="mse")["y"]
+    assert lo == 0.0 and 1.0 < hi < 4.0 < float(-relu.min())
+    saturated = -np.clip(rng.normal(3, 3, 2_000_002), 0, 6).astype(np.float32)
+    lo, hi = calibrate(g, [saturated], method="mse")["y"]
+    assert lo == 0.0 and hi > 5.9
 
 
 def test_histogram_uses_the_fixed_up_range():

@@ -1,7 +1,8 @@
 """Run a transposed convolution as a stride-1 conv2d over a zero-inserted input, ready for the KPU.
 
 conv2d_transpose(x, w[I,O/g,k,k]; strides s, padding P, dilations d, output_padding op)
-    ==>   reshape(x, [N,C,H,1,W,1]) -> pad(zeros after each pixel: s-1) -> reshape([N,C,H*s,W*s])
+    ==>   per axis, at most 4-D (kmodel v4 shapes are 4-D): reshape(x, [N,C*H,W,1]) -> pad(0, s-1)
+          -> reshape([N,C,H,W*s]); reshape([N*C,H,1,W*s]) -> pad(0, s-1) -> reshape([N,C,H*s,W*s])
           -> conv2d(w' = flip(w)^T [O,I/g,k,k]; padding d*(k-1) - P (+op, - the s-1 trailing zeros),
                     dilations d, groups g, fused_clamp)
 A transposed conv scatters x[y] to rows y*s + i*d; gathering instead, output row j reads the
@@ -40,11 +41,16 @@ def _rewrite(graph: Graph, node: Node) -> None:
     _, _, attrs = transpose_as_conv(x.type, w.shape, node.attrs)
     name = node.name
     z = x
-    if (sh, sw) != (1, 1):
-        z = graph.add("reshape", [z], name=f"{name}_spread", before=node, shape=(n, c, h, 1, wd, 1)).output
-        z = graph.add("pad", [z], name=f"{name}_zeros", before=node, mode="constant", value=0.0,
-                      pads=((0, 0), (0, 0), (0, 0), (0, sh - 1), (0, 0), (0, sw - 1))).output
-        z = graph.add("reshape", [z], name=f"{name}_dilated", before=node, shape=(n, c, h * sh, wd * sw)).output
+    if sw != 1:  # s-1 zeros after every column
+        z = graph.add("reshape", [z], name=f"{name}_spread_w", before=node, shape=(n, c * h, wd, 1)).output
+        z = graph.add("pad", [z], name=f"{name}_zeros_w", before=node, mode="constant", value=0.0,
+                      pads=((0, 0), (0, 0), (0, 0), (0, sw - 1))).output
+        z = graph.add("reshape", [z], name=f"{name}_dilated_w", before=node, shape=(n, c, h, wd * sw)).output
+    if sh != 1:  # s-1 zero rows after every row
+        z = graph.add("reshape", [z], name=f"{name}_spread_h", before=node, shape=(n * c, h, 1, wd * sw)).output
+        z = graph.add("pad", [z], name=f"{name}_zeros_h", before=node, mode="constant", value=0.0,
+                      pads=((0, 0), (0, 0), (0, sh - 1), (0, 0))).output
+        z = graph.add("reshape", [z], name=f"{name}_dilated_h", before=node, shape=(n, c, h * sh, wd * sw)).output
     wf = graph.const(_flipped_weights(w.data, attrs["groups"]), name=f"{name}_w", before=node)
     extra = {"fused_clamp": node.attrs["fused_clamp"]} if "fused_clamp" in node.attrs else {}
     conv = derive(graph, node, "conv2d", [z, wf, b], before=node, strides=(1, 1), **attrs, **extra)

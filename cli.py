@@ -7,7 +7,9 @@ temporary name and renamed, so a failure never leaves a half-written file.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -37,12 +39,14 @@ def cli():
 def write_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder, then rename."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.kpuc-tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".kpuc-tmp")
     try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
 
 
 def write_ir_dump(graph, folder: str | None, stage: str) -> None:

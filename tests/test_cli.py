@@ -115,3 +115,26 @@ def test_raw_dataset_of_the_wrong_size_names_the_file(tmp_path):
     line = one_line_error(kpuc("infer", SAMPLE, tmp_path / "out", "--dataset", tmp_path / "short.bin",
                                "--dataset-format", "raw"))
     assert "short.bin" in line and "1024" in line
+
+
+def test_a_failed_compile_leaves_no_file_and_keeps_an_old_one(tmp_path):
+    model = unsupported_model(tmp_path / "bad.onnx")
+    out = tmp_path / "out.kmodel"
+    line = one_line_error(kpuc("compile", model, out, "--inference-type", "float"))
+    assert "TopK" in line and not out.exists()
+    out.write_bytes(b"old")
+    assert "--dataset" in one_line_error(kpuc("compile", SAMPLE, out))  # uint8 without calibration data
+    assert out.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx", "out.kmodel"]  # no temporary left
+
+
+def test_compile_then_infer_the_sample_kmodel(tmp_path):
+    out = tmp_path / "digits.kmodel"
+    r = kpuc("compile", SAMPLE, out, "--dataset", DIGITS, "--kmodel-version", "3")
+    assert r.returncode == 0, r.stderr
+    assert "on the KPU" in r.stdout and out.stat().st_size > 0
+    assert kpuc("infer", out, tmp_path / "o", "--dataset", DIGITS).returncode == 0
+    images = sorted(DIGITS.glob("*.png"))
+    correct = sum(int(np.fromfile(tmp_path / "o" / f"{p.stem}.out0.bin", np.float32).argmax())
+                  == int(p.stem.split("_")[0].removeprefix("digit")) for p in images)
+    assert correct >= 0.9 * len(images)

@@ -266,10 +266,9 @@ def _memory(version: int, data: bytes, summary: dict) -> dict:
 
 
 def _blockers(version: int, message: str, graph: Graph | None) -> list[dict]:
-    """The ops a lowering error names: v3 lists all of them, v4 stops at the first."""
+    """The ops a lowering error names (both lowerings list every op that stops them)."""
     names = sorted((n.name for n in graph.nodes), key=len, reverse=True) if graph is not None else []
-    if version == 3 and (m := re.match(r"kmodel v3 cannot express \d+ op\(s\): (.*)\. Try --kmodel-version 4$",
-                                       message, re.S)):
+    if m := re.match(r"kmodel v\d cannot express \d+ op\(s\): (.*?)(?:\. Try --kmodel-version 4)?$", message, re.S):
         found = []
         for part in re.split(r"; (?=\w+ '|output ')", m.group(1)):
             pm = re.match(r"(\w+) '([^']*)' \((.*)\)$", part, re.S)

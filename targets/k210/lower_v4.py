@@ -274,19 +274,27 @@ def lower_steps(graph: Graph, target: str = "k210", input_type: str = "default")
         lower_v4_quant.input_buffer(ctx, v)        # main memory or KPU RAM, float or uint8
     lower_v4_shape.plan_inplace_concats(ctx)
     lower_v4_quant.plan_kpu_subsampling(ctx)
+    problems, failed = [], set()
     for node in graph.nodes:
         if node.op in ("input", "constant") or node in ctx.absorbed:
             continue
         ctx.node = node
         fn = LOWER_V4.get(node.op)
         if fn is None:
-            raise KpucError(f"{node.name}: kmodel v4 has no lowering for IR op '{node.op}' "
-                            f"(lowered ops: {', '.join(sorted(LOWER_V4))})")
+            problems.append(f"{node.op} '{node.name}' (kmodel v4 has no lowering for IR op '{node.op}')")
+            failed.update(node.outputs)
+            continue
+        if any(v in failed for v in node.inputs):  # its input could not be lowered: nothing to say about it
+            failed.update(node.outputs)
+            continue
         try:
             fn(ctx, node)
         except KpucError as e:
-            msg = str(e)
-            raise KpucError(msg if msg.startswith(node.name) else f"{node.name} ({node.op}): {msg}") from e
+            msg = str(e).removeprefix(f"{node.name}: ").removeprefix(f"{node.name} ({node.op}): ")
+            problems.append(f"{node.op} '{node.name}' ({msg})")
+            failed.update(node.outputs)
+    if problems:  # every op that stops v4, not just the first (kpuc check lists them all)
+        raise KpucError(f"kmodel v4 cannot express {len(problems)} op(s): " + "; ".join(problems))
     ctx.node = None
     return ctx
 

@@ -552,3 +552,22 @@ def test_float_kpu_layers_run_on_the_cpu():
     want, got, summary = run_both(g)
     assert summary["kpu_nodes"] == 0
     np.testing.assert_allclose(got[0], want[0].reshape(-1), rtol=1e-5, atol=1e-5)
+
+
+def test_every_op_v4_cannot_express_is_named_at_once():
+    """Two independent blockers are both reported; the op downstream of one is not blamed for it."""
+    from compiler.errors import KpucError
+    from compiler.ir import Graph, TensorType
+    g = Graph()
+    x = g.input("x", TensorType((1, 2, 4, 4)))
+    outs = []
+    for name in ("up_a", "up_b"):
+        r = g.add("resize", [x], name=name, sizes=(1, 2, 8, 8), mode="linear",
+                  coordinate_transformation_mode="half_pixel")
+        outs.append(g.add("unary", [r.output], name=f"{name}_abs", op="neg").output)
+    g.outputs = outs
+    with pytest.raises(KpucError) as e:
+        lower_v4(g, target="cpu")
+    msg = str(e.value)
+    assert msg.startswith("kmodel v4 cannot express 2 op(s)")
+    assert "resize 'up_a'" in msg and "resize 'up_b'" in msg and "up_a_abs" not in msg

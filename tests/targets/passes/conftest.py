@@ -10,24 +10,16 @@ prints the same.
 """
 from __future__ import annotations
 
+from functools import partial
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from compiler.executor import run_graph
-from compiler.ir import Graph, TensorType, Value
-
-
-def clone(graph: Graph) -> Graph:
-    """graph.clone(), under the name the tests use."""
-    return graph.clone()
-
-
-def random_feeds(graph: Graph, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.standard_normal(v.shape).astype(v.dtype) for v in graph.inputs]
+from compiler.ir import Graph, Value
+import graph_kit
+from graph_kit import check_untouched, clone, const, conv, finish, graph_with_inputs, op, ops, random_feeds
 
 
 def assert_close(got: np.ndarray, want: np.ndarray) -> None:
@@ -36,52 +28,8 @@ def assert_close(got: np.ndarray, want: np.ndarray) -> None:
     assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(float(np.max(np.abs(want), initial=0.0)), 1e-30))
 
 
-def assert_same_function(before: Graph, after: Graph, feeds) -> None:
-    want, got = run_graph(before, *feeds), run_graph(after, *feeds)
-    assert len(want) == len(got)
-    for w, o in zip(want, got):
-        assert_close(o, w)
-
-
-def check_rewrite(pass_fn, graph: Graph, *, seeds=(0, 1)) -> Graph:
-    graph.validate()
-    before = clone(graph)
-    assert pass_fn(graph) is True, f"{pass_fn.__name__} did not fire on\n{graph}"
-    graph.validate()
-    for seed in seeds:
-        assert_same_function(before, graph, random_feeds(graph, seed))
-    assert pass_fn(graph) is False, f"{pass_fn.__name__} fired again on its own result:\n{graph}"
-    return graph
-
-
-def check_untouched(pass_fn, graph: Graph) -> None:
-    graph.validate()
-    text = str(graph)
-    assert pass_fn(graph) is False
-    assert str(graph) == text
-
-
-def ops(graph: Graph) -> list[str]:
-    """The ops of the computing nodes, in order (inputs and constants left out)."""
-    return [n.op for n in graph.nodes if n.op not in ("input", "constant")]
-
-
-def graph_with_inputs(*shapes) -> tuple[Graph, list[Value]]:
-    g = Graph()
-    return g, [g.input(f"x{i}", TensorType(s)) for i, s in enumerate(shapes)]
-
-
-def const(g: Graph, shape, seed: int = 0, *, scale: float = 1.0, name: str | None = None) -> Value:
-    return g.const((np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32), name=name)
-
-
-def conv(g: Graph, x: Value, out_c: int, k: int = 3, *, groups: int = 1, seed: int = 0, name: str = "conv",
-         op: str = "conv2d", **attrs) -> Value:
-    """conv2d of x with seeded weights (scaled to keep outputs near unit size) and bias."""
-    in_c = x.shape[1]
-    w = const(g, (out_c, in_c // groups, k, k), seed, scale=1 / np.sqrt(in_c // groups * k * k), name=f"{name}.w")
-    b = const(g, (out_c,), seed + 1, name=f"{name}.b")
-    return g.add(op, [x, w, b], name=name, groups=groups, **attrs).output
+assert_same_function = partial(graph_kit.assert_same_function, close=assert_close)
+check_rewrite = partial(graph_kit.check_rewrite, close=assert_close)
 
 
 def kpu_conv(g: Graph, x: Value, out_c: int, k: int = 3, *, depthwise: bool = False, seed: int = 0,
@@ -91,16 +39,6 @@ def kpu_conv(g: Graph, x: Value, out_c: int, k: int = 3, *, depthwise: bool = Fa
     w = const(g, (out_c, 1 if depthwise else in_c, k, k), seed, scale=1 / np.sqrt(in_c * k * k), name=f"{name}.w")
     b = const(g, (out_c,), seed + 1, name=f"{name}.b")
     return g.add("kpu_conv2d", [x, w, b], name=name, depthwise=depthwise, **attrs).output
-
-
-def op(g: Graph, op_name: str, *inputs: Value, name: str | None = None, **attrs) -> Value:
-    return g.add(op_name, list(inputs), name=name, **attrs).output
-
-
-def finish(g: Graph, *outputs: Value) -> Graph:
-    g.outputs = list(outputs)
-    g.validate()
-    return g
 
 
 # Element-wise activations the KPU table absorbs: (op, attrs) pairs for the builders.

@@ -136,11 +136,15 @@ def info(model, input_format, as_json, dump_ir):
               help="Skip kpuc's per-channel bias correction of KPU layers (nncase's numbers exactly).")
 @click.option("--no-weight-rounding", is_flag=True,
               help="Round KPU weights to nearest instead of kpuc's data-aware rounding (nncase's numbers).")
+@click.option("--split-activations", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="Carry the first N KPU layers' outputs as two uint8 copies half a step apart (about 9-bit "
+                   "activations where 8-bit noise hurts most; costs KPU RAM and weights; changes ncc's layer shapes).")
 @click.option("--dump-ir", type=click.Path(file_okay=False), help="Write the IR after each stage as Graphviz .dot.")
 @_verbose_option
 def compile_(model, output, input_format, output_format, target, kmodel_version, dataset, dataset_format,
              inference_type, input_type, input_mean, input_std, calibrate_method, weights_quantize_threshold,
-             output_quantize_threshold, no_quantized_binary, no_bias_correction, no_weight_rounding, dump_ir):
+             output_quantize_threshold, no_quantized_binary, no_bias_correction, no_weight_rounding, split_activations,
+             dump_ir):
     """Compile MODEL (.tflite or .onnx) into a kmodel file OUTPUT for the K210."""
     from compiler.pipeline import CompileOptions, compile_model
     opts = CompileOptions(input_format=input_format, target=target, kmodel_version=int(kmodel_version),
@@ -149,7 +153,8 @@ def compile_(model, output, input_format, output_format, target, kmodel_version,
                           weights_quantize_threshold=weights_quantize_threshold,
                           output_quantize_threshold=output_quantize_threshold,
                           quantized_binary=not no_quantized_binary, bias_correction=not no_bias_correction,
-                          weight_rounding=not no_weight_rounding, lint=VERBOSE["on"])
+                          weight_rounding=not no_weight_rounding, split_activations=split_activations,
+                          lint=VERBOSE["on"])
     dump = (lambda graph, stage: write_ir_dump(graph, dump_ir, stage)) if dump_ir or VERBOSE["on"] else None
     result = compile_model(model, opts, dump=dump)
     write_atomic(Path(output), result.kmodel)

@@ -74,6 +74,7 @@ class CompileOptions:
     quantized_binary: bool = True
     bias_correction: bool = True         # kpuc: per-channel KPU norm_add correction on the calibration data
     weight_rounding: bool = True         # kpuc: data-aware (GPTQ) rounding of the KPU weight codes
+    split_activations: int = 0           # kpuc: first N KPU layers' outputs as two offset uint8 copies (~9 bits)
     lint: bool = False
 
 
@@ -142,22 +143,35 @@ def quantize(graph: Graph, opts: CompileOptions, *, dump=None, samples: list | N
     if len(graph.inputs) != 1:
         raise KpucError(f"calibration feeds one input; the model has {len(graph.inputs)}")
     mark_small_outputs_float(graph, opts.output_quantize_threshold)
-    if opts.target == "k210":
-        legalize_k210(graph, lint=opts.lint, dump=dump)
-        stage(dump, graph, "legalize_k210")
     x = graph.inputs[0]
     mean = 0.0 if opts.input_mean is None else opts.input_mean
     std = 1.0 if opts.input_std is None else opts.input_std
     if samples is None:
         samples = [s.data for s in iter_dataset(opts.dataset, x.shape, format=opts.dataset_format, mean=mean, std=std)]
-    ranges = calibrate(graph, samples, method=opts.calibrate_method, input_mean=opts.input_mean,
-                       input_std=opts.input_std)
-    quantized = quantize_k210(graph, ranges, weights_quantize_threshold=opts.weights_quantize_threshold,
+
+    def calibrated(g: Graph) -> dict:
+        return calibrate(g, samples, method=opts.calibrate_method, input_mean=opts.input_mean,
+                         input_std=opts.input_std)
+
+    # `graph` stays the float model (legalized in place); with --split-activations a copy is split and
+    # quantized instead, so the float graph keeps the model's own function and layer shapes.
+    work = graph
+    if opts.target == "k210" and opts.split_activations > 0:
+        from targets.k210.split_activations import split_activations
+        work = graph.clone()
+        split_activations(work, calibrated(work), opts.split_activations)
+        stage(dump, work, "split_activations")
+    if opts.target == "k210":
+        for g in [graph] if work is graph else [graph, work]:
+            legalize_k210(g, lint=opts.lint, dump=dump)
+        stage(dump, work, "legalize_k210")
+    ranges = calibrated(work)
+    quantized = quantize_k210(work, ranges, weights_quantize_threshold=opts.weights_quantize_threshold,
                               output_quantize_threshold=opts.output_quantize_threshold,
                               quantized_binary=opts.quantized_binary)
     if opts.target == "k210" and (opts.bias_correction or opts.weight_rounding):
         from targets.k210.bias_correction import correct_biases   # targets/k210/bias_correction.py
-        correct_biases(graph, quantized, samples, round_weights=opts.weight_rounding, bias=opts.bias_correction)
+        correct_biases(work, quantized, samples, round_weights=opts.weight_rounding, bias=opts.bias_correction)
     stage(dump, quantized, "quantize")
     return quantized
 

@@ -36,6 +36,11 @@ MODELS = {
     "digits": (ROOT / "models" / "digits_cnn.onnx", ROOT / "models" / "digits", {}, None),
     "mobilenet": (SHARED / "models/tflite-ops/mobilenet_v1_0.25_128.tflite",
                   SHARED / "golden/ulffd_landmark-v4/dataset", {"input_mean": 0.5, "input_std": 0.5}, 5),
+    # --split-activations: dense block-diagonal convs where depthwise ones were, doubled channels
+    "digits-split": (ROOT / "models" / "digits_cnn.onnx", ROOT / "models" / "digits", {"split_activations": 2}, 5),
+    "mobilenet-split": (SHARED / "models/tflite-ops/mobilenet_v1_0.25_128.tflite",
+                        SHARED / "golden/ulffd_landmark-v4/dataset",
+                        {"input_mean": 0.5, "input_std": 0.5, "split_activations": 10}, 2),
 }
 
 

@@ -1,0 +1,110 @@
+"""Carry a KPU layer's output as two uint8 copies half a step apart: about 9-bit activations on 8-bit hardware.
+
+A KPU layer writes uint8 codes, so its output carries the rounding noise of a 256-level grid of step s.
+Rounding the same value twice, once a quarter step low and once a quarter step high,
+
+    A = round(y/s - 1/4),   B = round(y/s + 1/4),   (A + B)/2 = y/s rounded to the nearest half step
+
+gives a grid of step s/2 (the ends 0 and 255 stay exact). The KPU can do this: the producer conv gets its
+output channels twice, with the bias lowered / raised by s/4 (the same uint8 quantization then rounds
+them a quarter step apart), and every consumer conv reads both copies with half its weights each. A
+depthwise consumer has to add two channels, so it becomes a dense conv with a block-diagonal weight
+(its zeros are exact in the KPU's weight codes). On the calibration data this is 9-bit quantization of
+that tensor; MobileNet v1 0.25/128 loses most of its accuracy in its first layers' 8-bit outputs
+(bench/bench_mobilenet_ptq.py), so splitting the first few layers buys most of a bit where it matters.
+
+The float function is kept exactly where the producer's clamp is inactive (A/2 + B/2 = y); within s/4 of
+a clamp bound the pair differs from y by at most s/8, well under the step the tensor is quantized to.
+Costs: the split tensor takes twice the KPU RAM, and a depthwise consumer of C channels holds 2C·C
+weights instead of C (so the first, narrow layers are the cheap ones to split).
+
+Runs on the float graph after the generic passes and before KPU legalization; s comes from a calibration
+of that graph (compiler.quantization.get_quant_param of the producer's range), and the graph must be
+calibrated again after the split. Off by default (`--split-activations N`): it changes the layer shapes
+ncc would produce.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from compiler.ir import Graph, Node
+from compiler.quantization import get_quant_param
+from targets.k210.constraints import MAX_CHANNELS, why_not_kpu
+
+
+def _depthwise(node: Node) -> bool:
+    return node.attrs.get("groups", 1) != 1
+
+
+def _splittable(graph: Graph, node: Node) -> bool:
+    """A KPU-bound conv (its activation, if any, is a fused clamp: a leaky ReLU is still its own node here,
+    which is not a conv, so it is not split) whose every reader is a KPU-bound conv reading it as its data
+    input, with room for twice the channels."""
+    if node.op != "conv2d" or why_not_kpu(node) or node.output in graph.outputs:
+        return False
+    users = node.output.user_nodes()
+    channels = node.output.shape[1]
+    return (bool(users) and 2 * channels <= MAX_CHANNELS
+            and all(u.op == "conv2d" and u.inputs[0] is node.output and not why_not_kpu(u) for u in users))
+
+
+def _read_both_copies(graph: Graph, user: Node, channels: int) -> None:
+    """Rewrite a reader of a C-channel tensor to read [A; B] (2C channels) with half weights on each."""
+    w = user.inputs[1].data
+    if _depthwise(user):                      # [C, 1, kh, kw] -> dense [C, 2C, kh, kw], block-diagonal
+        dense = np.zeros((channels, 2 * channels) + w.shape[2:], np.float32)
+        idx = np.arange(channels)
+        dense[idx, idx] = dense[idx, idx + channels] = w[:, 0] / 2
+        attrs = {**user.attrs, "groups": 1}
+    else:
+        dense = np.concatenate([w / 2, w / 2], axis=1).astype(np.float32)
+        attrs = dict(user.attrs)
+    weight = graph.const(dense, name=f"{user.inputs[1].name}_split", before=user)
+    user.inputs = [user.inputs[0], weight, *user.inputs[2:]]
+    user.attrs = attrs
+
+
+def split_layer(graph: Graph, node: Node, step: float) -> Node:
+    """Replace conv `node` (C output channels) by one with 2C outputs, copy A biased by -step/4 and copy
+    B by +step/4, and make its readers average the copies. Returns the new producer."""
+    x, w, b = node.inputs
+    channels = w.shape[0]
+    if _depthwise(node):                      # the copies need a dense weight: out o reads channel o % C
+        dense = np.zeros((2 * channels, channels) + w.shape[2:], np.float32)
+        idx = np.arange(2 * channels)
+        dense[idx, idx % channels] = np.concatenate([w.data[:, 0], w.data[:, 0]])
+        weights, attrs = dense, {**node.attrs, "groups": 1}
+    else:
+        weights, attrs = np.concatenate([w.data, w.data]), dict(node.attrs)
+    quarter = np.float32(step / 4)
+    bias = np.concatenate([b.data - quarter, b.data + quarter]).astype(np.float32)
+    split = graph.add("conv2d", [x, graph.const(weights.astype(np.float32), name=f"{w.name}_split", before=node),
+                                 graph.const(bias, name=f"{b.name}_split", before=node)],
+                      name=f"{node.name}_split", before=node, **attrs)
+    split.meta.update({k: v for k, v in node.meta.items() if k != "range"})
+    split.meta["split_from"] = node.output.name
+    for user in node.output.user_nodes():
+        _read_both_copies(graph, user, channels)
+        user.inputs = [split.output, *user.inputs[1:]]
+    graph.erase(node)
+    return split
+
+
+def split_activations(graph: Graph, ranges: dict, count: int) -> list[str]:
+    """Split the first `count` eligible conv outputs (graph order); `ranges` are calibrated ranges of
+    `graph` by value name. Returns the names of the layers split (their outputs before the split)."""
+    done: list[str] = []
+    for node in list(graph.nodes):
+        if len(done) >= count:
+            break
+        if node.op != "conv2d" or node.output.name not in ranges or not _splittable(graph, node):
+            continue
+        step = 1.0 / get_quant_param(ranges[node.output.name]).scale
+        done.append(node.output.name)
+        split_layer(graph, node, step)
+    graph.eliminate_dead_code()
+    graph.validate()
+    return done
+
+
+__all__ = ["split_activations", "split_layer"]

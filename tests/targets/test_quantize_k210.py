@@ -365,26 +365,39 @@ def mobilenet_inputs():
     return data[:10], data[10:] + [dog]
 
 
-@pytest.mark.skipif(not (MOBILENET.exists() and ULFFD.exists() and DOG.exists()), reason="shared files missing")
-@pytest.mark.xfail(strict=True, reason=(
-    "worst softmax cosine 0.972 < 0.99 (top-1 11/11 is met): the default compile (logits conv float, "
-    "bias correction + GPTQ weight rounding, targets/k210/bias_correction.py) gets 11/11 and worst cosine "
-    "0.9723 (mean 0.9904); nncase's recipe alone 3/11 and 0.32. The noise of 27 8-bit layers (each 32-51 dB "
-    "in isolation) adds up to 19 dB at Conv2d_13_pointwise, 23 dB at the logits, and these images' top-1 "
-    "softmax probabilities are 0.05-0.40. MSE-optimal activation ranges (calibration method mse: 11/11, 0.9752, "
-    "mean 0.9873), MSE-optimal weight ranges (0.9737, mean 0.9898) and sequential range refitting (a no-op: "
-    "every ReLU6 layer still saturates at 6.0 on the quantized upstream) do not close the gap "
-    "(bench/bench_mobilenet_ptq.py)"))
-def test_acceptance_mobilenet_v1():
-    """(b) mobilenet_v1_0.25_128 calibrated on the first 10 ulffd images, judged on the other 10 + the dog,
-    through the default compile flow (compiler.pipeline.quantize)."""
+HAVE_MOBILENET = MOBILENET.exists() and ULFFD.exists() and DOG.exists()
+
+
+def _mobilenet_acceptance(**options):
     from compiler.pipeline import CompileOptions, quantize
     g = import_model(MOBILENET)
     optimize_generic(g)
     calib, judged = mobilenet_inputs()
-    q = quantize(g, CompileOptions(input_mean=0.5, input_std=0.5), samples=calib)   # legalizes g in place
+    q = quantize(g, CompileOptions(input_mean=0.5, input_std=0.5, **options), samples=calib)  # legalizes g in place
     assert len(q.nodes_of("kpu_conv2d_q")) == 27          # the 1001-logits conv stays float
-    agreement, worst_cos, report = acceptance(g, q, judged)
-    print(f"\nmobilenet_v1_0.25_128: top-1 agreement {agreement:.1%}, worst output cosine {worst_cos:.5f}\n{report}")
+    return acceptance(g, q, judged)
+
+
+@pytest.mark.skipif(not HAVE_MOBILENET, reason="shared files missing")
+def test_acceptance_mobilenet_v1():
+    """(b) mobilenet_v1_0.25_128 calibrated on the first 10 ulffd images, judged on the other 10 + the dog,
+    through the compile flow (compiler.pipeline.quantize) with --split-activations 20: the first 20 KPU
+    layers' outputs carried as two uint8 copies half a step apart (targets/k210/split_activations.py).
+    20 is the count whose worst cosine *on the 10 calibration images* was best among 0, 4, 6-12, 14, 20
+    (bench/bench_mobilenet_ptq.py --sweep, which prints the judged numbers next to them: they range
+    0.974-0.992 for N >= 6, so the margin over 0.99 is thin and this test guards it)."""
+    agreement, worst_cos, report = _mobilenet_acceptance(split_activations=20)
+    print(f"\nmobilenet_v1_0.25_128 --split-activations 20: top-1 agreement {agreement:.1%}, "
+          f"worst output cosine {worst_cos:.5f}\n{report}")
     assert agreement >= 0.95 and worst_cos >= 0.99
+
+
+@pytest.mark.skipif(not HAVE_MOBILENET, reason="shared files missing")
+def test_mobilenet_v1_default_flow_holds_its_accuracy():
+    """The default compile (ncc's layer shapes; bias correction + GPTQ weight rounding) on the same split:
+    measured 11/11 and worst cosine 0.9723 (nncase's recipe alone: 3/11, 0.32). A regression guard, below
+    the issue's 0.99: the 8-bit activations of the first layers cost about 0.02 of cosine on their own."""
+    agreement, worst_cos, report = _mobilenet_acceptance()
+    print(f"\nmobilenet_v1_0.25_128 default: top-1 agreement {agreement:.1%}, worst output cosine {worst_cos:.5f}")
+    assert agreement >= 0.95 and worst_cos >= 0.97
 

@@ -164,12 +164,10 @@ def compile_(model, output, input_format, output_format, target, kmodel_version,
 def compile_summary(output, version: int, result) -> str:
     """One line: where it went, layers on KPU vs CPU, KPU RAM peak, main memory, file size."""
     s = result.summary
-    pick = lambda *keys: next((s[k] for k in keys if k in s), 0)  # noqa: E731  (v3 and v4 name them apart)
-    kpu, cpu = pick("kpu_layers", "kpu_nodes"), pick("cpu_layers", "cpu_nodes")
     unit = "layers" if version == 3 else "nodes"
-    return (f"{output}: kmodel v{version}, {kpu} {unit} on the KPU, {cpu} on the CPU; "
-            f"KPU RAM peak {pick('kpu_ram_peak_bytes', 'kpu_ram_peak'):,} B of 2 MiB; "
-            f"main memory {pick('main_memory_bytes', 'main_mem'):,} B; file {len(result.kmodel):,} B")
+    return (f"{output}: kmodel v{version}, {s['kpu_ops']} {unit} on the KPU, {s['cpu_ops']} on the CPU; "
+            f"KPU RAM peak {s['kpu_ram_peak']:,} B of 2 MiB; main memory {s['main_memory']:,} B; "
+            f"file {len(result.kmodel):,} B")
 
 
 # ---------------------------------------------------------------- check

@@ -252,14 +252,13 @@ def _memory(version: int, data: bytes, summary: dict) -> dict:
     m = d["memory"]
     if version == 3:   # nncase prints (32768 - max_start_address) * 64 as "KPU memory usage"
         kpu, working = m["kpu_rows_reserved"] * KPU_ROW_BYTES, m["main_mem_usage"]
-        live = summary.get("kpu_ram_peak_bytes", kpu)
         layers = d["layers"]
         kpu_layers = sum(row["type"] == "K210Conv" for row in layers)
     else:
         kpu, working = m["kpu"]["used"], m["main"]["size"]
-        live = summary.get("kpu_ram_peak", kpu)
         layers = d["nodes"]
         kpu_layers = sum(row["op"] == "kpu_conv2d" for row in layers)
+    live = summary.get("kpu_ram_peak", kpu)
     return {"kpu_ram_bytes": kpu, "kpu_ram_live_peak_bytes": live, "working_memory_bytes": working,
             "kmodel_bytes": len(data), "main_memory_bytes": working + len(data),
             "layers": len(layers), "kpu_layers": kpu_layers, "cpu_layers": len(layers) - kpu_layers}

@@ -162,12 +162,12 @@ def compile_v3(graph: Graph) -> tuple[bytes, dict]:
     summary = {
         "kmodel_version": 3,
         "layers": len(low.model.layers),
-        "kpu_layers": kpu_layers,
-        "cpu_layers": len(low.model.layers) - kpu_layers,
+        "kpu_ops": kpu_layers,
+        "cpu_ops": len(low.model.layers) - kpu_layers,
         "layer_types": dict(sorted(types.items())),
-        "kpu_ram_peak_bytes": (kpu.live_peak if kpu else 0) * KPU_ROW_BYTES,
-        "main_memory_bytes": header.main_mem_usage,
-        "file_bytes": len(data),
+        "kpu_ram_peak": (kpu.live_peak if kpu else 0) * KPU_ROW_BYTES,
+        "main_memory": header.main_mem_usage,
+        "file_size": len(data),
         "input": low.input,
         "outputs": [{"address": o.address, "size": o.size} for o in low.model.outputs],
     }

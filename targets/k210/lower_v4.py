@@ -371,9 +371,9 @@ def summarize(model: k4.KModelV4, data: bytes, target: str = "k210") -> dict:
     and nncase's compare like for like): KPU RAM peak = highest end of a KPU range."""
     d = k4.describe_v4(model)
     kpu_nodes = d["ops"].get("kpu_conv2d", 0)
-    return {"format": "kmodel v4", "target": target, "nodes": len(model.nodes), "kpu_nodes": kpu_nodes,
-            "cpu_nodes": len(model.nodes) - kpu_nodes, "ops": d["ops"], "kpu_ram_peak": d["memory"]["kpu"]["used"],
-            "main_mem": model.main_mem, "constants": len(model.constants), "file_size": len(data)}
+    return {"kmodel_version": 4, "target": target, "nodes": len(model.nodes), "kpu_ops": kpu_nodes,
+            "cpu_ops": len(model.nodes) - kpu_nodes, "ops": d["ops"], "kpu_ram_peak": d["memory"]["kpu"]["used"],
+            "main_memory": model.main_mem, "constants": len(model.constants), "file_size": len(data)}
 
 
 from targets.k210 import lower_v4_math, lower_v4_quant, lower_v4_schedule, lower_v4_shape  # noqa: E402,F401  (fill LOWER_V4)

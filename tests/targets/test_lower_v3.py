@@ -58,8 +58,8 @@ def test_iris_runs_like_the_float_executor():
         # (iris: at most 3.3e-6 absolute on outputs up to 27, where one float32 ulp is 1.9e-6).
         assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
     assert summary == {
-        "kmodel_version": 3, "layers": 2, "kpu_layers": 0, "cpu_layers": 2, "layer_types": {"FullyConnected": 2},
-        "kpu_ram_peak_bytes": 0, "main_memory_bytes": 56, "file_bytes": 440,
+        "kmodel_version": 3, "layers": 2, "kpu_ops": 0, "cpu_ops": 2, "layer_types": {"FullyConnected": 2},
+        "kpu_ram_peak": 0, "main_memory": 56, "file_size": 440,
         "input": {"shape": [1, 4], "dtype": "float32", "memory": "main"}, "outputs": [{"address": 0, "size": 12}]}
     assert compile_v3(optimize_generic(import_model(IRIS / "iris.tflite")))[0] == data     # deterministic
 
@@ -357,10 +357,10 @@ def test_sample_models_compile_to_v3_with_kpu_layers(compiled):
     else:
         assert types[0] == "K210Conv" and types[-1] == "Softmax"
         assert types.count("QuantizedResizeNearestNeighbor") == 5     # the stride-2 slices
-        assert summary["kpu_layers"] == (28 if name == "mobilenet" else 27)
+        assert summary["kpu_ops"] == (28 if name == "mobilenet" else 27)
         assert ("FullyConnected" in types) == (name == "mobilenet-float-logits")
     assert summary["input"]["dtype"] == "uint8" and summary["input"]["memory"] == "kpu"
-    assert summary["file_bytes"] == len(data) and len(data) % 8 == 0
+    assert summary["file_size"] == len(data) and len(data) % 8 == 0
 
 
 def test_kpu_layers_are_bit_exact_with_the_quantized_executor(compiled):

@@ -32,7 +32,7 @@ def compile_checked(graph: Graph, target: str = "k210", input_type: str = "defau
     model = k4.read_v4(data)
     assert k4.write_v4(model) == data
     assert compile_v4(graph, target=target, input_type=input_type)[0] == data
-    assert summary["file_size"] == len(data) and summary["main_mem"] == model.main_mem
+    assert summary["file_size"] == len(data) and summary["main_memory"] == model.main_mem
     check_plan(graph, target, input_type)
     return model, data, summary
 
@@ -207,7 +207,7 @@ FLOAT_CASES = {
 def test_float_op_runs_like_the_executor(case):
     graph = FLOAT_CASES[case]()
     want, got, summary = run_both(graph, target="cpu")
-    assert summary["kpu_nodes"] == 0
+    assert summary["kpu_ops"] == 0
     for w, o in zip(want, got):
         np.testing.assert_allclose(o, w.reshape(-1), rtol=1e-5, atol=1e-5)
 
@@ -225,7 +225,7 @@ def test_concat_writes_in_place():
     want, got, summary = run_both(concat_inplace())
     # the second occurrence of the same value is the only copy; no concat node, no second buffer
     assert summary["ops"] == {"unary": 2, "memory_copy": 1}
-    assert summary["main_mem"] == 4 * (60 + 40 + 160)   # the two inputs and the output, nothing else
+    assert summary["main_memory"] == 4 * (60 + 40 + 160)   # the two inputs and the output, nothing else
     np.testing.assert_array_equal(got[0], want[0].reshape(-1))
 
 
@@ -363,7 +363,7 @@ def test_kpu_graph_runs_bit_exactly_like_the_quantized_executor():
     layers = [n.body for n in model.nodes if isinstance(n.body, k4.KpuConv2D)]
     # the depthwise and the 1x1 layer write main memory too (read by the CPU), the others only KPU RAM
     assert [b.main_mem_output.size for b in layers] == [0, 8 * 8 * 10, 4 * 8 * 10, 4 * 8 * 10]
-    assert summary["kpu_nodes"] == 4 and summary["kpu_ram_peak"] <= KPU_RAM_BYTES
+    assert summary["kpu_ops"] == 4 and summary["kpu_ram_peak"] <= KPU_RAM_BYTES
 
 
 def test_cpu_quantized_ops_run_bit_exactly():
@@ -373,7 +373,7 @@ def test_cpu_quantized_ops_run_bit_exactly():
         want, got, model, summary = run_quantized(graph, x, target, input_type)
         for w, o in zip(want, got):
             np.testing.assert_array_equal(o, w.reshape(-1))
-        assert summary["kpu_nodes"] == 0 and "concat" not in summary["ops"]   # the concat is in place
+        assert summary["kpu_ops"] == 0 and "concat" not in summary["ops"]   # the concat is in place
         # default: the host writes the codes (ncc's --input-type default for a uint8 compile)
         assert model.inputs[0].datatype == (k4.DT_UINT8 if input_type == "default" else k4.DT_FLOAT32)
         assert ("quantize" in summary["ops"]) == (input_type == "float")
@@ -421,10 +421,10 @@ def test_ulffd_landmark_matches_ncc_within_quantization_and_is_no_bigger():
     with open(f"{ULFFD}/ulffd_landmark.kmodel", "rb") as f:
         gold = f.read()
     gold_d = k4.describe_v4(k4.read_v4(gold))
-    assert summary["main_mem"] <= gold_d["header"]["main_mem"]              # ours 214 880, ncc 460 800
+    assert summary["main_memory"] <= gold_d["header"]["main_mem"]              # ours 214 880, ncc 460 800
     assert summary["kpu_ram_peak"] <= gold_d["memory"]["kpu"]["used"]       # both 1 474 560
     assert summary["file_size"] <= len(gold)                                # ours 417 296, ncc 418 720
-    assert summary["kpu_nodes"] == 43
+    assert summary["kpu_ops"] == 43
     # the host uploads the raw RGB bytes, as for ncc's file
     assert model.inputs[0] == k4.MemoryRange(k4.MEM_KPU, k4.DT_UINT8, model.inputs[0].start, 230400)
     dog = np.fromfile(f"{ULFFD}/inputs/dog_rgb_chw_320x240.u8", np.uint8).reshape(shape)
@@ -446,7 +446,7 @@ def test_digits_cnn_compiles_to_kpu_layers_bit_exactly():
     samples = [s.data for s in iter_dataset("/work/main/models/digits", shape)]
     graph = quantized(DIGITS, "k210", samples)
     want, got, model, summary = run_quantized(graph, samples[0])
-    assert summary["kpu_nodes"] >= 3
+    assert summary["kpu_ops"] >= 3
     for w, o in zip(want, got):
         np.testing.assert_array_equal(o, w.reshape(-1))
 
@@ -457,7 +457,7 @@ def test_mobilenet_compiles_to_kpu_layers():
     graph = quantized(MOBILENET, "k210")
     x = np.random.default_rng(2).random(graph.inputs[0].shape).astype(np.float32)
     want, got, model, summary = run_quantized(graph, x)
-    assert summary["kpu_nodes"] == 28
+    assert summary["kpu_ops"] == 28
     np.testing.assert_allclose(got[0], want[0].reshape(-1), atol=2e-3)
     last_kpu = [n for n in graph.nodes if n.op == "kpu_conv2d_q"][-2].output    # before the pooled classifier
     graph.outputs = [last_kpu]
@@ -469,7 +469,7 @@ def test_mobilenet_compiles_to_kpu_layers():
 def test_cpu_target_compiles_without_kpu_ops(path):
     graph = quantized(path, "cpu")
     data, summary = compile_v4(graph, target="cpu")
-    assert summary["kpu_nodes"] == 0 and "kpu_upload" not in summary["ops"]
+    assert summary["kpu_ops"] == 0 and "kpu_upload" not in summary["ops"]
     assert k4.read_v4(data).target == 1            # ncc writes K210 for -t cpu too
 
 
@@ -478,7 +478,7 @@ def test_large_constant_matmul_operand_is_read_from_the_constants():
     g.outputs = [g.add("matmul", [x, C(g, (300, 10))]).output]
     want, got, summary = run_both(g)
     assert summary["ops"] == {"matmul": 1} and summary["constants"] == 300 * 10 * 4
-    assert summary["main_mem"] == 4 * (2 * 300 + 2 * 10)
+    assert summary["main_memory"] == 4 * (2 * 300 + 2 * 10)
     np.testing.assert_allclose(got[0], want[0].reshape(-1), rtol=1e-5, atol=1e-5)
 
 
@@ -512,7 +512,7 @@ def test_legalized_network_with_dilation_stride_pool_and_branches():
     samples = [rng.random((1, 3, 32, 32)).astype(np.float32) for _ in range(4)]
     graph = quantize_k210(g, calibrate(g, samples))
     want, got, model, summary = run_quantized(graph, samples[0])
-    assert summary["kpu_nodes"] == 5
+    assert summary["kpu_ops"] == 5
     assert any(isinstance(n.body, k4.KpuConv2D) and n.body.batches == 4 for n in model.nodes)
     np.testing.assert_array_equal(got[1], want[1].reshape(-1))                 # all uint8 up to here
     np.testing.assert_allclose(got[0], want[0].reshape(-1), rtol=1e-5, atol=1e-5)   # float32 vs float64 matmul
@@ -550,7 +550,7 @@ def test_float_kpu_layers_run_on_the_cpu():
     legalize_k210(g)
     assert [n.op for n in g.nodes].count("kpu_conv2d") == 2
     want, got, summary = run_both(g)
-    assert summary["kpu_nodes"] == 0
+    assert summary["kpu_ops"] == 0
     np.testing.assert_allclose(got[0], want[0].reshape(-1), rtol=1e-5, atol=1e-5)
 
 

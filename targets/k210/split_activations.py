@@ -48,44 +48,35 @@ def _splittable(graph: Graph, node: Node) -> bool:
             and all(u.op == "conv2d" and u.inputs[0] is node.output and not why_not_kpu(u) for u in users))
 
 
-def _read_both_copies(graph: Graph, user: Node, channels: int) -> None:
-    """Rewrite a reader of a C-channel tensor to read [A; B] (2C channels) with half weights on each."""
-    w = user.inputs[1].data
-    if _depthwise(user):                      # [C, 1, kh, kw] -> dense [C, 2C, kh, kw], block-diagonal
-        dense = np.zeros((channels, 2 * channels) + w.shape[2:], np.float32)
-        idx = np.arange(channels)
-        dense[idx, idx] = dense[idx, idx + channels] = w[:, 0] / 2
-        attrs = {**user.attrs, "groups": 1}
-    else:
-        dense = np.concatenate([w / 2, w / 2], axis=1).astype(np.float32)
-        attrs = dict(user.attrs)
-    weight = graph.const(dense, name=f"{user.inputs[1].name}_split", before=user)
-    user.inputs = [user.inputs[0], weight, *user.inputs[2:]]
-    user.attrs = attrs
+def _copied(node: Node, out_copies: int, in_copies: int) -> tuple[np.ndarray, dict]:
+    """(weights, attrs) of conv `node` with its output channels repeated `out_copies` times and its input
+    channels `in_copies` times, each input copy weighted 1/in_copies (the copies are averaged). A depthwise
+    conv becomes dense: output o reads input i when they are copies of the same channel."""
+    w = node.inputs[1].data
+    if not _depthwise(node):
+        return np.tile(w / in_copies, (out_copies, in_copies, 1, 1)).astype(np.float32), dict(node.attrs)
+    c = w.shape[0]
+    o, i = np.arange(c * out_copies)[:, None], np.arange(c * in_copies)[None, :]
+    dense = np.where((o % c == i % c)[:, :, None, None], w[o % c, 0] / in_copies, 0)
+    return dense.astype(np.float32), {**node.attrs, "groups": 1}
 
 
 def split_layer(graph: Graph, node: Node, step: float) -> Node:
     """Replace conv `node` (C output channels) by one with 2C outputs, copy A biased by -step/4 and copy
     B by +step/4, and make its readers average the copies. Returns the new producer."""
     x, w, b = node.inputs
-    channels = w.shape[0]
-    if _depthwise(node):                      # the copies need a dense weight: out o reads channel o % C
-        dense = np.zeros((2 * channels, channels) + w.shape[2:], np.float32)
-        idx = np.arange(2 * channels)
-        dense[idx, idx % channels] = np.concatenate([w.data[:, 0], w.data[:, 0]])
-        weights, attrs = dense, {**node.attrs, "groups": 1}
-    else:
-        weights, attrs = np.concatenate([w.data, w.data]), dict(node.attrs)
+    weights, attrs = _copied(node, 2, 1)
     quarter = np.float32(step / 4)
     bias = np.concatenate([b.data - quarter, b.data + quarter]).astype(np.float32)
-    split = graph.add("conv2d", [x, graph.const(weights.astype(np.float32), name=f"{w.name}_split", before=node),
+    split = graph.add("conv2d", [x, graph.const(weights, name=f"{w.name}_split", before=node),
                                  graph.const(bias, name=f"{b.name}_split", before=node)],
                       name=f"{node.name}_split", before=node, **attrs)
     split.meta.update({k: v for k, v in node.meta.items() if k != "range"})
     split.meta["split_from"] = node.output.name
     for user in node.output.user_nodes():
-        _read_both_copies(graph, user, channels)
-        user.inputs = [split.output, *user.inputs[1:]]
+        weights, user.attrs = _copied(user, 1, 2)
+        user.inputs = [split.output, graph.const(weights, name=f"{user.inputs[1].name}_split", before=user),
+                       *user.inputs[2:]]
     graph.erase(node)
     return split
 

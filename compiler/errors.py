@@ -26,3 +26,32 @@ class Unsupported:
 
     def __repr__(self):
         return f"Unsupported({self.op_type!r}, {self.node!r}, {self.reason!r})"
+
+
+class Blocker:
+    """One thing that stops a lowering: the op and node (None when the whole model is meant), why, and a hint."""
+
+    def __init__(self, op: str | None, node: str | None, reason: str, hint: str | None = None):
+        self.op, self.node, self.reason, self.hint = op, node, reason, hint
+
+    def as_dict(self) -> dict:
+        return {"node": self.node, "op": self.op, "reason": self.reason}
+
+    def __repr__(self):
+        return f"Blocker({self.op!r}, {self.node!r}, {self.reason!r})"
+
+
+class CannotLower(KpucError):
+    """A kmodel version cannot express the graph; `blockers` lists every reason, `version` says which format."""
+
+    def __init__(self, message: str, blockers: list[Blocker], version: int | None = None):
+        self.blockers, self.version = blockers, version
+        super().__init__(message)
+
+
+class DoesNotFit(KpucError):
+    """A memory pool overflows; `step` names the layer (planner step) where it does."""
+
+    def __init__(self, message: str, step: str | None = None):
+        self.step = step
+        super().__init__(message)

@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from compiler.errors import KpucError
+from compiler.errors import Blocker, CannotLower, DoesNotFit
 from compiler.ir import Graph, Node, Value
 from targets.k210.kmodel_v3 import V3_HEADER, V3_OUTPUT, KModelV3, LayerType, V3Layer, write_v3
 from targets.k210.kpu_layout import KPU_RAM_ROWS, KPU_ROW_BYTES
@@ -84,8 +84,8 @@ class LoweredV3:
 def lower_v3_detailed(graph: Graph) -> LoweredV3:
     """`lower_v3` with the memory plan, the prepared graph the layers come from, and the layer names."""
     if len(graph.inputs) != 1:
-        raise KpucError(f"a kmodel v3 has exactly one input, this graph has {len(graph.inputs)}; "
-                        "try --kmodel-version 4")
+        raise _cannot(f"a kmodel v3 has exactly one input, this graph has {len(graph.inputs)}; "
+                      "try --kmodel-version 4")
     graph = prepare_v3(graph)
     ctx, problems = Lowering(graph), []
     _claim_inputs(ctx)
@@ -98,16 +98,20 @@ def lower_v3_detailed(graph: Graph) -> LoweredV3:
                 raise Unexpressible(f"no kmodel v3 layer for IR op '{node.op}'")
             fn(ctx, node)
         except Unexpressible as e:
-            problems.append(f"{node.op} '{node.name}' ({e})")
+            problems.append(Blocker(node.op, node.name, str(e)))
     for v in graph.outputs:
         if v.producer.op in ("input", "constant"):
-            problems.append(f"output '{v.name}' is a graph {v.producer.op}, not computed by any layer")
+            problems.append(Blocker(None, None, f"output '{v.name}' is a graph {v.producer.op}, "
+                                                "not computed by any layer"))
     if problems:
-        raise KpucError(f"kmodel v3 cannot express {len(problems)} op(s): " + "; ".join(problems)
-                        + ". Try --kmodel-version 4")
+        raise CannotLower(f"kmodel v3 cannot express {len(problems)} op(s): " + "; ".join(map(_said, problems))
+                          + ". Try --kmodel-version 4", problems, 3)
     x = _check_first_layer(ctx)
     outputs = [ctx.main(v) for v in graph.outputs]
-    plan = plan_memory(ctx.steps, ctx.buffers.values(), [MAIN, KPU], keep=[r.buffer for r in outputs])
+    try:
+        plan = plan_memory(ctx.steps, ctx.buffers.values(), [MAIN, KPU], keep=[r.buffer for r in outputs])
+    except DoesNotFit as e:
+        raise _cannot(str(e), node=e.step if any(n.name == e.step for n in graph.nodes) else None) from None
 
     def addr(ref: Ref) -> int:
         return plan.offset(ref.buffer) + ref.offset
@@ -131,19 +135,28 @@ def _check_first_layer(ctx: Lowering) -> Value:
     """The SDK starts a v3 model only at a K210Conv or a FullyConnected reading the input (§10).
     Returns the value the kmodel's input is."""
     if not ctx.layers:
-        raise KpucError("the graph has no layer to run; kmodel v3 needs at least one")
+        raise _cannot("the graph has no layer to run; kmodel v3 needs at least one")
     first, x = ctx.layers[0], ctx.model_input or ctx.graph.inputs[0]
     ok_type = first.type in (LayerType.K210Conv, LayerType.FullyConnected)
     refs = [r.buffer for r in (ctx.main_refs.get(x), ctx.kpu_refs.get(x)) if r is not None]
     reads_input = any(b in ctx.steps[0].reads for b in refs)
     if not (ok_type and reads_input):
-        raise KpucError(f"the first layer is {first.type.name} '{first.name}'"
-                        f"{'' if reads_input else ' not reading the input'}; the K210 SDK starts a v3 model only at a "
-                        "K210Conv or a FullyConnected that reads the input. Try --kmodel-version 4")
+        raise _cannot(f"the first layer is {first.type.name} '{first.name}'"
+                      f"{'' if reads_input else ' not reading the input'}; the K210 SDK starts a v3 model only at a "
+                      "K210Conv or a FullyConnected that reads the input. Try --kmodel-version 4", node=first.name)
     if len(refs) > 1:
-        raise KpucError("the input feeds both a K210Conv and a CPU layer; the SDK only fills layer 0's copy of it "
-                        "(kmodel-v3.md §15). Try --kmodel-version 4")
+        raise _cannot("the input feeds both a K210Conv and a CPU layer; the SDK only fills layer 0's copy of it "
+                      "(kmodel-v3.md §15). Try --kmodel-version 4")
     return x
+
+
+def _said(b: Blocker) -> str:
+    return f"{b.op} '{b.node}' ({b.reason})" if b.node is not None else b.reason
+
+
+def _cannot(message: str, node: str | None = None) -> CannotLower:
+    """A whole-model blocker (`node` names the layer it is about, when there is one)."""
+    return CannotLower(message, [Blocker(None, node, message)], 3)
 
 
 def lower_v3(graph: Graph) -> KModelV3:

@@ -18,7 +18,7 @@ from compiler.ir import Node, Value
 from compiler.ops import KPU_POOLS
 from compiler.quantization import QuantParamU8, dequantize_u8, quantize_u8
 from targets.k210 import kmodel_v4 as k4
-from targets.k210.lower_v4 import Buffer, Lowering, emitter, shape4, value_range
+from targets.k210.lower_v4_core import Buffer, Lowering, emitter, shape4, value_range
 from targets.k210.lower_v4_shape import emit_slice, pad_body
 
 F32 = np.float32

@@ -26,7 +26,7 @@ from targets.k210 import kmodel_v4 as k4
 from targets.k210.kernels import POOL_TYPE_OF, kpu_tables, requantize
 from targets.k210.kpu import KpuArgs
 from targets.k210.kpu_layout import row_layout
-from targets.k210.lower_v4 import Buffer, Lowering, emitter, shape4
+from targets.k210.lower_v4_core import Buffer, Lowering, emitter, shape4
 from targets.k210.lower_v4_math import BINARY_CODES
 
 KPU_LAYER_OPS = ("kpu_conv2d_q",)

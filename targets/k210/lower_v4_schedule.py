@@ -29,7 +29,7 @@ def body_size(body) -> int:
 
 
 def _dummy(value):
-    from targets.k210.lower_v4 import Buffer
+    from targets.k210.lower_v4_core import Buffer
     if isinstance(value, Buffer):
         return k4.NO_RANGE
     if isinstance(value, tuple) and value and all(isinstance(v, Buffer) for v in value):

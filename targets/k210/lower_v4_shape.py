@@ -15,7 +15,7 @@ from compiler.errors import KpucError
 from compiler.ir import Node
 from compiler.kernels.resize import _nearest_index, _source_coord
 from targets.k210 import kmodel_v4 as k4
-from targets.k210.lower_v4 import Buffer, Lowering, emitter, shape4
+from targets.k210.lower_v4_core import Buffer, Lowering, emitter, shape4
 
 F32 = np.float32
 

@@ -31,7 +31,7 @@ from typing import Iterable
 
 import numpy as np
 
-from compiler.errors import KpucError
+from compiler.errors import DoesNotFit, KpucError
 
 STRATEGIES = ("offline", "nncase_main", "nncase_kpu", "nncase_kpu_from_end")
 SEARCH_BUDGET = 200_000    # nodes of the exact search before it gives up
@@ -322,7 +322,9 @@ def plan_memory(steps: list[Step], buffers: Iterable[Buffer], pools: Iterable[Po
         live_peak = int(load[peak_at]) if len(load) else 0
         peak_step = steps[min(peak_at, len(steps) - 1)].name if names else None
         if pool.capacity is not None and live_peak > pool.capacity:
-            raise KpucError(_overflow_message(pool, steps, buffers, names, sizes, life, load))
+            t = int(np.argmax(load > pool.capacity))
+            raise DoesNotFit(_overflow_message(pool, steps, buffers, names, sizes, life, load),
+                             step=steps[min(t, len(steps) - 1)].name)
         offsets, how = None, ""
         if pool.strategy != "offline":
             replay = _replay_nncase(pool, steps, names, sizes, life)
@@ -332,10 +334,10 @@ def plan_memory(steps: list[Step], buffers: Iterable[Buffer], pools: Iterable[Po
         if offsets is None:
             offsets, how = _offline(problem, pool.capacity)
         if offsets is None:
-            raise KpucError(
+            raise DoesNotFit(
                 f"{pool.title}: could not place {len(names)} buffers in {pool.capacity} {pool.unit} although the "
                 f"live data never exceeds {live_peak} {pool.unit} (peak at '{peak_step}'); the exact search gave up "
-                f"after {SEARCH_BUDGET} nodes")
+                f"after {SEARCH_BUDGET} nodes", step=peak_step)
         for b, o in zip(names, offsets.tolist()):
             allocations[b] = Allocation(buffers[b], o, sizes[b], *life[b])
         used = int((offsets + problem.size).max(initial=0))

@@ -147,6 +147,7 @@ def compile_(model, output, input_format, output_format, target, kmodel_version,
              dump_ir):
     """Compile MODEL (.tflite or .onnx) into a kmodel file OUTPUT for the K210."""
     from compiler.pipeline import CompileOptions, compile_model
+    from targets import get_target
     opts = CompileOptions(input_format=input_format, target=target, kmodel_version=int(kmodel_version),
                           inference_type=inference_type, input_type=input_type, dataset=dataset, dataset_format=dataset_format,
                           input_mean=input_mean, input_std=input_std, calibrate_method=calibrate_method,
@@ -156,7 +157,7 @@ def compile_(model, output, input_format, output_format, target, kmodel_version,
                           weight_rounding=not no_weight_rounding, split_activations=split_activations,
                           lint=VERBOSE["on"])
     dump = (lambda graph, stage: write_ir_dump(graph, dump_ir, stage)) if dump_ir or VERBOSE["on"] else None
-    result = compile_model(model, opts, dump=dump)
+    result = compile_model(model, opts, get_target(target), dump=dump)
     write_atomic(Path(output), result.kmodel)
     click.echo(compile_summary(output, int(kmodel_version), result))
 
@@ -176,7 +177,7 @@ class FirmwareBudget(click.ParamType):
     name = "c-sdk|maixpy-mini|maixpy-full|BYTES"
 
     def convert(self, value, param, ctx):
-        from compiler.check import firmware_budget
+        from targets.k210.check import firmware_budget
         try:
             firmware_budget(str(value))
         except KpucError as e:
@@ -205,7 +206,7 @@ def check(model, input_format, kmodel_version, dataset, dataset_format, input_me
     Exit status: 0 it fits (at least one requested kmodel version), 1 it does not fit or has
     unsupported ops, 2 bad input or usage."""
     import os
-    from compiler.check import CheckOptions, check_model, format_text
+    from targets.k210.check import CheckOptions, check_model, format_text
     versions = (3, 4) if kmodel_version == "both" else (int(kmodel_version),)
     opts = CheckOptions(input_format=input_format, versions=versions, dataset=dataset, dataset_format=dataset_format,
                         input_mean=input_mean, input_std=input_std, firmware=firmware,

@@ -72,10 +72,11 @@ from compiler.accuracy import compare, format_report, worst_layer  # noqa: E402
 from compiler.calibration import calibrate  # noqa: E402
 from compiler.executor import Executor  # noqa: E402
 from compiler.importers import import_model  # noqa: E402
-from compiler.pipeline import mark_small_outputs_float, optimize_generic  # noqa: E402
+from compiler.pipeline import optimize_generic  # noqa: E402
 from targets.k210.bias_correction import correct_biases  # noqa: E402
 from targets.k210.kernels import QUANTIZED_KERNELS, QuantizedExecutor  # noqa: E402
 from targets.k210.legalize import legalize_k210  # noqa: E402
+from targets.k210.passes.mark_small_outputs_float import mark_small_outputs_float  # noqa: E402
 from targets.k210.quantize import quantize_k210  # noqa: E402
 from test_quantize_k210 import MOBILENET, mobilenet_inputs  # noqa: E402
 
@@ -124,12 +125,13 @@ VARIANTS = {
 
 def sweep(counts=(0, 4, 6, 7, 8, 9, 10, 11, 12, 14, 20)) -> None:
     """--split-activations N through the compile flow: worst / mean cosine on calibration and judged inputs."""
-    from compiler.pipeline import CompileOptions, quantize
+    from compiler.pipeline import CompileOptions, prepare_model
+    from targets import get_target
     calib, judged = mobilenet_inputs()
     for n in counts:
-        g = import_model(MOBILENET)
-        optimize_generic(g)
-        q = quantize(g, CompileOptions(input_mean=0.5, input_std=0.5, split_activations=n), samples=calib)
+        opts = CompileOptions(input_mean=0.5, input_std=0.5, split_activations=n)
+        prepared = prepare_model(MOBILENET, opts, get_target("k210"), samples=calib)
+        g, q = prepared.float_graph, prepared.quantized
         (_, cw, cm), (agree, jw, jm) = score(g, q, calib), score(g, q, judged)
         print(f"N={n:<3d} calibration {cw:.4f} {cm:.4f}   judged {jw:.4f} {jm:.4f}  top-1 {agree}/{len(judged)}",
               flush=True)

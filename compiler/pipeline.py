@@ -1,12 +1,16 @@
-"""The compilation pipeline: pass groups as data, run top to bottom (nncase's target pipeline).
+"""The compilation pipeline, run top to bottom (nncase's target pipeline):
+
+    file --importer--> IR --GENERIC--> float graph --target.prepare_for_quantization--> legalized
+         --target.quantize--> quantized --target.device_graph--> device graph --target.lower--> kmodel bytes
 
 GENERIC holds the target-independent rewrites, in the order one round runs them; the group is run
-until a whole round changes nothing.
+until a whole round changes nothing. Everything after it belongs to a `Target` object the caller passes
+(cli.py: `targets.get_target(name)`); this module never imports `targets/`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 from compiler.errors import KpucError
 from compiler.ir import Graph
@@ -20,7 +24,8 @@ from passes.fold_transposes import fold_transposes
 from passes.fuse_clamp import fuse_clamp
 from passes.fuse_leaky_relu import fuse_leaky_relu
 from passes.manager import run_to_fixpoint
-from targets.k210 import legalize as k210
+
+Dump = Callable[[Graph, str], None] | None
 
 GENERIC = [
     fold_constants,               # weights computed at run time become constants the others can read
@@ -35,8 +40,7 @@ GENERIC = [
 ]
 
 
-def optimize_generic(graph: Graph, *, lint: bool = False,
-                     dump: Callable[[Graph, str], None] | None = None) -> Graph:
+def optimize_generic(graph: Graph, *, lint: bool = False, dump: Dump = None) -> Graph:
     """Run GENERIC to a fixpoint, sweep dead nodes and validate; returns the same (mutated) graph."""
     run_to_fixpoint(graph, GENERIC, lint=lint, dump=dump)
     graph.eliminate_dead_code()
@@ -44,18 +48,19 @@ def optimize_generic(graph: Graph, *, lint: bool = False,
     return graph
 
 
-# K210 KPU legalization, in float; the target owns the order (targets/k210/legalize.py).
-LEGALIZE_K210 = k210.LEGALIZE_K210
-
-
-def legalize_k210(graph: Graph, *, lint: bool = False, dump: Callable[[Graph, str], None] | None = None) -> Graph:
-    """Run LEGALIZE_K210 to a fixpoint after GENERIC; CPU fallbacks get meta["why_not_kpu"]. Returns the graph."""
-    k210.legalize_k210(graph, lint=lint, dump=dump)
-    graph.validate()
-    return graph
-
-
 # ---------------------------------------------------------------- the whole compile
+class Target(Protocol):
+    """What a target does after the generic passes (targets/k210/target.py is one)."""
+    name: str
+    versions: tuple[int, ...]
+
+    def prepare_for_quantization(self, graph: Graph, opts: CompileOptions, samples: list, *,
+                                 dump: Dump = None) -> Graph: ...
+    def quantize(self, graph: Graph, opts: CompileOptions, samples: list, *, dump: Dump = None) -> Graph: ...
+    def device_graph(self, graph: Graph, version: int) -> Graph: ...
+    def lower(self, graph: Graph, opts: CompileOptions) -> tuple[bytes, dict]: ...
+
+
 @dataclass(frozen=True)
 class CompileOptions:
     """ncc v0.2's compile flags (kmodel-v4.md §13), with kpuc's --kmodel-version."""
@@ -79,123 +84,82 @@ class CompileOptions:
 
 
 @dataclass
+class Prepared:
+    """The stages of a model before lowering."""
+    generic: Graph                        # after the generic passes (a snapshot: later stages do not touch it)
+    float_graph: Graph                    # the float model; legalized in place when quantized
+    legalized: Graph | None = None        # the float graph the target calibrated and quantized (legalized)
+    quantized: Graph | None = None        # None for --inference-type float
+
+    @property
+    def final(self) -> Graph:
+        """The graph to lower: quantized, or the float graph for --inference-type float."""
+        return self.quantized if self.quantized is not None else self.float_graph
+
+
+@dataclass
 class Compiled:
     kmodel: bytes
     summary: dict
     float_graph: Graph
-    graph: Graph                          # what was lowered (quantized unless --inference-type float)
+    graph: Graph                          # what was lowered: the device graph of the prepared one
 
 
-def compile_model(path, opts: CompileOptions, *, dump: Callable[[Graph, str], None] | None = None,
+def compile_model(path, opts: CompileOptions, target: Target, *, dump: Dump = None,
                   samples: list | None = None) -> Compiled:
-    """File -> importer -> generic passes -> (K210 legalization, calibration, quantization) -> kmodel bytes."""
-    if opts.kmodel_version not in (3, 4):
-        raise KpucError(f"--kmodel-version {opts.kmodel_version}: kpuc writes kmodel v3 or v4")
-    float_graph, graph = prepare_model(path, opts, dump=dump, samples=samples)
-    graph = device_graph(graph, opts)
+    """File -> importer -> generic passes -> the target's legalization, calibration, quantization,
+    post-quantization rewrites and lowering -> kmodel bytes."""
+    if opts.kmodel_version not in target.versions:
+        raise KpucError(f"--kmodel-version {opts.kmodel_version}: kpuc writes kmodel "
+                        + " or ".join(f"v{v}" for v in target.versions))
+    prepared = prepare_model(path, opts, target, dump=dump, samples=samples)
+    graph = target.device_graph(prepared.final, opts.kmodel_version)
     stage(dump, graph, f"v{opts.kmodel_version}_semantics")
-    data, summary = lower_model(graph, opts)
-    return Compiled(data, summary, float_graph, graph)
+    data, summary = target.lower(graph, opts)
+    return Compiled(data, summary, prepared.float_graph, graph)
 
 
-def device_graph(graph: Graph, opts: CompileOptions) -> Graph:
-    """A copy of a prepared graph in the arithmetic of the kmodel's runtime (targets/k210/device_semantics.py):
-    what the file computes, bit for bit, under QuantizedExecutor; the graph to lower."""
-    from targets.k210.device_semantics import to_device_semantics
-    return to_device_semantics(graph, opts.kmodel_version)
+def prepare_model(path, opts: CompileOptions, target: Target, *, dump: Dump = None,
+                  samples: list | None = None) -> Prepared:
+    """Everything before the per-version steps: import, generic passes and, for uint8, the target's
+    legalization, calibration and quantization. `samples` (input arrays) calibrate instead of
+    opts.dataset (`kpuc check` without --dataset)."""
+    prepared = prepare_float(path, opts, dump=dump)
+    if opts.inference_type == "uint8":
+        quantize(prepared, opts, target, dump=dump, samples=samples)
+    return prepared
 
 
-def prepare_model(path, opts: CompileOptions, *, dump: Callable[[Graph, str], None] | None = None,
-                  samples: list | None = None) -> tuple[Graph, Graph]:
-    """Everything before lowering, the same for v3 and v4: (float graph, graph to lower). `samples`
-    (input arrays) calibrate instead of opts.dataset (`kpuc check` without --dataset)."""
+def prepare_float(path, opts: CompileOptions, *, dump: Dump = None) -> Prepared:
+    """Import and run the generic passes: the float stages of a Prepared record."""
     from compiler.importers import import_model
-    if opts.target not in ("k210", "cpu"):
-        raise KpucError(f"unknown target '{opts.target}' (k210 or cpu)")
     if opts.inference_type not in ("uint8", "float"):
         raise KpucError(f"unknown inference type '{opts.inference_type}' (uint8 or float)")
     graph = import_model(path, opts.input_format)
     stage(dump, graph, "import")
     optimize_generic(graph, lint=opts.lint, dump=dump)
     stage(dump, graph, "generic")
-    float_graph = graph
-    if opts.inference_type == "uint8":
-        graph = quantize(graph, opts, dump=dump, samples=samples)
-    return float_graph, graph
+    return Prepared(generic=graph.clone(), float_graph=graph)
 
 
-def lower_model(graph: Graph, opts: CompileOptions) -> tuple[bytes, dict]:
-    """The kmodel (opts.kmodel_version) bytes and summary of a prepared graph; does not change the graph."""
-    if opts.kmodel_version == 3:
-        from targets.k210.lower_v3 import compile_v3
-        return compile_v3(graph)
-    from targets.k210.lower_v4 import compile_v4
-    return compile_v4(graph, target=opts.target, input_type=opts.input_type)
-
-
-def quantize(graph: Graph, opts: CompileOptions, *, dump=None, samples: list | None = None) -> Graph:
-    """Legalize for the KPU (k210 target), calibrate on the dataset (or `samples`) and quantize to uint8."""
-    from compiler.calibration import calibrate
+def quantize(prepared: Prepared, opts: CompileOptions, target: Target, *, dump: Dump = None,
+             samples: list | None = None) -> Graph:
+    """Fill `prepared.legalized` and `prepared.quantized`: the target legalizes the float graph (in place),
+    calibrates on the dataset (or `samples`) and quantizes to uint8. Returns the quantized graph."""
     from compiler.datasets import iter_dataset
-    from targets.k210.quantize import quantize_k210
+    graph = prepared.float_graph
     if not opts.dataset and samples is None:
         raise KpucError("--inference-type uint8 needs a calibration --dataset (or use --inference-type float)")
     if len(graph.inputs) != 1:
         raise KpucError(f"calibration feeds one input; the model has {len(graph.inputs)}")
-    mark_small_outputs_float(graph, opts.output_quantize_threshold)
-    x = graph.inputs[0]
-    mean = 0.0 if opts.input_mean is None else opts.input_mean
-    std = 1.0 if opts.input_std is None else opts.input_std
     if samples is None:
-        samples = [s.data for s in iter_dataset(opts.dataset, x.shape, format=opts.dataset_format, mean=mean, std=std)]
-
-    def calibrated(g: Graph) -> dict:
-        return calibrate(g, samples, method=opts.calibrate_method, input_mean=opts.input_mean,
-                         input_std=opts.input_std)
-
-    # `graph` stays the float model (legalized in place); with --split-activations a copy is split and
-    # quantized instead, so the float graph keeps the model's own function and layer shapes.
-    work = graph
-    if opts.target == "k210" and opts.split_activations > 0:
-        from targets.k210.split_activations import split_activations
-        work = graph.clone()
-        split_activations(work, calibrated(work), opts.split_activations)
-        stage(dump, work, "split_activations")
-    if opts.target == "k210":
-        for g in [graph] if work is graph else [graph, work]:
-            legalize_k210(g, lint=opts.lint, dump=dump)
-        stage(dump, work, "legalize_k210")
-    ranges = calibrated(work)
-    quantized = quantize_k210(work, ranges, weights_quantize_threshold=opts.weights_quantize_threshold,
-                              output_quantize_threshold=opts.output_quantize_threshold,
-                              quantized_binary=opts.quantized_binary)
-    if opts.target == "k210" and (opts.bias_correction or opts.weight_rounding):
-        from targets.k210.bias_correction import correct_biases   # targets/k210/bias_correction.py
-        correct_biases(work, quantized, samples, round_weights=opts.weight_rounding, bias=opts.bias_correction)
-    stage(dump, quantized, "quantize")
-    return quantized
-
-
-def mark_small_outputs_float(graph: Graph, threshold: int) -> None:
-    """ncc's --output-quantize-threshold, applied where ncc applied it, before KPU legalization.
-
-    ncc moves a matmul to the KPU only when its weights have at least `threshold` elements
-    (matmul_to_fake_kpu_conv2d), and it never placed a conv on a map smaller than the KPU's 4x4, so
-    such a conv stayed a CPU conv2d, kept float below the threshold (add_quant_checkpoints). kpuc can
-    pad small maps to 4x4, but a classifier's last layer (MobileNet's 1001 logits on a 1x1 map) is the
-    most quantization-sensitive layer of a network, so it follows ncc here."""
-    from targets.k210.constraints import MIN_IN_H, MIN_IN_W
-    for node in graph.nodes_of("conv2d", "matmul"):
-        if node.op == "matmul":
-            w = node.inputs[1]
-            small = w.is_constant and w.type.size < threshold
-            what = f"weights have {w.type.size} elements"
-        else:
-            h, w = node.inputs[0].shape[-2:]
-            small = (h < MIN_IN_H or w < MIN_IN_W) and node.output.type.size < threshold
-            what = f"a {w}x{h} map with {node.output.type.size} output elements"
-        if small:
-            node.meta["keep_float"] = f"{what}, fewer than --output-quantize-threshold {threshold}: kept in float"
+        mean = 0.0 if opts.input_mean is None else opts.input_mean
+        std = 1.0 if opts.input_std is None else opts.input_std
+        samples = [s.data for s in iter_dataset(opts.dataset, graph.inputs[0].shape, format=opts.dataset_format,
+                                                mean=mean, std=std)]
+    prepared.legalized = target.prepare_for_quantization(graph, opts, samples, dump=dump)
+    prepared.quantized = target.quantize(prepared.legalized, opts, samples, dump=dump)
+    return prepared.quantized
 
 
 def stage(dump, graph: Graph, name: str) -> None:

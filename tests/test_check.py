@@ -18,9 +18,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler.check import CheckOptions, check_model, format_text, synthetic_samples
 from compiler.errors import KpucError, UnsupportedOps
 from compiler.pipeline import compile_model
+from targets import get_target
+from targets.k210.check import CheckOptions, check_model, format_text, synthetic_samples
 from targets.k210.kmodel import describe_kmodel, read_kmodel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +81,7 @@ def test_check_agrees_with_compile(model):
         version = entry["version"]
         opts = CheckOptions().compile_options(version)
         try:
-            compiled = compile_model(model, opts, samples=result.samples)
+            compiled = compile_model(model, opts, get_target("k210"), samples=result.samples)
         except UnsupportedOps:
             pytest.fail("check imported the model, compile says it has unsupported ops")
         except KpucError as e:
@@ -170,7 +171,8 @@ def test_unsupported_ops_are_all_listed_like_compile_names_them(tmp_path):
     ], [("x", [1, 3, 8, 8])], [("y", [1, 2, 8, 8])],
         [("w", RNG.standard_normal((4, 3, 3, 3))), ("s", np.ones(4)), ("b", np.zeros(4)), ("k", [2])])
     with pytest.raises(UnsupportedOps) as e:
-        compile_model(path, CheckOptions().compile_options(4), samples=synthetic_samples((1, 3, 8, 8)))
+        compile_model(path, CheckOptions().compile_options(4), get_target("k210"),
+                      samples=synthetic_samples((1, 3, 8, 8)))
     result = check_model(path)
     doc = result.doc
     validate(doc)

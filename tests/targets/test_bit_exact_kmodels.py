@@ -18,6 +18,7 @@ from compiler.importers import import_model
 from compiler.ir import Graph, TensorType
 from compiler.pipeline import CompileOptions, compile_model
 from compiler.quantization import QuantParamU8, get_quant_param, quantized_binary_params
+from targets import get_target
 from targets.k210.device_semantics import to_v3_semantics, to_v4_semantics
 from targets.k210.interpreter_v3 import run_v3
 from targets.k210.interpreter_v4 import run_v4
@@ -58,7 +59,8 @@ class Case:
 @functools.cache
 def _compiled(name: str, version: int):
     path, dataset, opts, _ = MODELS[name]
-    return compile_model(path, CompileOptions(kmodel_version=version, dataset=str(dataset), **opts))
+    return compile_model(path, CompileOptions(kmodel_version=version, dataset=str(dataset), **opts),
+                         get_target("k210"))
 
 
 def _case(name: str, version: int) -> Case:

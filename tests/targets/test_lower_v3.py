@@ -330,10 +330,11 @@ MODELS = {
 def compiled(request):
     """(name, quantized graph, file bytes, summary, lowering, dataset samples) of a sample model."""
     from compiler.datasets import iter_dataset
-    from compiler.pipeline import CompileOptions, quantize
+    from compiler.pipeline import CompileOptions, prepare_model
+    from targets import get_target
     path, dataset, threshold = MODELS[request.param]
-    graph = quantize(optimize_generic(import_model(path)),
-                     CompileOptions(dataset=str(dataset), output_quantize_threshold=threshold))
+    graph = prepare_model(path, CompileOptions(dataset=str(dataset), output_quantize_threshold=threshold),
+                          get_target("k210")).quantized
     data, summary = compile_v3(graph)
     samples = [s.data for s in iter_dataset(dataset, graph.inputs[0].shape)]
     return request.param, graph, data, summary, lower_v3_detailed(graph), samples

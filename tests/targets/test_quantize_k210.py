@@ -369,11 +369,12 @@ HAVE_MOBILENET = MOBILENET.exists() and ULFFD.exists() and DOG.exists()
 
 
 def _mobilenet_acceptance(**options):
-    from compiler.pipeline import CompileOptions, quantize
-    g = import_model(MOBILENET)
-    optimize_generic(g)
+    from compiler.pipeline import CompileOptions, prepare_model
+    from targets import get_target
     calib, judged = mobilenet_inputs()
-    q = quantize(g, CompileOptions(input_mean=0.5, input_std=0.5, **options), samples=calib)  # legalizes g in place
+    prepared = prepare_model(MOBILENET, CompileOptions(input_mean=0.5, input_std=0.5, **options), get_target("k210"),
+                             samples=calib)
+    g, q = prepared.float_graph, prepared.quantized          # the float graph is legalized in place
     assert len(q.nodes_of("kpu_conv2d_q")) == 27          # the 1001-logits conv stays float
     return acceptance(g, q, judged)
 
@@ -381,7 +382,7 @@ def _mobilenet_acceptance(**options):
 @pytest.mark.skipif(not HAVE_MOBILENET, reason="shared files missing")
 def test_acceptance_mobilenet_v1():
     """(b) mobilenet_v1_0.25_128 calibrated on the first 10 ulffd images, judged on the other 10 + the dog,
-    through the compile flow (compiler.pipeline.quantize) with --split-activations 20: the first 20 KPU
+    through the compile flow (compiler.pipeline.prepare_model) with --split-activations 20: the first 20 KPU
     layers' outputs carried as two uint8 copies half a step apart (targets/k210/split_activations.py).
     20 is the count whose worst cosine *on the 10 calibration images* was best among 0, 4, 6-12, 14, 20
     (bench/bench_mobilenet_ptq.py --sweep, which prints the judged numbers next to them: they range

@@ -19,10 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.check_hints import compile_hint, cpu_hint, unsupported_hint
-from compiler.check_text import format_text  # noqa: F401  (the terminal rendering, re-exported)
-from compiler.errors import KpucError, UnsupportedOps
+from compiler.errors import Blocker, CannotLower, KpucError, UnsupportedOps
 from compiler.ir import Graph, Node
+from compiler.pipeline import CompileOptions, optimize_generic, prepare_float, quantize
+from targets.k210.check_hints import compile_hint, cpu_hint, unsupported_hint
+from targets.k210.check_text import format_text  # noqa: F401  (the terminal rendering, re-exported)
+from targets.k210.constraints import kpu_pool_type, why_not_kpu, why_not_kpu_layer
+from targets.k210.kmodel import describe_kmodel, read_kmodel
+from targets.k210.kpu_layout import KPU_RAM_BYTES, KPU_ROW_BYTES, kpu_rows
+from targets.k210.legalize import cpu_fallbacks
+from targets.k210.passes.mark_small_outputs_float import mark_small_outputs_float
+from targets.k210.target import K210
 
 SCHEMA_VERSION = 1
 MIB = 1024 * 1024
@@ -63,7 +70,6 @@ class CheckOptions:
     def compile_options(self, version: int = 4):
         """The CompileOptions `kpuc compile` would get. On synthetic inputs the data-aware refinements
         (bias correction, weight rounding) are off: they change weight values, never sizes or placement."""
-        from compiler.pipeline import CompileOptions
         kw = dict(input_format=self.input_format, kmodel_version=version, dataset=self.dataset,
                   dataset_format=self.dataset_format, input_mean=self.input_mean, input_std=self.input_std,
                   weights_quantize_threshold=self.weights_quantize_threshold,
@@ -158,7 +164,6 @@ def _op_rows(graph: Graph) -> list[dict]:
 
 def _kpu_layer_ram(node: Node) -> int:
     """KPU RAM one layer needs while it runs: its input and output maps, every batch (kpu.md §10)."""
-    from targets.k210.kpu_layout import KPU_ROW_BYTES, kpu_rows
     n, c, h, w = node.inputs[0].shape
     _, oc, oh, ow = node.output.shape
     return n * (kpu_rows(c, h, w) + kpu_rows(oc, oh, ow)) * KPU_ROW_BYTES
@@ -166,8 +171,6 @@ def _kpu_layer_ram(node: Node) -> int:
 
 def _place(rows: list[dict], legal: Graph, final: Graph | None) -> None:
     """Fill placement, rewrites, reasons and hints from the legalized and the quantized graphs."""
-    from targets.k210.constraints import why_not_kpu, why_not_kpu_layer
-    from targets.k210.legalize import cpu_fallbacks
     kpu = {}                                     # source node name -> KPU layer (last graph that has them)
     for n in legal.nodes_of("kpu_conv2d"):
         kpu[n.meta.get("source", n.name)] = n
@@ -228,7 +231,6 @@ def _place(rows: list[dict], legal: Graph, final: Graph | None) -> None:
 
 
 def _pool_type(node: Node) -> str:
-    from targets.k210.constraints import kpu_pool_type
     return kpu_pool_type(node) or "bypass"
 
 
@@ -246,8 +248,6 @@ def _fused_owner(row: dict, by_name: dict) -> str | None:
 # ---------------------------------------------------------------- per version
 def _memory(version: int, data: bytes, summary: dict) -> dict:
     """KPU RAM and main memory as `kpuc inspect` shows them for these bytes."""
-    from targets.k210.kmodel import describe_kmodel, read_kmodel
-    from targets.k210.kpu_layout import KPU_ROW_BYTES
     d = describe_kmodel(read_kmodel(data))
     m = d["memory"]
     if version == 3:   # nncase prints (32768 - max_start_address) * 64 as "KPU memory usage"
@@ -264,22 +264,16 @@ def _memory(version: int, data: bytes, summary: dict) -> dict:
             "layers": len(layers), "kpu_layers": kpu_layers, "cpu_layers": len(layers) - kpu_layers}
 
 
-def _blockers(version: int, message: str, graph: Graph | None) -> list[dict]:
-    """The ops a lowering error names (both lowerings list every op that stops them)."""
-    names = sorted((n.name for n in graph.nodes), key=len, reverse=True) if graph is not None else []
-    if m := re.match(r"kmodel v\d cannot express \d+ op\(s\): (.*?)(?:\. Try --kmodel-version 4)?$", message, re.S):
-        found = []
-        for part in re.split(r"; (?=\w+ '|output ')", m.group(1)):
-            pm = re.match(r"(\w+) '([^']*)' \((.*)\)$", part, re.S)
-            found.append({"node": pm.group(2), "op": pm.group(1), "reason": pm.group(3)} if pm else
-                         {"node": None, "op": None, "reason": part})
-        return found
-    node = next((n for n in names if message.startswith(n)), None)
-    if node is None:
-        q = re.search(r"'([^']+)'", message)
-        node = q.group(1) if q and q.group(1) in names else None
-    op = graph.node(node).op if node is not None else None
-    return [{"node": node, "op": op, "reason": message}]
+def _blockers(error: KpucError, graph: Graph) -> list[dict]:
+    """The blockers a lowering error carries (CannotLower lists every op that stops the version). A blocker
+    about a node but no op takes the op the quantized graph has under that name."""
+    blockers = error.blockers if isinstance(error, CannotLower) else [Blocker(None, None, str(error))]
+    ops = {n.name: n.op for n in graph.nodes}
+    rows = []
+    for b in blockers:
+        node = b.node if b.op is not None or b.node in ops else None
+        rows.append({"node": node, "op": b.op if b.op is not None else ops.get(node), "reason": b.reason})
+    return rows
 
 
 def _source(name: str | None, final: Graph, legal: Graph | None, rows: list[dict]) -> str | None:
@@ -303,7 +297,6 @@ def _source(name: str | None, final: Graph, legal: Graph | None, rows: list[dict
 def check_model(path, opts: CheckOptions = CheckOptions()) -> CheckResult:
     """Run the compile in memory for every requested version and report what fits and why not."""
     from compiler.importers import summarize_model
-    from compiler.pipeline import prepare_model
     path = Path(path)
     budget_name, budget, budget_note = firmware_budget(opts.firmware)
     if not set(opts.versions) <= {3, 4} or not opts.versions:
@@ -329,37 +322,33 @@ def check_model(path, opts: CheckOptions = CheckOptions()) -> CheckResult:
                      f"{u['op']} '{u['node']}': {u['reason']}", u["hint"])
         return _finish(result, opts)
 
-    stages: dict[str, object] = {}
-
-    def dump(graph: Graph, stage: str) -> None:
-        if stage == "generic":
-            stages["rows"] = _op_rows(graph)
-        elif stage == "legalize_k210":
-            stages["legal"] = graph
-
     copts = opts.compile_options()
+    target = K210("k210")
     samples, calib = _calibration_inputs(path, opts)
     result.samples = samples
     doc["calibration"] = calib
-    float_graph = final = None
+    prepared = final = None
     try:
-        float_graph, final = prepare_model(path, copts, dump=dump, samples=samples)
+        prepared = prepare_float(path, copts)
+        final = quantize(prepared, copts, target, samples=samples)
     except UnsupportedOps:
         raise   # summarize_model found none; a disagreement between the two is a bug, not a report
     except KpucError as e:
+        final = None
         _problem(doc, "error", "compile", list(opts.versions), None, None,
                  f"the compile stops before lowering: {e}", compile_hint(str(e)))
-    rows = stages.get("rows", [])
-    if "legal" not in stages and rows:       # the compile stopped before legalizing: legalize for the report
+    rows = _op_rows(prepared.generic) if prepared is not None else []
+    legal = prepared.legalized if prepared is not None else None
+    if legal is None and rows:       # the compile stopped before legalizing: legalize for the report
         try:
-            stages["legal"] = _legalize_only(path, copts)
+            legal = _legalize_only(path, copts, target)
             doc["notes"].append("placement comes from KPU legalization alone: the compile stops before it")
         except KpucError as e:
             doc["notes"].append(f"placement unknown: KPU legalization fails ({e})")
             for r in rows:
                 r.update(placement="unknown", reason="KPU legalization fails")
-    if "legal" in stages:
-        _place(rows, stages["legal"], final)
+    if legal is not None:
+        _place(rows, legal, final)
     for r in rows:
         r.pop("_producer", None)
     doc["ops"] = rows
@@ -376,11 +365,11 @@ def check_model(path, opts: CheckOptions = CheckOptions()) -> CheckResult:
             entry["error"] = doc["problems"][0]["message"] if doc["problems"] else "not compiled"
             continue
         try:
-            data, lsum = _lower(final, replace(copts, kmodel_version=version))
+            data, lsum = target.lower(target.device_graph(final, version), replace(copts, kmodel_version=version))
         except KpucError as e:
-            entry.update(status="cannot_express", error=str(e), blockers=_blockers(version, str(e), final))
+            entry.update(status="cannot_express", error=str(e), blockers=_blockers(e, final))
             for b in entry["blockers"]:
-                b["source"] = _source(b["node"], final, stages.get("legal"), rows)
+                b["source"] = _source(b["node"], final, legal, rows)
                 src = f" (from {b['source']})" if b["source"] and b["source"] != b["node"] else ""
                 _problem(doc, "error", f"v{version}", [version], b["node"], b["op"],
                          f"kmodel v{version} cannot express {b['op'] or 'the model'}"
@@ -396,27 +385,17 @@ def check_model(path, opts: CheckOptions = CheckOptions()) -> CheckResult:
                      f"({mem['working_memory_bytes']:,} working + {mem['kmodel_bytes']:,} model), more than "
                      f"the {budget_name} budget of {budget:,} B",
                      "use a firmware with more free memory (--firmware), fewer channels, or a smaller input")
-    if opts.dataset and float_graph is not None and final is not None:
-        doc["sensitivity"] = _sensitivity(float_graph, final, samples)
+    if opts.dataset and final is not None:
+        doc["sensitivity"] = _sensitivity(prepared.float_graph, final, samples)
     return _finish(result, opts)
 
 
-def _lower(graph: Graph, copts) -> tuple[bytes, dict]:
-    """What compile_model does after prepare_model, for one version."""
-    from compiler import pipeline
-    # compile_model lowers the graph rewritten into the runtime's arithmetic (pipeline.device_graph)
-    # where the pipeline has that step; the test compares check's bytes with compile_model's.
-    device = pipeline.device_graph(graph, copts) if hasattr(pipeline, "device_graph") else graph
-    return pipeline.lower_model(device, copts)
-
-
-def _legalize_only(path: Path, copts) -> Graph:
+def _legalize_only(path: Path, copts, target: K210) -> Graph:
     """The legalized float graph, when the compile stops before building it (e.g. two inputs)."""
     from compiler.importers import import_model
-    from compiler.pipeline import legalize_k210, mark_small_outputs_float, optimize_generic
     graph = optimize_generic(import_model(path, copts.input_format))
     mark_small_outputs_float(graph, copts.output_quantize_threshold)
-    return legalize_k210(graph)
+    return target.legalize(graph)
 
 
 def _kpuc_version() -> str:
@@ -428,7 +407,6 @@ def _kpuc_version() -> str:
 
 
 def _kpu_ram_limit() -> int:
-    from targets.k210.kpu_layout import KPU_RAM_BYTES
     return KPU_RAM_BYTES
 
 

@@ -1,0 +1,95 @@
+"""The K210 target: it owns its pipeline after the generic passes (nncase v0.2's `cli/targets/k210/target.cpp`).
+
+    float graph --mark_small_outputs_float--> --legalization (to a fixpoint)--> legalized float graph
+                --calibrate--> --quantize_k210 (+ bias correction, weight rounding)--> quantized graph
+                --AFTER_QUANTIZATION[version]--> device graph --LOWER[version]--> kmodel bytes
+
+`compiler/pipeline.py` drives these steps through the methods below without knowing the target. The
+name "cpu" is the same target without the KPU (kmodel v4 neutral ops only), as ncc's `-t cpu`.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from compiler.calibration import calibrate
+from compiler.ir import Graph
+from targets.k210.device_semantics import to_v3_semantics, to_v4_semantics
+from targets.k210.legalize import LEGALIZE_K210, legalize_k210
+from targets.k210.lower_v3 import compile_v3
+from targets.k210.lower_v4 import compile_v4
+from targets.k210.passes.mark_small_outputs_float import mark_small_outputs_float
+from targets.k210.quantize import quantize_k210
+
+Dump = Callable[[Graph, str], None] | None
+
+# Post-quantization rewrites per kmodel version, in order: each takes the quantized graph and returns a copy in
+# the arithmetic of that version's runtime, so the quantized executor computes what the file computes.
+AFTER_QUANTIZATION = {3: [to_v3_semantics], 4: [to_v4_semantics]}
+
+
+class K210:
+    """The K210 with its KPU (`name="k210"`) or its CPU alone (`name="cpu"`)."""
+
+    versions = (3, 4)
+    legalization = LEGALIZE_K210
+
+    def __init__(self, name: str = "k210"):
+        self.name, self.kpu = name, name == "k210"
+
+    def legalize(self, graph: Graph, *, lint: bool = False, dump: Dump = None) -> Graph:
+        """The float graph placed for the KPU, in place: LEGALIZATION to a fixpoint (nothing for the cpu target)."""
+        if self.kpu:
+            legalize_k210(graph, lint=lint, dump=dump)
+            graph.validate()
+        return graph
+
+    def prepare_for_quantization(self, graph: Graph, opts, samples: list, *, dump: Dump = None) -> Graph:
+        """The legalized float graph to calibrate and quantize. `graph` is legalized in place; with
+        --split-activations a split copy is legalized too and returned, so `graph` keeps the model's own
+        function and layer shapes (the accuracy report compares against it)."""
+        mark_small_outputs_float(graph, opts.output_quantize_threshold)
+        work = graph
+        if self.kpu and opts.split_activations > 0:
+            from targets.k210.split_activations import split_activations
+            work = graph.clone()
+            split_activations(work, _calibrated(work, opts, samples), opts.split_activations)
+            _stage(dump, work, "split_activations")
+        for g in [graph] if work is graph else [graph, work]:
+            self.legalize(g, lint=opts.lint, dump=dump)
+        if self.kpu:
+            _stage(dump, work, "legalize_k210")
+        return work
+
+    def quantize(self, graph: Graph, opts, samples: list, *, dump: Dump = None) -> Graph:
+        """The uint8 graph of a legalized float graph: calibration, quantize_k210, then kpuc's bias correction
+        and data-aware weight rounding of the KPU layers."""
+        quantized = quantize_k210(graph, _calibrated(graph, opts, samples),
+                                  weights_quantize_threshold=opts.weights_quantize_threshold,
+                                  output_quantize_threshold=opts.output_quantize_threshold,
+                                  quantized_binary=opts.quantized_binary)
+        if self.kpu and (opts.bias_correction or opts.weight_rounding):
+            from targets.k210.bias_correction import correct_biases
+            correct_biases(graph, quantized, samples, round_weights=opts.weight_rounding, bias=opts.bias_correction)
+        _stage(dump, quantized, "quantize")
+        return quantized
+
+    def device_graph(self, graph: Graph, version: int) -> Graph:
+        """A copy of a prepared graph in the arithmetic of the kmodel version's runtime: the graph to lower."""
+        for rewrite in AFTER_QUANTIZATION[version]:
+            graph = rewrite(graph)
+        return graph
+
+    def lower(self, graph: Graph, opts) -> tuple[bytes, dict]:
+        """The kmodel bytes and summary of a device graph; raises CannotLower listing every blocker."""
+        if opts.kmodel_version == 3:
+            return compile_v3(graph)
+        return compile_v4(graph, target=self.name, input_type=opts.input_type)
+
+
+def _calibrated(graph: Graph, opts, samples: list) -> dict:
+    return calibrate(graph, samples, method=opts.calibrate_method, input_mean=opts.input_mean, input_std=opts.input_std)
+
+
+def _stage(dump: Dump, graph: Graph, name: str) -> None:
+    if dump:
+        dump(graph, name)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("KPUC_SHARED", ROOT.parent / "shared"))
 KPUC = [sys.executable, "-c", "import cli; cli.main()"]
 
 MODELS = {

@@ -66,7 +66,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "targets"))
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "targets")]  # test_quantize_k210 imports shared_data
 
 from test_quantize_k210 import MOBILENET, mobilenet_inputs  # noqa: E402
 

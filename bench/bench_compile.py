@@ -18,13 +18,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("KPUC_SHARED", ROOT.parent / "shared"))
 KPUC = [sys.executable, "-c", "import cli; cli.main()"]
 
 MODELS = {
     "digits_cnn": (ROOT / "models/digits_cnn.onnx", ROOT / "models/digits", []),
     "mobilenet_v1_0.25_128": (SHARED / "models/tflite-ops/mobilenet_v1_0.25_128.tflite",
-                              SHARED / "golden/ulffd_landmark-v4/dataset", ["--input-mean", "0.5", "--input-std", "0.5"]),
+                              SHARED / "golden/ulffd_landmark-v4/dataset",
+                              ["--input-mean", "0.5", "--input-std", "0.5"]),
     "ulffd_landmark": (SHARED / "golden/ulffd_landmark-v4/ulffd_landmark.tflite",
                        SHARED / "golden/ulffd_landmark-v4/dataset", ["--input-mean", "0.5", "--input-std", "1"]),
 }

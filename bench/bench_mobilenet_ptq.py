@@ -17,8 +17,8 @@ Measured (11 judged inputs; target: 11/11 and worst cosine >= 0.99):
     mse (calibration method `mse`)            5/11  worst 0.354  mean 0.736
     mse + bias correction                    11/11  worst 0.974  mean 0.987
     mse + bias correction + weight rounding  11/11  worst 0.975  mean 0.987   (worst +0.003, mean -0.003: noise)
-`mse` ranges are within 1% of no_clip's here (but Conv2d_0): every ReLU6 layer saturates (many values exactly at 6.0), so
-clipping below 6 costs more than the finer step saves; only Conv2d_0 (5.93 -> 5.65) and the float tail move.
+`mse` ranges are within 1% of no_clip's here (but Conv2d_0): every ReLU6 layer saturates (many values exactly at 6.0),
+so clipping below 6 costs more than the finer step saves; only Conv2d_0 (5.93 -> 5.65) and the float tail move.
 Tried and dropped (targets/k210/bias_correction.py): correcting only pixels inside the ReLU6 window
 (10/11, 0.961), also correcting the float logits conv (11/11, 0.952: overfits 10 images); 99.9 / 99.99 /
 99.999-percentile ranges + both (11/11 at 0.958 / 0.978 / 0.978 -- within the noise of 11 inputs);
@@ -66,7 +66,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "targets"))
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "targets")]  # test_quantize_k210 imports shared_data
+
+from test_quantize_k210 import MOBILENET, mobilenet_inputs  # noqa: E402
 
 from compiler.accuracy import compare, format_report, worst_layer  # noqa: E402
 from compiler.calibration import calibrate  # noqa: E402
@@ -78,7 +80,6 @@ from targets.k210.kernels import QUANTIZED_KERNELS, QuantizedExecutor  # noqa: E
 from targets.k210.legalize import legalize_k210  # noqa: E402
 from targets.k210.passes.mark_small_outputs_float import mark_small_outputs_float  # noqa: E402
 from targets.k210.quantize import quantize_k210  # noqa: E402
-from test_quantize_k210 import MOBILENET, mobilenet_inputs  # noqa: E402
 
 
 def float_graph():

@@ -29,7 +29,8 @@ from targets.k210.kernels import QUANTIZED_KERNELS, QuantizedExecutor  # noqa: E
 from targets.k210.legalize import legalize_k210  # noqa: E402
 from targets.k210.quantize import quantize_k210, quantize_kpu_weights  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "targets"))
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+sys.path[:0] = [str(TESTS), str(TESTS / "targets")]  # test_quantize_k210 imports shared_data
 from test_quantize_k210 import MOBILENET, mobilenet_inputs  # noqa: E402
 
 

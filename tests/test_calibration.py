@@ -1,5 +1,6 @@
 """compiler/calibration.py: ranges over a dataset (no_clip, l2 against a brute-force copy of nncase's
-loop, mse against a brute-force loop), forced input ranges, broadcast through shape-only ops, the two stages of a kpu_conv2d."""
+loop, mse against a brute-force loop), forced input ranges, broadcast through shape-only ops, the two stages of a
+kpu_conv2d."""
 from __future__ import annotations
 
 import io
@@ -9,8 +10,19 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from compiler.calibration import (BROADCAST_OPS, CALIBRATION_METHODS, Calibrator, Stats, calibrate, conv_key,
-                                  input_range, kpu_conv2d_stages, l2, mse, split_activation)
+from compiler.calibration import (
+    BROADCAST_OPS,
+    CALIBRATION_METHODS,
+    Calibrator,
+    Stats,
+    calibrate,
+    conv_key,
+    input_range,
+    kpu_conv2d_stages,
+    l2,
+    mse,
+    split_activation,
+)
 from compiler.ir import Graph, TensorType
 from compiler.kernels.kpu import kpu_conv2d
 from compiler.progress import progress

@@ -20,20 +20,19 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compiler.errors import KpucError, UnsupportedOps
 from compiler.pipeline import compile_model
+from shared_data import ROOT, SHARED, TFLITE_OPS, needs
 from targets import get_target
 from targets.k210.check import CheckOptions, check_model, format_text, synthetic_samples
 from targets.k210.kmodel import describe_kmodel, read_kmodel
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-OPS = SHARED / "models" / "tflite-ops"
+OPS = TFLITE_OPS
 GOLDEN_SOURCES = [SHARED / "golden/iris-v3/iris.tflite", SHARED / "golden/iris-v4/iris.tflite",
                   SHARED / "golden/ulffd_landmark-v4/ulffd_landmark.tflite"]
 MODELS = sorted(OPS.glob("*.tflite")) + GOLDEN_SOURCES
 SCHEMA = json.loads((ROOT / "docs" / "check-schema.json").read_text())
 RNG = np.random.default_rng(0)
 
-needs_models = pytest.mark.skipif(not OPS.is_dir(), reason="../shared/models/tflite-ops not present")
+needs_models = needs(OPS, *GOLDEN_SOURCES)
 
 
 def kpuc(*args, env=None):

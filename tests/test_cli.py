@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import pytest
 from onnx import TensorProto, helper
 
-ROOT = Path(__file__).resolve().parents[1]
+from shared_data import GOLDEN, ROOT, needs
+
 SAMPLE = ROOT / "models" / "digits_cnn.onnx"
 DIGITS = ROOT / "models" / "digits"
-IRIS = ROOT.parent / "shared" / "golden" / "iris-v4"
+IRIS = GOLDEN / "iris-v4"
 
 
 def kpuc(*args, cwd=None):
@@ -56,6 +56,7 @@ def test_infer_on_the_sample_images_matches_onnxruntime(tmp_path):
     assert correct >= 0.9 * len(images)
 
 
+@needs(IRIS)
 def test_infer_raw_iris_matches_golden_logits(tmp_path):
     ds = tmp_path / "ds"
     ds.mkdir()

@@ -7,15 +7,37 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from numpy.testing import assert_array_equal
 
+from compiler.errors import KpucError
 from compiler.kernels.conv import conv2d, matmul
 from compiler.kernels.elementwise import unary
-from compiler.quantization import (F32, FixedMul, QuantParamU8, c_div, dequantize_u8, fixed_mul, fixup_range,
-                                   get_quant_param, get_range, lookup_table, mul_and_carry_shift, quantize_u8,
-                                   quantize_weights_u8, quantized_binary_params, quantized_conv2d_params,
-                                   round_half_away_from_zero, roundf_int)
-from compiler.errors import KpucError
-from targets.k210.kernels import (dequantize, quantize, quantized_binary, quantized_conv2d, quantized_matmul,
-                                  requantize, table_lookup1d)
+from compiler.quantization import (
+    F32,
+    FixedMul,
+    QuantParamU8,
+    c_div,
+    dequantize_u8,
+    fixed_mul,
+    fixup_range,
+    get_quant_param,
+    get_range,
+    lookup_table,
+    mul_and_carry_shift,
+    quantize_u8,
+    quantize_weights_u8,
+    quantized_binary_params,
+    quantized_conv2d_params,
+    round_half_away_from_zero,
+    roundf_int,
+)
+from targets.k210.kernels import (
+    dequantize,
+    quantize,
+    quantized_binary,
+    quantized_conv2d,
+    quantized_matmul,
+    requantize,
+    table_lookup1d,
+)
 
 FLT_MIN = float(np.finfo(np.float32).tiny)
 

@@ -19,10 +19,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from compiler.errors import KpucError
 from compiler.executor import run_graph
 from compiler.importers.onnx import import_model, supported_ops
-from compiler.ir import Graph, TensorType
 
 RTOL, ATOL = 1e-4, 1e-5
 RUNNING_FLOOR = 560   # claimed cases that must pass; a drop means converters regressed

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import flatbuffers
 import numpy as np
@@ -15,8 +14,8 @@ from tflite.utils import BUILTIN_OPCODE2NAME
 from compiler.errors import UnsupportedOps
 from compiler.executor import run_graph
 from compiler.importers import import_model, summarize_model
+from shared_data import MOBILENET, needs
 
-OPS_DIR = Path("/work/shared/models/tflite-ops")
 TYPES = {"float32": 0, "float16": 1, "int32": 2, "uint8": 3, "int64": 4, "int8": 9}
 CODES = {name: code for code, name in BUILTIN_OPCODE2NAME.items()}
 RELU, RELU_N1_TO_1, RELU6, TANH = 1, 2, 3, 4
@@ -479,11 +478,13 @@ def _patch_opcode(data: bytearray, model, index: int, code: int) -> None:
         data[oc._tab.Pos + builtin:oc._tab.Pos + builtin + 4] = code.to_bytes(4, "little")
 
 
+@needs(MOBILENET)
 def test_unsupported_ops_in_patched_mobilenet(tmp_path):
     import tflite
-    data = bytearray((OPS_DIR / "mobilenet_v1_0.25_128.tflite").read_bytes())
+    data = bytearray(MOBILENET.read_bytes())
     model = tflite.Model.GetRootAsModel(bytes(data), 0)
-    names = [BUILTIN_OPCODE2NAME[max(model.OperatorCodes(i).DeprecatedBuiltinCode(), model.OperatorCodes(i).BuiltinCode())]
+    names = [BUILTIN_OPCODE2NAME[max(model.OperatorCodes(i).DeprecatedBuiltinCode(),
+                                     model.OperatorCodes(i).BuiltinCode())]
              for i in range(model.OperatorCodesLength())]
     _patch_opcode(data, model, names.index("RESHAPE"), CODES["NON_MAX_SUPPRESSION_V5"])
     _patch_opcode(data, model, names.index("SOFTMAX"), CODES["TOPK_V2"])

@@ -4,10 +4,10 @@ import pytest
 from hypothesis import assume, given, settings, strategies as st
 from numpy.testing import assert_allclose
 
+import compiler.kernels.all  # noqa: F401
 from compiler.ir import TensorType
 from compiler.kernels import KERNELS
 from compiler.ops import infer_types
-import compiler.kernels.all  # noqa: F401
 
 TOL = dict(rtol=1e-4, atol=1e-5)
 

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
+import compiler.kernels.all  # noqa: F401
+from compiler.ir import TensorType
 from compiler.kernels import KERNELS
 from compiler.ops import BINARY_OPS, UNARY_OPS, infer_types
-from compiler.ir import TensorType
-import compiler.kernels.all  # noqa: F401
 
 TOL = dict(rtol=1e-4, atol=1e-5)
 rng = np.random.default_rng(0)

@@ -1,5 +1,5 @@
 """The float kpu_conv2d kernel: conv + activation steps against conv2d and friends, pools against the
-bit-exact KPU model (targets/k210/kpu.py, checked against nncase's golden outputs) on u8 maps."""
+KPU layer simulator (targets/k210/kpu.py; test_kmodel_v3/v4 check it on nncase's golden outputs) on u8 maps."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -18,7 +18,7 @@ POOL_NUMBER = {name: number for number, (name, _, _) in POOL_TYPES.items()}
 @settings(max_examples=25, deadline=None)
 @given(c=st.integers(1, 6), h=st.integers(4, 13), w=st.integers(4, 13), pool=st.sampled_from(sorted(KPU_POOLS)),
        seed=st.integers(0, 2**16))
-def test_float_pools_match_the_bit_exact_kpu_on_u8_maps(c, h, w, pool, seed):
+def test_float_pools_match_the_kpu_simulator_on_u8_maps(c, h, w, pool, seed):
     y = np.random.default_rng(seed).integers(0, 256, (c, h, w), dtype=np.uint8)
     want = kpu_pool_u8(y, POOL_NUMBER[pool])
     got = kpu_pool(y.astype(np.float32)[None], pool)[0]

@@ -4,10 +4,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from numpy.testing import assert_allclose, assert_array_equal
 
+import compiler.kernels.all  # noqa: F401
 from compiler.ir import TensorType
 from compiler.kernels import KERNELS
 from compiler.ops import REDUCE_OPS, infer_types
-import compiler.kernels.all  # noqa: F401
 
 TOL = dict(rtol=1e-4, atol=1e-5)
 

@@ -11,8 +11,19 @@ import numpy as np
 import pytest
 
 from compiler.ir import Graph, Value
-from graph_kit import (assert_same_function, check_rewrite, check_untouched, clone, const, conv, finish,
-                       graph_with_inputs, op, ops, random_feeds)
+from graph_kit import (
+    assert_same_function,
+    check_rewrite,
+    check_untouched,
+    clone,
+    const,
+    conv,
+    finish,
+    graph_with_inputs,
+    op,
+    ops,
+    random_feeds,
+)
 
 
 def bn_params(g: Graph, c: int, seed: int = 10, *, run_time: dict[str, Value] | None = None) -> list[Value]:

@@ -1,17 +1,12 @@
 """optimize_generic end to end: real imported models keep their outputs and lose their layout noise."""
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from compiler.importers import import_model
 from compiler.pipeline import GENERIC, optimize_generic
-
-ROOT = Path(__file__).resolve().parents[2]
-TFLITE_OPS = Path("/work/shared/models/tflite-ops")
-MOBILENET = TFLITE_OPS / "mobilenet_v1_0.25_128.tflite"
-DIGITS = ROOT / "models" / "digits_cnn.onnx"
+from shared_data import DIGITS, MOBILENET, TFLITE_OPS, glob_params, needs
 
 
 def histogram(graph) -> dict[str, int]:
@@ -29,7 +24,7 @@ def optimized_same_function(kit, path):
     return g, hist_before, histogram(g), stages
 
 
-@pytest.mark.skipif(not MOBILENET.is_file(), reason="shared MobileNet model not present")
+@needs(MOBILENET)
 def test_mobilenet_body_has_no_transpose_batch_norm_or_clamp_left(kit):
     g, before, after, stages = optimized_same_function(kit, MOBILENET)
     assert before == {"clamp": 27, "constant": 56, "conv2d": 28, "input": 1, "reduce_window2d": 1, "reshape": 1,
@@ -40,14 +35,14 @@ def test_mobilenet_body_has_no_transpose_batch_norm_or_clamp_left(kit):
     assert stages and all(s.split("_", 1)[1] in {p.__name__ for p in GENERIC} for s in stages)
 
 
-@pytest.mark.skipif(not DIGITS.is_file(), reason="sample model not present")
+@needs(DIGITS)
 def test_digits_cnn_relus_fuse_into_the_convs(kit):
     g, before, after, _ = optimized_same_function(kit, DIGITS)
     assert before["clamp"] == 3 and "clamp" not in after
     assert [n.attrs["fused_clamp"] for n in g.nodes_of("conv2d")] == [(0.0, np.inf)] * 3
 
 
-@pytest.mark.parametrize("path", sorted(TFLITE_OPS.glob("*.tflite")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", glob_params(TFLITE_OPS, "*.tflite", ids=lambda p: p.stem))
 def test_sample_tflite_models_keep_their_outputs(kit, path):
     _, before, after, _ = optimized_same_function(kit, path)
     assert sum(after.values()) <= sum(before.values())

@@ -4,8 +4,14 @@ import pytest
 
 from compiler.ir import Graph, TensorType
 from targets.k210 import constraints as C
-from targets.k210.constraints import (activation_step, kpu_geometry, kpu_pool_type, why_not_kpu, why_not_kpu_conv,
-                                      why_not_kpu_layer)
+from targets.k210.constraints import (
+    activation_step,
+    kpu_geometry,
+    kpu_pool_type,
+    why_not_kpu,
+    why_not_kpu_conv,
+    why_not_kpu_layer,
+)
 
 
 def test_limits_cite_the_spec_values():

@@ -1,6 +1,5 @@
 """kmodel v3: sniffing, reading and writing the real files byte for byte, describe, and the SDK interpreter."""
 import dataclasses
-import os
 from pathlib import Path
 
 import numpy as np
@@ -8,32 +7,53 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from compiler.errors import KpucError
+from shared_data import GOLDEN, SHARED, file_params, glob_params, needs_shared, require
 from targets.k210.interpreter_v3 import run_v3
 from targets.k210.kmodel import sniff, unswap_words
-from targets.k210.kmodel_v3 import (FIXED_BODIES, V3_HEADER, V3_OUTPUT, ChannelwiseDequantizeBody, ConcatenationBody,
-                                    FullyConnectedBody, K210ConvBody, KModelV3, LayerType, RawBody, V3Layer,
-                                    describe_v3, read_v3, write_v3)
+from targets.k210.kmodel_v3 import (
+    FIXED_BODIES,
+    V3_HEADER,
+    V3_OUTPUT,
+    ChannelwiseDequantizeBody,
+    ConcatenationBody,
+    FullyConnectedBody,
+    K210ConvBody,
+    KModelV3,
+    LayerType,
+    RawBody,
+    V3Layer,
+    describe_v3,
+    read_v3,
+    write_v3,
+)
 from targets.k210.kpu import ActTable, BatchNorm, KpuArgs
 
-SHARED = Path("/work/shared")
 V3_FILES = [SHARED / "golden/iris-v3/iris.kmodel", SHARED / "golden/yolo20-v3/yolo.kmodel",
             SHARED / "kmodels/maixpy_mnist.v3.kmodel", SHARED / "kmodels/maixpy_facedetect.v3.kmodel"]
-V4_FILES = sorted(SHARED.glob("golden/*-v4/*.kmodel")) + [SHARED / "kmodels/sdk_mask_detect.v4.kmodel"]
+
+
+def _v4_id(p: Path) -> str:
+    return f"{p.parent.name}/{p.name}"
+
+
+V4_FILES = (glob_params(GOLDEN, "*-v4/*.kmodel", ids=_v4_id)
+            + file_params([SHARED / "kmodels/sdk_mask_detect.v4.kmodel"], ids=_v4_id))
 
 
 @pytest.fixture(scope="module")
 def files():
+    require(*V3_FILES)
     return {p.name: p.read_bytes() for p in V3_FILES}
 
 
 # ---- sniff --------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path", V3_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", file_params(V3_FILES))
 def test_sniff_v3(path):
     assert sniff(path.read_bytes()) == 3
 
 
-@pytest.mark.parametrize("path", V4_FILES, ids=lambda p: p.parent.name + "/" + p.name)
+@pytest.mark.parametrize("path", V4_FILES)
 def test_sniff_v4(path):
     assert sniff(path.read_bytes()) == 4
 
@@ -44,6 +64,7 @@ def test_sniff_v4(path):
     ("k230_face_detection.v6.kmodel", ["v6", "K230"]),
 ])
 def test_sniff_refuses_other_formats_in_one_line(name, words):
+    require(SHARED / "kmodels" / name)
     with pytest.raises(KpucError) as err:
         sniff((SHARED / "kmodels" / name).read_bytes())
     message = str(err.value)
@@ -56,6 +77,7 @@ def test_sniff_not_a_kmodel(data):
         sniff(data)
 
 
+@needs_shared("kmodels/maixpy_facedetect.v3-byteswapped.kmodel", "kmodels/maixpy_facedetect.v3.kmodel")
 def test_unswapped_maixpy_image_is_the_plain_v3_file():
     swapped = (SHARED / "kmodels/maixpy_facedetect.v3-byteswapped.kmodel").read_bytes()
     assert unswap_words(swapped) == (SHARED / "kmodels/maixpy_facedetect.v3.kmodel").read_bytes()
@@ -201,6 +223,7 @@ def test_write_read_round_trip(layers, outputs, tail_padding):
 # ---- the interpreter ----------------------------------------------------------------------------------------
 
 @pytest.mark.slow
+@needs_shared("golden/yolo20-v3/inputs/dog_rgb_chw_320x240.u8", "golden/yolo20-v3/expected/dog.out0.bin")
 def test_yolo_reproduces_golden_output_bit_for_bit(files):
     model = read_v3(files["yolo.kmodel"])
     image = np.fromfile(SHARED / "golden/yolo20-v3/inputs/dog_rgb_chw_320x240.u8", np.uint8)
@@ -209,8 +232,9 @@ def test_yolo_reproduces_golden_output_bit_for_bit(files):
     np.testing.assert_array_equal(out, expected)
 
 
-@pytest.mark.parametrize("sample", sorted(os.listdir(SHARED / "golden/iris-v3/inputs")))
+@pytest.mark.parametrize("sample", glob_params(GOLDEN / "iris-v3/inputs", "*", ids=lambda p: p.name))
 def test_iris_matches_golden(files, sample):
+    sample = sample.name
     x = np.fromfile(SHARED / "golden/iris-v3/inputs" / sample, np.float32)
     expected = np.fromfile(SHARED / "golden/iris-v3/expected" / (sample[len("iris_"):-4] + ".out0.bin"), np.float32)
     (out,) = run_v3(read_v3(files["iris.kmodel"]), [x])
@@ -400,7 +424,8 @@ def test_tensorflow_flatten_is_chw_to_hwc():
     x = np.arange(12, dtype=F32)
     flat = _fixed(LayerType.TensorflowFlatten, flags=1, main_mem_in_address=256, main_mem_out_address=512,
                   width=3, height=2, channels=2)
-    np.testing.assert_array_equal(_run(x, [_fc(np.eye(12)), flat], 512, 12), x.reshape(2, 2, 3).transpose(1, 2, 0).ravel())
+    np.testing.assert_array_equal(_run(x, [_fc(np.eye(12)), flat], 512, 12),
+                                  x.reshape(2, 2, 3).transpose(1, 2, 0).ravel())
 
 
 @pytest.mark.parametrize("quantized", [False, True])
@@ -440,7 +465,8 @@ def test_kpu_fully_connected_pattern_add_padding_conv_remove_padding():
     layers = [_fc(np.eye(6)), _quantize(256, 512, 6),
               _fixed(LayerType.K210AddPadding, main_mem_in_address=512, kpu_mem_out_address=100, channels=6),
               _identity_conv(6, 100, 200, main_out=600),
-              _fixed(LayerType.K210RemovePadding, flags=1, main_mem_in_address=600, main_mem_out_address=704, channels=6),
+              _fixed(LayerType.K210RemovePadding, flags=1, main_mem_in_address=600, main_mem_out_address=704,
+                     channels=6),
               _dequantize(704, 1024, 6)]
     np.testing.assert_array_equal(_run(x, layers, 1024, 6), x)
 
@@ -448,6 +474,7 @@ def test_kpu_fully_connected_pattern_add_padding_conv_remove_padding():
 def test_upload_then_conv_with_main_memory_output():
     x = (np.arange(32, dtype=F32) * 37) % 256
     layers = [_fc(np.eye(32), out_addr=128), _quantize(128, 512, 32),
-              _fixed(LayerType.K210Upload, main_mem_in_address=512, kpu_mem_out_address=7, width=4, height=4, channels=2),
+              _fixed(LayerType.K210Upload, main_mem_in_address=512, kpu_mem_out_address=7, width=4, height=4,
+                     channels=2),
               _identity_conv(2, 7, 300, main_out=600), _dequantize(600, 1024, 32)]
     np.testing.assert_array_equal(_run(x, layers, 1024, 32), x)

@@ -1,16 +1,28 @@
-"""The bit-exact KPU layer: field tables, tables decoding, layout, and the simulator against the scalar reference."""
+"""The KPU layer simulator: field tables, tables decoding, layout, and the simulator against kpuc's scalar
+reference (its agreement with nncase's runtimes is checked on golden outputs in test_kmodel_v3/v4)."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from compiler.errors import MalformedModel
+from shared_data import GOLDEN, require
 from targets.k210 import kpu_layout
 from targets.k210.bits import Record, pack_bits, unpack_bits
 from targets.k210.kmodel_v3 import read_v3
-from targets.k210.kpu import (ARG_WORDS, POOL_TYPES, ActTable, BatchNorm, KpuArgs, carry_shift,
-                              carry_shift_banker, kpu_conv2d, kpu_conv2d_reference, run_kpu_layer)
+from targets.k210.kpu import (
+    ARG_WORDS,
+    POOL_TYPES,
+    ActTable,
+    BatchNorm,
+    KpuArgs,
+    carry_shift,
+    carry_shift_banker,
+    kpu_conv2d,
+    kpu_conv2d_reference,
+    run_kpu_layer,
+)
 
-YOLO_V3 = "/work/shared/golden/yolo20-v3/yolo.kmodel"
+YOLO_V3 = GOLDEN / "yolo20-v3" / "yolo.kmodel"
 
 
 def signed(bits):
@@ -199,6 +211,7 @@ def test_every_pool_type_on_odd_sizes(pool_type, depthwise):
 
 @pytest.fixture(scope="module")
 def yolo_layer1():
+    require(YOLO_V3)
     with open(YOLO_V3, "rb") as f:
         return read_v3(f.read()).layers[1].body
 

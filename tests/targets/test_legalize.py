@@ -3,7 +3,6 @@ every conv-like node either becomes a valid kpu_conv2d or stays on the CPU with 
 from __future__ import annotations
 
 import collections
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,13 +13,9 @@ from compiler.executor import run_graph
 from compiler.importers import import_model
 from compiler.ir import Graph, TensorType
 from compiler.pipeline import optimize_generic
+from shared_data import DIGITS, MOBILENET, TFLITE_OPS, glob_params, needs
 from targets.k210.constraints import why_not_kpu
 from targets.k210.legalize import cpu_fallbacks, legalize_k210
-
-ROOT = Path(__file__).resolve().parents[2]
-OPS_DIR = Path("/work/shared/models/tflite-ops")
-MOBILENET = OPS_DIR / "mobilenet_v1_0.25_128.tflite"
-DIGITS = ROOT / "models" / "digits_cnn.onnx"
 
 
 def legalized(graph: Graph, seed: int = 0, *, generic: bool = False) -> tuple[collections.Counter, collections.Counter]:
@@ -42,7 +37,7 @@ def legalized(graph: Graph, seed: int = 0, *, generic: bool = False) -> tuple[co
     return before, collections.Counter(n.op for n in graph.nodes)
 
 
-@pytest.mark.skipif(not MOBILENET.exists(), reason="shared sample models not available")
+@needs(MOBILENET)
 @pytest.mark.parametrize("generic", [False, True], ids=["imported", "after_generic"])
 def test_mobilenet_v1_lands_on_the_kpu(generic):
     before, after = legalized(import_model(MOBILENET), generic=generic)
@@ -54,7 +49,7 @@ def test_mobilenet_v1_lands_on_the_kpu(generic):
     assert after["pad"] == 2                       # conv0's shift row, the logits' 1x1 -> 4x4
 
 
-@pytest.mark.skipif(not MOBILENET.exists(), reason="shared sample models not available")
+@needs(MOBILENET)
 def test_mobilenet_first_layer_is_a_right_top_pool():
     g = import_model(MOBILENET)
     legalize_k210(g)
@@ -70,12 +65,12 @@ def test_digits_cnn_lands_on_the_kpu(generic):
     assert after["reduce_window2d"] == 0 and after["clamp"] == 0 and after["binary"] == 0
 
 
-CONV_MODELS = sorted(p for p in OPS_DIR.glob("*.float32.tflite")
-                     if any(w in p.name for w in ("conv", "fullyconnected", "prelu")))
+CONV_MODELS = glob_params(TFLITE_OPS, "*.float32.tflite",
+                          keep=lambda p: any(w in p.name for w in ("conv", "fullyconnected", "prelu")))
 
 
 @pytest.mark.parametrize("generic", [False, True], ids=["imported", "after_generic"])
-@pytest.mark.parametrize("path", CONV_MODELS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", CONV_MODELS)
 def test_tflite_sample_models_keep_their_function(path, generic):
     legalized(import_model(path), generic=generic)
 
@@ -107,7 +102,8 @@ def test_random_conv_stacks_keep_their_function(c, hw, stack, seed):
         out_c = in_c if layer["depthwise"] else layer["out_c"]
         size = min(y.shape[2:])
         assume(size + pt + pb >= d * (k - 1) + 1)
-        w = g.const((rng.standard_normal((out_c, in_c // groups, k, k)) / np.sqrt(k * k * in_c / groups)).astype(np.float32))
+        w = g.const((rng.standard_normal((out_c, in_c // groups, k, k))
+                     / np.sqrt(k * k * in_c / groups)).astype(np.float32))
         b = g.const(rng.standard_normal(out_c).astype(np.float32))
         y = g.add("conv2d", [y, w, b], name=f"conv{i}", strides=(layer["stride"],) * 2, padding=((pt, pb), (pt, pb)),
                   dilations=(d, d), groups=groups).output

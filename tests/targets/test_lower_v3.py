@@ -1,8 +1,7 @@
 """Lowering to kmodel v3: nncase's iris file byte for byte, float layers against the executor, KPU words
-against nncase's real files, quantized graphs against the quantized executor bit for bit, and one error
-naming everything v3 cannot express."""
+against nncase's real files, quantized graphs run by kpuc's v3 interpreter against kpuc's quantized
+executor bit for bit, and one error naming everything v3 cannot express."""
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,18 +13,27 @@ from compiler.importers import import_model
 from compiler.ir import Graph, TensorType
 from compiler.pipeline import optimize_generic
 from compiler.quantization import F32, QuantParamU8, dequantize_u8, get_quant_param, quantized_binary_params
+from shared_data import DIGITS, DIGITS_DATA, GOLDEN, KMODELS, MOBILENET, file_params, needs, require
 from targets.k210 import interpreter_v3 as iv3, kpu_layout
 from targets.k210.interpreter_v3 import run_v3
 from targets.k210.kernels import K210_KERNELS, QuantizedExecutor
 from targets.k210.kmodel_v3 import LayerType, layer_io, read_v3, write_v3
-from targets.k210.lower_v3 import (_float_add, _sdk_quantized_add, compile_v3, dequantize_params, kpu_args, lower_v3,
-                                   lower_v3_detailed, prepare_v3, quantize_params)
+from targets.k210.lower_v3 import (
+    _float_add,
+    _sdk_quantized_add,
+    compile_v3,
+    dequantize_params,
+    kpu_args,
+    lower_v3,
+    lower_v3_detailed,
+    prepare_v3,
+    quantize_params,
+)
 from targets.k210.quantize import quantize_kpu_layer
 
-GOLDEN = Path("/work/shared/golden")
 IRIS = GOLDEN / "iris-v3"
-REAL_V3 = [GOLDEN / "yolo20-v3/yolo.kmodel", Path("/work/shared/kmodels/maixpy_mnist.v3.kmodel"),
-           Path("/work/shared/kmodels/maixpy_facedetect.v3.kmodel")]
+REAL_V3 = [GOLDEN / "yolo20-v3/yolo.kmodel", KMODELS / "maixpy_mnist.v3.kmodel",
+           KMODELS / "maixpy_facedetect.v3.kmodel"]
 
 
 def iris_cases():
@@ -37,6 +45,7 @@ def iris_cases():
 
 # ---- iris: nncase's own file --------------------------------------------------------------------------------
 
+@needs(IRIS)
 @pytest.mark.parametrize("optimize", [True, False], ids=["optimized", "as-imported"])
 def test_iris_is_nncase_s_file_plus_the_tail_padding(optimize):
     graph = import_model(IRIS / "iris.tflite")
@@ -47,6 +56,7 @@ def test_iris_is_nncase_s_file_plus_the_tail_padding(optimize):
     assert len(ours) == 440 and ours[len(golden):] == bytes(4)    # nncase forgot the last 4 padding bytes
 
 
+@needs(IRIS)
 def test_iris_runs_like_the_float_executor():
     graph = optimize_generic(import_model(IRIS / "iris.tflite"))
     data, summary = compile_v3(graph)
@@ -133,7 +143,7 @@ def test_the_first_layer_must_be_one_the_sdk_can_start():
 
 # ---- KPU argument words -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path", REAL_V3, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", file_params(REAL_V3))
 def test_kpu_words_are_nncase_s(path):
     """Every K210Conv of nncase's real files (42 layers) is rebuilt word for word from its parameters."""
     model = read_v3(path.read_bytes())
@@ -305,7 +315,7 @@ def test_pads_fold_into_the_kpu_ring_exactly():
     assert (sl.attrs["begin"], sl.attrs["strides"]) == ((0, 0, 1, 1), (1, 1, 2, 2))
     data, summary = compile_v3(g)
     assert read_v3(data).layers[0].body.args.in_shape == (3, 16, 16)
-    for seed in range(3):
+    for _ in range(3):
         xs = rng.uniform(0, 1, size=(1, 3, 16, 16)).astype(np.float32)
         want = QuantizedExecutor(g).run([xs])[g.outputs[0].name]
         np.testing.assert_array_equal(QuantizedExecutor(prepared).run([xs])[prepared.outputs[0].name], want)
@@ -317,12 +327,10 @@ def test_pads_fold_into_the_kpu_ring_exactly():
 # (model, calibration set, --output-quantize-threshold). With 0 every conv and matmul goes to the KPU, as
 # nncase v0.1 did; with the default 1024 the classifiers' last layers stay float (FullyConnected).
 MODELS = {
-    "digits": (Path("models/digits_cnn.onnx"), Path("models/digits"), 0),
-    "digits-float-fc": (Path("models/digits_cnn.onnx"), Path("models/digits"), 1024),
-    "mobilenet": (Path("/work/shared/models/tflite-ops/mobilenet_v1_0.25_128.tflite"),
-                  GOLDEN / "ulffd_landmark-v4/dataset", 0),
-    "mobilenet-float-logits": (Path("/work/shared/models/tflite-ops/mobilenet_v1_0.25_128.tflite"),
-                               GOLDEN / "ulffd_landmark-v4/dataset", 1024),
+    "digits": (DIGITS, DIGITS_DATA, 0),
+    "digits-float-fc": (DIGITS, DIGITS_DATA, 1024),
+    "mobilenet": (MOBILENET, GOLDEN / "ulffd_landmark-v4/dataset", 0),
+    "mobilenet-float-logits": (MOBILENET, GOLDEN / "ulffd_landmark-v4/dataset", 1024),
 }
 
 
@@ -333,6 +341,7 @@ def compiled(request):
     from compiler.pipeline import CompileOptions, prepare_model
     from targets import get_target
     path, dataset, threshold = MODELS[request.param]
+    require(path, dataset)
     graph = prepare_model(path, CompileOptions(dataset=str(dataset), output_quantize_threshold=threshold),
                           get_target("k210")).quantized
     data, summary = compile_v3(graph)
@@ -364,7 +373,7 @@ def test_sample_models_compile_to_v3_with_kpu_layers(compiled):
     assert summary["file_size"] == len(data) and len(data) % 8 == 0
 
 
-def test_kpu_layers_are_bit_exact_with_the_quantized_executor(compiled):
+def test_kpu_layers_interpreter_matches_the_quantized_executor(compiled):
     """Every layer's output equals the quantized executor's value bit for bit, up to the first float CPU
     layer that sums in another order than the executor (AveragePool2d, GlobalAveragePool2d: float32 in the
     SDK's order vs float64)."""

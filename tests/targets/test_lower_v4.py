@@ -9,19 +9,20 @@ import os
 import numpy as np
 import pytest
 
+import shared_data
 from compiler.errors import KpucError
 from compiler.executor import run_graph
 from compiler.importers import import_model
 from compiler.ir import Graph, TensorType
 from compiler.pipeline import optimize_generic
+from shared_data import file_params, needs
 from targets.k210 import kmodel_v4 as k4
 from targets.k210.interpreter_v4 import run_v4
 from targets.k210.kpu_layout import KPU_RAM_BYTES
 from targets.k210.lower_v4 import assemble, compile_v4, graph_outputs, lower_steps, lower_v4
 
-GOLDEN = "/work/shared/golden"
+GOLDEN = str(shared_data.GOLDEN)
 IRIS = f"{GOLDEN}/iris-v4"
-needs_golden = pytest.mark.skipif(not os.path.isdir(GOLDEN), reason="shared golden files not present")
 RNG = np.random.default_rng(0)
 
 
@@ -77,7 +78,7 @@ def run_both(graph: Graph, feeds=None, target="k210"):
 
 
 # ---------------------------------------------------------------- iris (kmodel-v4.md §16.3)
-@needs_golden
+@needs(IRIS)
 def test_iris_is_byte_identical_to_ncc():
     graph = optimize_generic(import_model(f"{IRIS}/iris.tflite"))
     ours = k4.write_v4(lower_v4(graph))
@@ -88,7 +89,7 @@ def test_iris_is_byte_identical_to_ncc():
     assert k4.write_v4(k4.read_v4(ours)) == ours
 
 
-@needs_golden
+@needs(IRIS)
 def test_iris_runs_like_the_executor_and_ncc():
     graph = optimize_generic(import_model(f"{IRIS}/iris.tflite"))
     model = lower_v4(graph, target="cpu")
@@ -262,9 +263,10 @@ def test_same_graph_compiles_to_the_same_bytes():
 
 
 # ---------------------------------------------------------------- uint8 and KPU emitters (hand-made quantized graphs)
-@needs_golden
-@pytest.mark.parametrize("path", [f"{GOLDEN}/ulffd_landmark-v4/ulffd_landmark.kmodel", f"{GOLDEN}/yolo20-v4/yolo.kmodel",
-                                  "/work/shared/kmodels/sdk_mask_detect.v4.kmodel"])
+@pytest.mark.parametrize("path", file_params([f"{GOLDEN}/ulffd_landmark-v4/ulffd_landmark.kmodel",
+                                              f"{GOLDEN}/yolo20-v4/yolo.kmodel",
+                                              f"{shared_data.KMODELS}/sdk_mask_detect.v4.kmodel"],
+                                             ids=os.path.basename))
 def test_kpu_layer_words_match_ncc(path):
     """Every argument word of every real KPU layer, rebuilt from its shapes and conv constants (§10.3)."""
     from targets.k210.kpu import POOL_TYPES
@@ -351,7 +353,7 @@ def run_quantized(graph: Graph, x: np.ndarray, target="k210", input_type="defaul
     return want, run_v4(model, [model_feed(graph, model, x)]), model, summary
 
 
-def test_kpu_graph_runs_bit_exactly_like_the_quantized_executor():
+def test_kpu_graph_interpreter_matches_the_quantized_executor():
     graph = kpu_graph()
     want, got, model, summary = run_quantized(graph, RNG.integers(0, 256, (1, 3, 16, 20)).astype(np.uint8))
     for w, o in zip(want, got):
@@ -359,14 +361,15 @@ def test_kpu_graph_runs_bit_exactly_like_the_quantized_executor():
     assert model.inputs[0].memory_type == k4.MEM_KPU and model.inputs[0].start % 64 == 0
     assert summary["ops"] == {"kpu_conv2d": 4, "quantized_binary": 1, "kpu_upload": 1, "dequantize": 2}
     names = [n.name for n in model.nodes]
-    assert names.index("quantized_binary") < names.index("kpu_upload") < len(names) - 1 - names[::-1].index("kpu_conv2d")
+    last_kpu = len(names) - 1 - names[::-1].index("kpu_conv2d")
+    assert names.index("quantized_binary") < names.index("kpu_upload") < last_kpu
     layers = [n.body for n in model.nodes if isinstance(n.body, k4.KpuConv2D)]
     # the depthwise and the 1x1 layer write main memory too (read by the CPU), the others only KPU RAM
     assert [b.main_mem_output.size for b in layers] == [0, 8 * 8 * 10, 4 * 8 * 10, 4 * 8 * 10]
     assert summary["kpu_ops"] == 4 and summary["kpu_ram_peak"] <= KPU_RAM_BYTES
 
 
-def test_cpu_quantized_ops_run_bit_exactly():
+def test_cpu_quantized_ops_interpreter_matches_the_quantized_executor():
     graph = cpu_quant_graph()
     x = RNG.standard_normal((1, 3, 8, 8)).astype(np.float32) * 2
     for target, input_type in (("k210", "default"), ("cpu", "float")):
@@ -386,8 +389,8 @@ def test_cpu_target_refuses_kpu_layers():
 
 # ---------------------------------------------------------------- whole models through the uint8 pipeline
 ULFFD = f"{GOLDEN}/ulffd_landmark-v4"
-DIGITS = "/work/main/models/digits_cnn.onnx"
-MOBILENET = "/work/shared/models/tflite-ops/mobilenet_v1_0.25_128.tflite"
+DIGITS = str(shared_data.DIGITS)
+MOBILENET = str(shared_data.MOBILENET)
 
 
 def quantized(path: str, target: str, samples=None, **calibration) -> Graph:
@@ -409,7 +412,7 @@ def cosine(a, b) -> float:
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
-@needs_golden
+@needs(ULFFD)
 def test_ulffd_landmark_matches_ncc_within_quantization_and_is_no_bigger():
     """ncc's own command: --dataset dataset (images) --input-mean 0.5 --input-std 1, uint8, k210."""
     from compiler.datasets import iter_dataset
@@ -440,10 +443,10 @@ def test_ulffd_landmark_matches_ncc_within_quantization_and_is_no_bigger():
         np.testing.assert_array_equal(o, want[v.name].reshape(-1))
 
 
-def test_digits_cnn_compiles_to_kpu_layers_bit_exactly():
+def test_digits_cnn_kpu_layers_interpreter_matches_the_quantized_executor():
     from compiler.datasets import iter_dataset
     shape = import_model(DIGITS).inputs[0].shape
-    samples = [s.data for s in iter_dataset("/work/main/models/digits", shape)]
+    samples = [s.data for s in iter_dataset(shared_data.DIGITS_DATA, shape)]
     graph = quantized(DIGITS, "k210", samples)
     want, got, model, summary = run_quantized(graph, samples[0])
     assert summary["kpu_ops"] >= 3
@@ -451,6 +454,7 @@ def test_digits_cnn_compiles_to_kpu_layers_bit_exactly():
         np.testing.assert_array_equal(o, w.reshape(-1))
 
 
+@needs(MOBILENET)
 def test_mobilenet_compiles_to_kpu_layers():
     """Exact up to the last KPU layer; the float average pool after it sums in float32 in the runtime
     and in float64 in the executor, so a few codes after it may differ by one."""
@@ -465,7 +469,7 @@ def test_mobilenet_compiles_to_kpu_layers():
     np.testing.assert_array_equal(got[0], want[0].reshape(-1))
 
 
-@pytest.mark.parametrize("path", [DIGITS, MOBILENET])
+@pytest.mark.parametrize("path", file_params([DIGITS, MOBILENET], ids=os.path.basename))
 def test_cpu_target_compiles_without_kpu_ops(path):
     graph = quantized(path, "cpu")
     data, summary = compile_v4(graph, target="cpu")

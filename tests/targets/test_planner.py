@@ -1,19 +1,19 @@
 """Memory planner: nncase v0.1's allocators replayed exactly, the offline planner's guarantees, and errors."""
 import itertools
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from compiler.errors import KpucError
+from shared_data import GOLDEN, KMODELS, require
 from targets.k210.kmodel_v3 import layer_io, read_v3
 from targets.k210.kpu_layout import KPU_RAM_ROWS
 from targets.k210.planner import Buffer, Pool, Step, _Problem, lifetimes, plan_memory
 
-YOLO = Path("/work/shared/golden/yolo20-v3/yolo.kmodel")
-IRIS = Path("/work/shared/golden/iris-v3/iris.kmodel")
-MNIST = Path("/work/shared/kmodels/maixpy_mnist.v3.kmodel")
-FACEDETECT = Path("/work/shared/kmodels/maixpy_facedetect.v3.kmodel")
+YOLO = GOLDEN / "yolo20-v3/yolo.kmodel"
+IRIS = GOLDEN / "iris-v3/iris.kmodel"
+MNIST = KMODELS / "maixpy_mnist.v3.kmodel"
+FACEDETECT = KMODELS / "maixpy_facedetect.v3.kmodel"
 NNCASE_MAIN = Pool("main", None, 8, "bytes", "nncase_main")
 NNCASE_KPU = Pool("kpu", KPU_RAM_ROWS, 1, "rows", "nncase_kpu")
 
@@ -59,6 +59,7 @@ def _schedule_of(model):
 def test_replays_give_every_address_of_nncase_s_files(path, kpu):
     """Replaying the schedule of each real v3 file gives every main and KPU address nncase chose, its
     main_mem_usage and max_start_address (rc5 alternates KPU ends; MaixPy's nncase always took the end)."""
+    require(path)
     model = read_v3(path.read_bytes())
     steps, bufs, outputs, want = _schedule_of(model)
     plan = plan_memory(steps, bufs, [NNCASE_MAIN, Pool("kpu", KPU_RAM_ROWS, 1, "rows", kpu)], keep=outputs)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,19 +18,22 @@ from compiler.executor import Executor
 from compiler.importers import import_model
 from compiler.ir import Graph, TensorType
 from compiler.pipeline import optimize_generic
-from compiler.quantization import F32, QuantParamU8, dequantize_u8, get_quant_param, quantize_u8
+from compiler.quantization import F32, QuantParamU8, get_quant_param, quantize_u8
+from shared_data import DIGITS, GOLDEN, MOBILENET, ROOT, needs
 from targets.k210.kernels import QUANTIZED_KERNELS, QuantizedExecutor, kpu_tables
 from targets.k210.kpu import kpu_conv2d_reference
 from targets.k210.legalize import legalize_k210
-from targets.k210.quantize import (equalize_weights, kpu_activation, piecewise_regression, quantize_k210,
-                                   quantize_kpu_layer, quantize_kpu_weights)
+from targets.k210.quantize import (
+    equalize_weights,
+    kpu_activation,
+    piecewise_regression,
+    quantize_k210,
+    quantize_kpu_layer,
+    quantize_kpu_weights,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-SHARED = Path("/work/shared")
-ULFFD = SHARED / "golden" / "ulffd_landmark-v4"
-MOBILENET = SHARED / "models" / "tflite-ops" / "mobilenet_v1_0.25_128.tflite"
-DOG = SHARED / "golden" / "yolo20-v3" / "inputs" / "dog_rgb_chw_320x240.u8"
-DIGITS = ROOT / "models" / "digits_cnn.onnx"
+ULFFD = GOLDEN / "ulffd_landmark-v4"
+DOG = GOLDEN / "yolo20-v3" / "inputs" / "dog_rgb_chw_320x240.u8"
 
 
 # ------------------------------------------------------------------ KPU numbers, hand-worked
@@ -133,7 +135,7 @@ def test_below_the_sampled_range_the_table_gives_code_zero():
     assert codes.tolist() == [0, 0, act[1, 3]]               # ... but at and below it the output is 0
 
 
-def test_kpu_conv2d_q_kernel_is_the_bit_exact_kpu_layer():
+def test_kpu_conv2d_q_kernel_equals_the_kpu_layer_simulator():
     """The kernel's table plumbing (bn columns, act columns, pool names) against the slow reference."""
     g = layer_graph((("leaky_relu", 0.1),), "max_2_s2", k=3, c=3, oc=4, hw=6)
     rng = np.random.default_rng(3)
@@ -262,7 +264,7 @@ def test_report_pairs_every_quantized_node_with_its_float_value():
 
 
 # ------------------------------------------------------------------ real KPU layers written by nncase
-@pytest.mark.skipif(not ULFFD.exists(), reason="golden files not available")
+@needs(ULFFD)
 def test_weights_and_batch_norm_of_every_ulffd_layer_match_nncase():
     """ulffd_landmark.kmodel (nncase v0.2, Dec 2019; same weight/BN recipe as beta4): for each of its 43 KPU
     layers the uint8 weights and arg_x are identical, and one common so·post factor reproduces every
@@ -294,7 +296,7 @@ def test_weights_and_batch_norm_of_every_ulffd_layer_match_nncase():
     assert not unmatched
 
 
-@pytest.mark.skipif(not ULFFD.exists(), reason="golden files not available")
+@needs(ULFFD)
 def test_first_ulffd_layer_input_side_matches_nncase():
     """Layer 0 reads the input, whose range --input-mean 0.5 --input-std 1 forces to [-0.5, 0.5]: pad_value,
     arg_w and arg_add follow exactly, and norm_add = round(b · s_act_in) with the same so·post factor."""
@@ -365,7 +367,6 @@ def mobilenet_inputs():
     return data[:10], data[10:] + [dog]
 
 
-HAVE_MOBILENET = MOBILENET.exists() and ULFFD.exists() and DOG.exists()
 
 
 def _mobilenet_acceptance(**options):
@@ -379,7 +380,7 @@ def _mobilenet_acceptance(**options):
     return acceptance(g, q, judged)
 
 
-@pytest.mark.skipif(not HAVE_MOBILENET, reason="shared files missing")
+@needs(MOBILENET, ULFFD, DOG)
 def test_acceptance_mobilenet_v1():
     """(b) mobilenet_v1_0.25_128 calibrated on the first 10 ulffd images, judged on the other 10 + the dog,
     through the compile flow (compiler.pipeline.prepare_model) with --split-activations 20: the first 20 KPU
@@ -393,7 +394,7 @@ def test_acceptance_mobilenet_v1():
     assert agreement >= 0.95 and worst_cos >= 0.99
 
 
-@pytest.mark.skipif(not HAVE_MOBILENET, reason="shared files missing")
+@needs(MOBILENET, ULFFD, DOG)
 def test_mobilenet_v1_default_flow_holds_its_accuracy():
     """The default compile (ncc's layer shapes; bias correction + GPTQ weight rounding) on the same split:
     measured 11/11 and worst cosine 0.9723 (nncase's recipe alone: 3/11, 0.32). A regression guard, below

@@ -59,7 +59,7 @@ def test_with_relu6_the_split_differs_only_near_the_clamp_bounds():
 
 @pytest.mark.parametrize("depthwise", [True, False])
 def test_the_kpu_rounds_the_copies_a_half_step_apart(depthwise):
-    """The mechanism on the bit-exact KPU kernels: both copies round one internal value v (in output
+    """The mechanism on kpuc's KPU kernels: both copies round one internal value v (in output
     codes), at v - 1/4 and v + 1/4, so B - A is 0 or 1, and 1 for about half the unclamped pixels (the
     ones whose v lies in the upper half of its step): (A + B)/2 is v on a grid of half steps. The offsets
     live in norm_add, which is in units finer than the output step, so the integer pipeline keeps them."""

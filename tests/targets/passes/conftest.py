@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from compiler.ir import Graph, Value
 import graph_kit
+from compiler.ir import Graph, Value
 from graph_kit import check_untouched, clone, const, conv, finish, graph_with_inputs, op, ops, random_feeds
 
 

@@ -3,6 +3,7 @@ from hypothesis import given, settings, strategies as st
 
 from targets.k210.passes.conv2d_to_kpu_conv2d import conv2d_to_kpu_conv2d
 
+
 @settings(max_examples=25, deadline=None)
 @given(c=st.integers(1, 5), out_c=st.integers(1, 5), depthwise=st.booleans(), k=st.sampled_from([1, 3]),
        h=st.integers(4, 17), w=st.integers(4, 17), acts=st.lists(st.integers(0, 6), max_size=2),

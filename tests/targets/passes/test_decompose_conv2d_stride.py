@@ -33,7 +33,8 @@ def test_tensorflow_same_stride_2(kpu):
 
 
 def test_stride_1_and_cpu_only_convs_are_left_alone(kpu):
-    for k, attrs in ((3, dict(padding=((1, 1), (1, 1)))), (5, dict(strides=(2, 2))), (3, dict(strides=(2, 2), groups=2))):
+    for k, attrs in ((3, dict(padding=((1, 1), (1, 1)))), (5, dict(strides=(2, 2))),
+                     (3, dict(strides=(2, 2), groups=2))):
         g, (x,) = kpu.graph_with_inputs((1, 4, 8, 8))
         groups = attrs.pop("groups", 1)
         kpu.check_untouched(decompose_conv2d_stride, kpu.finish(g, kpu.conv(g, x, 4, k, groups=groups, **attrs)))

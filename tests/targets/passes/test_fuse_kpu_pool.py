@@ -25,8 +25,8 @@ def test_random_stride_slices_become_left_or_right_top_pools(kpu, c, k, h, w, st
     ow = data.draw(st.integers(1, (w - 1 - bw) // stride + 1))
     g, (x,) = kpu.graph_with_inputs((1, c, h, w))
     y = kpu.kpu_conv(g, x, 3, k, activation=(("leaky_relu", 0.1),))
-    y = kpu.op(g, "strided_slice", y, begin=(0, 0, bh, bw), end=(1, 3, bh + (oh - 1) * stride + 1,
-                                                                 bw + (ow - 1) * stride + 1), strides=(1, 1, stride, stride))
+    y = kpu.op(g, "strided_slice", y, begin=(0, 0, bh, bw),
+               end=(1, 3, bh + (oh - 1) * stride + 1, bw + (ow - 1) * stride + 1), strides=(1, 1, stride, stride))
     g = kpu.check_rewrite(fuse_kpu_pool, kpu.finish(g, y))
     (layer,) = g.nodes_of("kpu_conv2d")
     assert layer.attrs["pool"] in ("left_top_2_s2", "right_top_2_s2", "left_top_4_s4")

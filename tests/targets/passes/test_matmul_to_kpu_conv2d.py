@@ -6,7 +6,8 @@ from targets.k210.passes.matmul_to_kpu_conv2d import matmul_to_kpu_conv2d
 
 
 @settings(max_examples=25, deadline=None)
-@given(m=st.integers(1, 3), k=st.integers(1, 40), n=st.integers(1, 40), bias=st.sampled_from([None, "row", "vec", "scalar"]),
+@given(m=st.integers(1, 3), k=st.integers(1, 40), n=st.integers(1, 40),
+       bias=st.sampled_from([None, "row", "vec", "scalar"]),
        clamp_on=st.sampled_from([None, "matmul", "add"]), acts=st.lists(st.integers(0, 6), max_size=2),
        swap=st.booleans())
 def test_random_fully_connected_layers_become_a_1x1_kpu_conv(kpu, m, k, n, bias, clamp_on, acts, swap):

@@ -1,8 +1,10 @@
-"""The acceptance line of kmodel v3 and v4: the sample model and MobileNet v1 0.25/128 compile (uint8, KPU),
-and the file, run as `kpuc infer` runs it, equals the quantized IR executor on `Compiled.graph` (the graph
-rewritten into the runtime's arithmetic, targets/k210/device_semantics.py) bit for bit on every output of
-every calibration image (MobileNet: the first few). The float-vs-kmodel top-1 agreement is printed
-(`pytest -s`); it is a measurement, not a bound."""
+"""The acceptance line of kmodel v3 and v4 against kpuc's own quantized executor: the sample model and
+MobileNet v1 0.25/128 compile (uint8, KPU), and the file, run by kpuc's kmodel interpreter as `kpuc infer`
+runs it, equals the quantized IR executor on `Compiled.graph` (the graph rewritten into the runtime's
+arithmetic, targets/k210/device_semantics.py) on every output of every calibration image (MobileNet: the
+first few). This checks lowering and the interpreter against the executor; agreement with nncase's own
+runtimes is tests/targets/test_oracle.py's job. The float-vs-kmodel top-1 agreement is printed (`pytest -s`);
+it is a measurement, not a bound."""
 import functools
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from compiler.importers import import_model
 from compiler.ir import Graph, TensorType
 from compiler.pipeline import CompileOptions, compile_model
 from compiler.quantization import QuantParamU8, get_quant_param, quantized_binary_params
+from shared_data import DIGITS, DIGITS_DATA, GOLDEN, MOBILENET, ROOT, needs, require
 from targets import get_target
 from targets.k210.device_semantics import to_v3_semantics, to_v4_semantics
 from targets.k210.interpreter_v3 import run_v3
@@ -30,17 +33,13 @@ from targets.k210.lower_v3 import compile_v3
 from targets.k210.lower_v4 import compile_v4
 from targets.k210.quantize import quantize_kpu_layer
 
-ROOT = Path(__file__).resolve().parents[2]
-SHARED = Path("/work/shared")
 MODELS = {
     # name: (model, calibration set, compile options, images checked (None: all))
-    "digits": (ROOT / "models" / "digits_cnn.onnx", ROOT / "models" / "digits", {}, None),
-    "mobilenet": (SHARED / "models/tflite-ops/mobilenet_v1_0.25_128.tflite",
-                  SHARED / "golden/ulffd_landmark-v4/dataset", {"input_mean": 0.5, "input_std": 0.5}, 5),
+    "digits": (DIGITS, DIGITS_DATA, {}, None),
+    "mobilenet": (MOBILENET, GOLDEN / "ulffd_landmark-v4/dataset", {"input_mean": 0.5, "input_std": 0.5}, 5),
     # --split-activations: dense block-diagonal convs where depthwise ones were, doubled channels
-    "digits-split": (ROOT / "models" / "digits_cnn.onnx", ROOT / "models" / "digits", {"split_activations": 2}, 5),
-    "mobilenet-split": (SHARED / "models/tflite-ops/mobilenet_v1_0.25_128.tflite",
-                        SHARED / "golden/ulffd_landmark-v4/dataset",
+    "digits-split": (DIGITS, DIGITS_DATA, {"split_activations": 2}, 5),
+    "mobilenet-split": (MOBILENET, GOLDEN / "ulffd_landmark-v4/dataset",
                         {"input_mean": 0.5, "input_std": 0.5, "split_activations": 10}, 2),
 }
 
@@ -65,8 +64,7 @@ def _compiled(name: str, version: int):
 
 def _case(name: str, version: int) -> Case:
     path, dataset, opts, limit = MODELS[name]
-    if not path.exists() or not dataset.exists():
-        pytest.skip(f"{path} or {dataset} is not here")
+    require(path, dataset)
     return Case(name, version, _compiled(name, version), dataset, opts.get("input_mean", 0.0),
                 opts.get("input_std", 1.0), limit)
 
@@ -99,7 +97,7 @@ def samples(c: Case, dtype: str):
         yield k.stem, k.data, f.data
 
 
-def test_kmodel_equals_the_quantized_executor_bit_for_bit(case):
+def test_interpreter_matches_the_quantized_executor(case):
     c = case.compiled
     kmodel = read_kmodel(c.kmodel)
     (_, dtype), = kmodel_inputs(kmodel)
@@ -250,7 +248,7 @@ def _float_v4_graph() -> Graph:
     return g
 
 
-def test_float_ops_run_bit_exactly_in_v4():
+def test_v4_interpreter_matches_the_executor_on_float_ops():
     g = _float_v4_graph()
     device = to_v4_semantics(g)
     ops = {n.op for n in device.nodes}
@@ -265,10 +263,10 @@ def test_float_ops_run_bit_exactly_in_v4():
             np.testing.assert_array_equal(o, want[v.name].reshape(-1), err_msg=f"seed {seed} {v.name}")
 
 
-IRIS = SHARED / "golden" / "iris-v4"
+IRIS = GOLDEN / "iris-v4"
 
 
-@pytest.mark.skipif(not IRIS.exists(), reason="no iris golden set")
+@needs(IRIS)
 @pytest.mark.parametrize("version", [3, 4])
 def test_iris_float_files_equal_their_device_graph(version):
     """A float model: matmul + bias + ReLU layers, exact in both runtimes' order; v4 stays ncc's own file."""

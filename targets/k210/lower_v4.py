@@ -97,7 +97,12 @@ def lower_steps(graph: Graph, target: str = "k210", input_type: str = "default")
     ctx = Lowering(graph, target, input_type)
     for v in graph.inputs:
         ctx.node = v.producer
-        lower_v4_quant.input_buffer(ctx, v)        # main memory or KPU RAM, float or uint8
+        try:
+            lower_v4_quant.input_buffer(ctx, v)    # main memory or KPU RAM, float or uint8
+        except CannotLower:
+            raise
+        except KpucError as e:                     # the model input itself cannot be a v4 input
+            raise CannotLower(str(e), [Blocker("input", v.producer.name, str(e))], 4) from e
     lower_v4_shape.plan_inplace_concats(ctx)
     lower_v4_quant.plan_kpu_subsampling(ctx)
     problems, failed = [], set()

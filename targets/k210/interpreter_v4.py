@@ -25,6 +25,7 @@ from targets.k210 import interpreter_v4_conv, interpreter_v4_ops  # noqa: F401  
 from targets.k210 import kmodel_v4 as k4
 from targets.k210.interpreter_v4_base import F32, OPS, Memory, kpu_write
 from targets.k210.interpreter_v4_ops import run_nnil  # noqa: F401  (re-exported)
+from targets.k210.kmodel_v4_check import check_v4
 
 
 # ---------------------------------------------------------------- the run loop
@@ -51,6 +52,7 @@ def run_v4(model: k4.KModelV4, inputs: list[np.ndarray]) -> list[np.ndarray]:
     copies of the u8 codes."""
     if len(inputs) != len(model.inputs):
         raise KpucError(f"the model has {len(model.inputs)} input(s), got {len(inputs)}")
+    check_v4(model)  # every range and shape inside the pools before they are allocated
     mem = Memory(model)
     for r, shape, x in zip(model.inputs, model.input_shapes, inputs):
         feed(mem, r, shape, x)

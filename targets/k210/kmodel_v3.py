@@ -14,6 +14,7 @@ emitter checklist asks). Reserved bit fields of the KPU words and tables are kep
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import NamedTuple
@@ -346,7 +347,7 @@ class Region(NamedTuple):
 
 
 def _main(address, dtype, *shape) -> Region:
-    return Region("main", address, int(np.prod(shape)) * (4 if dtype == "float32" else 1), dtype, tuple(shape))
+    return Region("main", address, math.prod(shape) * (4 if dtype == "float32" else 1), dtype, tuple(shape))
 
 
 def _kpu(row, c, h, w) -> Region:

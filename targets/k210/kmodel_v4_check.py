@@ -115,8 +115,6 @@ def check_v4(model: k4.KModelV4) -> None:
     if model.main_mem > MAIN_MEMORY_LIMIT_BYTES:
         raise MalformedModel(f"kmodel v4: main_mem is {model.main_mem} bytes, more than the "
                              f"{MAIN_MEMORY_LIMIT_BYTES} any K210 kmodel can use")
-    if not model.nodes:
-        raise MalformedModel("kmodel v4: the model has no nodes")
     pools = pool_sizes(model)
     for i, (r, shape) in enumerate(zip(model.inputs, model.input_shapes)):
         try:

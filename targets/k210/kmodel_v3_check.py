@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from compiler.errors import MalformedModel
 from targets.k210.kmodel_v3 import KModelV3, LayerType, V3Layer, layer_io
-from targets.k210.kpu_layout import KPU_RAM_ROWS, MAIN_MEMORY_LIMIT_BYTES, MAX_WINDOW_TAPS
+from targets.k210.kmodel_limits import MAIN_MEMORY_LIMIT_BYTES, MAX_WINDOW_TAPS, check_kpu_args
+from targets.k210.kpu_layout import KPU_RAM_ROWS
 
 POOLS = (LayerType.MaxPool2d, LayerType.QuantizedMaxPool2d, LayerType.AveragePool2d)
 
@@ -23,6 +24,8 @@ def check_layer(layer: V3Layer, main_bytes: int) -> None:
                 raise MalformedModel(f"{field} is {getattr(b, field)}, must be >= 1")
         if b.kernel_width * b.kernel_height > MAX_WINDOW_TAPS:
             raise MalformedModel(f"a {b.kernel_width}x{b.kernel_height} window has more than {MAX_WINDOW_TAPS} taps")
+    if layer.type == LayerType.K210Conv:
+        check_kpu_args(b.args)
     ins, outs = layer_io(layer)
     for role, reg in [("input", r) for r in ins] + [("output", r) for r in outs]:
         if reg.mem == "main" and reg.address + reg.size > main_bytes:

@@ -13,7 +13,8 @@ import math
 
 from compiler.errors import MalformedModel
 from targets.k210 import kmodel_v4 as k4
-from targets.k210.kpu_layout import KPU_RAM_BYTES, MAIN_MEMORY_LIMIT_BYTES, MAX_WINDOW_TAPS
+from targets.k210.kmodel_limits import MAIN_MEMORY_LIMIT_BYTES, MAX_WINDOW_TAPS, check_kpu_args
+from targets.k210.kpu_layout import KPU_RAM_BYTES
 
 ENUMS = {"binary_op": range(6), "unary_op": range(10), "reduce_op": range(4), "mode": range(2)}
 WINDOW_OPS = (k4.Conv2D, k4.QuantizedConv2D, k4.ReduceWindow2D, k4.Conv2DTranspose, k4.CpuConv2D,
@@ -74,6 +75,7 @@ def _check_fields(b, pools: dict[int, int]) -> None:
     if isinstance(b, k4.KpuConv2D):
         if b.batches < 1:
             raise MalformedModel(f"batches is {b.batches}, must be >= 1")
+        check_kpu_args(b.layer)
     if isinstance(b, k4.Concat) and any(d < 0 for d in b.dims):
         raise MalformedModel(f"concat dims {list(b.dims)} has a negative extent")
 

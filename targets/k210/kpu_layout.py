@@ -15,12 +15,6 @@ from compiler.errors import KpucError
 KPU_RAM_BYTES = 2 * 1024 * 1024          # kpu.md §1
 KPU_ROW_BYTES = 64
 KPU_RAM_ROWS = KPU_RAM_BYTES // KPU_ROW_BYTES
-# The K210 has 8 MiB of SRAM in all; a kmodel declaring more main memory than 8 times that is damaged, and the
-# readers refuse it before allocating the pool (real models stay under 6 MiB).
-MAIN_MEMORY_LIMIT_BYTES = 64 * 1024 * 1024
-# The interpreters loop over pooling / conv kernel taps in Python; 2**20 taps cover every real window (a
-# global pool over the K210's largest 320x240 map is 76800 taps) and keep a damaged one from looping for hours.
-MAX_WINDOW_TAPS = 1 << 20
 
 
 class RowLayout(NamedTuple):

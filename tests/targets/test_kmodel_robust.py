@@ -178,6 +178,19 @@ def test_v4_kpu_batches_zero():
     refused(k4.write_v4(model), r"node 0 \(kpu_conv2d\)")
 
 
+def test_kpu_output_shape_must_be_the_pooled_input():
+    # checked before the convolution runs: a damaged width would otherwise cost seconds of KPU simulation first
+    model = k4.read_v4(MASK_V4.read_bytes())
+    first = model.nodes[0].body
+    model.nodes[0] = k4.Node(model.nodes[0].opcode, dataclasses.replace(first, layer=first.layer.replace(
+        i_row_wid=1023)))
+    refused(k4.write_v4(model), r"node 0 \(kpu_conv2d\): KPU layer: input \(1, 32, 1024\) with pool type 0 gives")
+    v3 = read_v3(MNIST_V3.read_bytes())
+    conv = v3.layers[0].body
+    v3.layers[0] = V3Layer(LayerType.K210Conv, dataclasses.replace(conv, args=conv.args.replace(pool_type=12)))
+    refused(write_v3(v3), r"layer 0 \(K210Conv\): KPU pool_type 12 does not exist")
+
+
 # ---------------------------------------------------------------- seeded mutations of real files
 def _mutate(rng: np.random.Generator, data: bytes) -> bytes:
     """Flip bits or zero / max out a 32-bit word, mostly in the headers and tables at the front."""

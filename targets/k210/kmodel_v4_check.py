@@ -48,11 +48,7 @@ def check_shape(shape, limit: int, what: str, min_dim: int = 1) -> None:
                              f"{limit} bytes of its memory pool")
 
 
-def _pool_of(r: k4.MemoryRange, pools: dict[int, int]) -> int:
-    return pools[r.memory_type]
-
-
-def _check_fields(b, pools: dict[int, int]) -> None:
+def _check_fields(b) -> None:
     """The op-specific fields that would crash, hang or over-allocate the interpreter."""
     for name, allowed in ENUMS.items():
         if hasattr(b, name) and getattr(b, name) not in allowed:
@@ -83,8 +79,8 @@ def _check_fields(b, pools: dict[int, int]) -> None:
 def _check_shapes(b, pools: dict[int, int]) -> None:
     """Stated and implied shapes: positive extents, element counts within the pools of their ranges."""
     ins, outs = k4.node_ranges(b)
-    in_limit = max((_pool_of(r, pools) for r in ins), default=0)
-    out_limit = max((_pool_of(r, pools) for r in outs), default=0)
+    in_limit = max((pools[r.memory_type] for r in ins), default=0)
+    out_limit = max((pools[r.memory_type] for r in outs), default=0)
     for name in ("in_shape", "in_a_shape", "in_b_shape"):
         if hasattr(b, name):
             check_shape(getattr(b, name), in_limit, name)
@@ -108,7 +104,7 @@ def check_node(b, pools: dict[int, int]) -> None:
     for role, ranges in (("input", ins), ("output", outs)):
         for r in ranges:
             check_range(r, pools, role)
-    _check_fields(b, pools)
+    _check_fields(b)
     _check_shapes(b, pools)
 
 

@@ -2,7 +2,6 @@
 §10.2)."""
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,7 +10,7 @@ from targets.k210.kmodel_v4_ops import ReduceWindow2D
 from targets.k210.kmodel_v4_records import (
     I32, PADDING, RANGE, SHAPE, VALUE_RANGE, MemoryRange, Padding, ValueRange, _conv_weights, _f, body)
 from targets.k210.kpu import ActTable, BatchNorm, KpuArgs, weights_count
-from targets.k210.records import Array, Reader, Writer, align_up
+from targets.k210.records import Array, Reader, Record, Writer, align_up
 
 @body(0x1001, "cpu_conv2d")
 @dataclass(eq=False)
@@ -138,6 +137,7 @@ class KpuConv2D:
     weights: np.ndarray  # u8 OIHW ([OC, 1, k, k] for depthwise)
 
     TABLE_ALIGN = 256  # beta1+; alpha builds used 8 / 256 / 128 (§15)
+    HEAD = Record("KpuConv2DHead", "<iI", "batches reserved0")  # after main_mem_output; reserved0 kept as read
 
     @property
     def in_shape(self) -> tuple:
@@ -150,7 +150,7 @@ class KpuConv2D:
     @classmethod
     def read(cls, r: Reader, done: dict) -> "KpuConv2D":
         main_mem_output = RANGE.read(r)
-        batches, reserved0 = struct.unpack("<iI", r.read(8))
+        head = cls.HEAD.read(r)
         layer = KpuArgs.from_words(r.array("<u8", 12))
         r.read(layer.bwsx_base_addr)
         batch_norm = BatchNorm.from_words(r.array("<u8", layer.o_ch_num + 1))
@@ -158,11 +158,11 @@ class KpuConv2D:
         activation = ActTable.from_words(r.array("<u8", 18))
         r.read(layer.para_start_addr)
         weights = r.array("u1", weights_count(layer)).reshape(layer.weights_shape)
-        return cls(main_mem_output, batches, reserved0, layer, batch_norm, activation, weights)
+        return cls(main_mem_output, head.batches, head.reserved0, layer, batch_norm, activation, weights)
 
     def write(self, w: Writer):
         RANGE.write(w, self.main_mem_output)
-        w.write(struct.pack("<iI", self.batches, self.reserved0))
+        self.HEAD.write(w, self)
         layer_at = w.pos
         w.write(bytes(8 * 12))  # placeholder: the skip counts are known once the tables are placed
         gaps = {}

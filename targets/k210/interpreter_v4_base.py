@@ -135,10 +135,8 @@ def elem_dtype(r: k4.MemoryRange) -> np.dtype:
     return np.dtype({k4.DT_FLOAT32: "<u4", k4.DT_UINT8: "u1"}[r.datatype])
 
 
-
 def input_tensor(mem: Memory, b, dtype, shape) -> np.ndarray:
     return mem.get(b.input, dtype, shape=shape, count=int(np.prod(shape)))
-
 
 
 def kpu_write(mem: Memory, start: int, x: np.ndarray):

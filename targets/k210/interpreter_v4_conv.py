@@ -9,6 +9,7 @@ from targets.k210.interpreter_v4_base import (F32, Memory, clamp, input_tensor, 
                                               tap_slices, window_taps)
 from targets.k210.kpu import run_kpu_layer
 
+
 # ---------------------------------------------------------------- convolutions and matmul
 def _conv_f32(x: np.ndarray, w: np.ndarray, bias: np.ndarray, b, groups: int, taps_first: bool) -> np.ndarray:
     """Float conv, NCHW, grouped OIHW weights; per output: bias, then += x·w over the valid taps in
@@ -48,7 +49,6 @@ def _conv_int(x: np.ndarray, w: np.ndarray, bias: np.ndarray, b, groups: int, x_
     acc = acc.astype(np.int64).reshape(n, oc, oh, ow) + bias.astype(np.int64)[None, :, None, None]
     y = mul_and_carry_shift(acc.astype(np.int32), b.output_mul, b.output_shift).astype(np.int64)
     return np.clip(y + b.output_offset, 0, 255).astype(np.uint8)
-
 
 
 @op(k4.Conv2D)

@@ -9,6 +9,7 @@ from targets.k210 import kmodel_v4 as k4
 from targets.k210.interpreter_v4_base import (F32, Memory, broadcast_gather, clamp, elem_dtype, libm_f32, op, out_hw,
                                               std_max, std_min, window_taps)
 
+
 # ---------------------------------------------------------------- elementwise and data movement
 BINARY_F32 = {0: np.add, 1: np.subtract, 2: np.multiply, 3: np.divide, 4: std_min, 5: std_max}
 
@@ -94,7 +95,6 @@ def concat(b: k4.Concat, mem: Memory):
     parts = [mem.get(r, np.uint8, count=b.outer_size * b.inner_size * int(d)).reshape(b.outer_size, -1)
              for r, d in zip(b.inputs, b.dims)]
     mem.put(b.output, np.concatenate(parts, axis=1))
-
 
 
 @op(k4.Pad)

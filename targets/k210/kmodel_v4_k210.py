@@ -12,6 +12,7 @@ from targets.k210.kmodel_v4_records import (
 from targets.k210.kpu import ActTable, BatchNorm, KpuArgs, weights_count
 from targets.k210.records import Array, Reader, Record, Writer, align_up
 
+
 @body(0x1001, "cpu_conv2d")
 @dataclass(eq=False)
 class CpuConv2D:

@@ -18,6 +18,7 @@ from targets.k210.records import Array, ListOf
 def _group_in_channels(v: dict) -> int:
     return per_group(v["in_shape"][1], v["groups"])
 
+
 @body(0x00, "binary")
 @dataclass(eq=False)
 class Binary:

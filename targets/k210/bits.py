@@ -1,125 +1,18 @@
-"""Binary helpers for the kmodel readers and writers, so that each layout is described once.
+"""Bit fields of the KPU's 64-bit words, each word described once by a `(field, lsb, width)` table.
 
-- `Record`: a fixed little-endian record (a `struct` format plus field names) that unpacks into a frozen
-  dataclass and packs it back.
-- `Reader` / `Writer`: a cursor over a whole file. Positions are absolute file offsets, so `align(n)` means
-  what the kmodel specs mean by alignment (kmodel-v3.md §1: always the absolute offset).
 - `pack_bits` / `unpack_bits` (scalars) and `pack_bits_array` / `unpack_bits_array` (numpy u64 arrays):
   bit fields of a 64-bit word, driven by one `(field, lsb, width)` table per word (kpu.md §3, §4).
+The byte-level codec (Record, Reader, Writer, align_up) lives in records.py and is re-exported here for the
+callers that import it from bits.
 """
 from __future__ import annotations
-
-import dataclasses
-import struct
 
 import numpy as np
 
 from compiler.errors import MalformedModel
+from targets.k210.records import Reader, Record, Writer, align_up  # noqa: F401  (re-exported)
 
 BitTable = tuple[tuple[str, int, int], ...]
-
-
-class Record:
-    """A fixed record: `Record("Add", "<5I", "flags a b out count")`; unpack -> frozen dataclass, pack <- it."""
-
-    def __init__(self, name: str, fmt: str, fields: str):
-        self.struct = struct.Struct(fmt)
-        self.fields = tuple(fields.split())
-        if len(self.struct.unpack(bytes(self.struct.size))) != len(self.fields):
-            raise ValueError(f"record {name}: format {fmt!r} does not match {len(self.fields)} fields")
-        record = self
-
-        def write(body, w: "Writer", header=None) -> None:
-            w.write(record.pack(body))
-
-        self.type = dataclasses.make_dataclass(name, self.fields, frozen=True, namespace={"write": write})
-
-    @property
-    def size(self) -> int:
-        return self.struct.size
-
-    def unpack(self, buf, offset: int = 0):
-        """Decode the record at `offset` of `buf`."""
-        if offset + self.size > len(buf):
-            raise MalformedModel(f"{self.type.__name__}: needs {self.size} bytes at offset {offset}, "
-                                 f"the file has {len(buf)}")
-        return self.type(*self.struct.unpack_from(buf, offset))
-
-    def pack(self, rec) -> bytes:
-        """Encode a record (the dataclass, or any object with the same attribute names)."""
-        return self.struct.pack(*(getattr(rec, f) for f in self.fields))
-
-    def read(self, r: "Reader", header=None):
-        """Decode the record at the reader's position and move past it."""
-        rec = self.unpack(r.data, r.pos)
-        r.pos += self.size
-        return rec
-
-    def make(self, **values):
-        """Build a record; missing fields default to 0."""
-        return self.type(**{f: values.pop(f, 0) for f in self.fields}, **values)
-
-
-class Reader:
-    """A read cursor over a whole file; positions and alignment are absolute file offsets."""
-
-    def __init__(self, data: bytes, pos: int = 0):
-        self.data, self.pos = data, pos
-
-    def read(self, n: int) -> bytes:
-        """The next `n` bytes (a short read past the end is an error)."""
-        if n < 0 or self.pos + n > len(self.data):
-            raise MalformedModel(f"truncated file: need {n} bytes at offset {self.pos}, the file has {len(self.data)}")
-        out = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return bytes(out)
-
-    def skip_to(self, pos: int) -> bytes:
-        """Move forward to `pos`, returning the skipped bytes (padding, which should be zero)."""
-        if pos < self.pos:
-            raise MalformedModel(f"offset {pos} points backwards (reader at {self.pos})")
-        return self.read(pos - self.pos)
-
-    def align(self, n: int) -> bytes:
-        """Skip to the next multiple of `n`; returns the skipped bytes."""
-        return self.skip_to(align_up(self.pos, n))
-
-    def array(self, dtype, count: int) -> np.ndarray:
-        """`count` little-endian items of `dtype`, copied out of the file."""
-        dt = np.dtype(dtype).newbyteorder("<")
-        return np.frombuffer(self.read(dt.itemsize * count), dt).astype(dt.newbyteorder("="))
-
-    def u32(self) -> int:
-        return struct.unpack("<I", self.read(4))[0]
-
-
-class Writer:
-    """An in-memory write cursor; `align(n)` pads with zeros to an absolute multiple of `n`."""
-
-    def __init__(self):
-        self.buf = bytearray()
-
-    @property
-    def pos(self) -> int:
-        return len(self.buf)
-
-    def write(self, data) -> None:
-        self.buf += data
-
-    def array(self, arr: np.ndarray, dtype) -> None:
-        """Write `arr` as little-endian `dtype`."""
-        self.buf += np.ascontiguousarray(arr, np.dtype(dtype).newbyteorder("<")).tobytes()
-
-    def align(self, n: int) -> None:
-        self.buf += bytes(align_up(self.pos, n) - self.pos)
-
-    def getvalue(self) -> bytes:
-        return bytes(self.buf)
-
-
-def align_up(value: int, n: int) -> int:
-    """The smallest multiple of `n` that is >= `value`."""
-    return -(-value // n) * n
 
 
 def sign_extend(value: int, width: int) -> int:

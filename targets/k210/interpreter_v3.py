@@ -17,6 +17,7 @@ import numpy as np
 from compiler.errors import KpucError, MalformedModel
 from targets.k210 import kpu_layout
 from targets.k210.kmodel_v3 import KModelV3, LayerType, V3Layer
+from targets.k210.kmodel_v3_check import check_v3
 from targets.k210.kpu import carry_shift, run_kpu_layer
 
 F32 = np.float32
@@ -288,8 +289,7 @@ def _feed_input(m: Machine, first: V3Layer, inputs: list[np.ndarray]) -> None:
 
 def run_v3(model: KModelV3, inputs: list[np.ndarray]) -> list[np.ndarray]:
     """Execute a v3 model; returns each output-table entry as a flat float32 array."""
-    if not model.layers:
-        raise KpucError("the kmodel has no layers")
+    check_v3(model)   # every region inside the buffers before they are allocated
     m = Machine(model)
     _feed_input(m, model.layers[0], inputs)
     for i, layer in enumerate(model.layers):

@@ -55,13 +55,19 @@ class KModel:
 
 
 def read_kmodel(data: bytes) -> KModel:
-    """Sniff and parse a v3 or v4 file; any other kmodel raises a one-line KpucError."""
+    """Sniff, parse and check a v3 or v4 file against its memory pools; anything else raises a one-line KpucError."""
     version = sniff(data)
     if version == 3:
         from targets.k210.kmodel_v3 import read_v3
-        return KModel(3, read_v3(data))
+        from targets.k210.kmodel_v3_check import check_v3
+        model = read_v3(data)
+        check_v3(model)
+        return KModel(3, model)
     from targets.k210.kmodel_v4 import read_v4
-    return KModel(4, read_v4(data))
+    from targets.k210.kmodel_v4_check import check_v4
+    model = read_v4(data)
+    check_v4(model)
+    return KModel(4, model)
 
 
 def describe_kmodel(k: KModel) -> dict:

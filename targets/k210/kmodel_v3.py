@@ -14,7 +14,7 @@ emitter checklist asks). Reserved bit fields of the KPU words and tables are kep
 from __future__ import annotations
 
 import dataclasses
-import struct
+import math
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import NamedTuple
@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 
 from compiler.errors import MalformedModel
-from targets.k210.bits import Reader, Record, Writer, align_up
+from targets.k210.records import Array, ListOf, Reader, Record, Struct, Writer, align_up
 from targets.k210.kpu import ActTable, BatchNorm, KpuArgs, decode_weights, weights_count
 from targets.k210.kpu_layout import KPU_RAM_ROWS, kpu_rows
 
@@ -64,6 +64,8 @@ class LayerType(IntEnum):
 V3_HEADER = Record("V3Header", "<7I", "version flags arch layers_length max_start_address main_mem_usage output_count")
 V3_OUTPUT = Record("V3Output", "<2I", "address size")
 V3_LAYER_HEADER = Record("V3LayerHeader", "<2I", "type body_size")
+U32 = Struct("<I")
+V3_RANGE = Record("V3Range", "<2I", "start size")   # one Concatenation input (§8.10)
 
 _IO = "flags main_mem_in_address main_mem_out_address"
 _POOL = f"{_IO} in_width in_height in_channels out_width out_height out_channels kernel_width kernel_height " \
@@ -103,18 +105,18 @@ class ConcatenationBody:
     main_mem_out_address: int
     inputs: list[tuple[int, int]]
     HEAD = Record("ConcatenationHead", "<3I", "flags main_mem_out_address input_count")
+    INPUTS = ListOf(V3_RANGE, lambda head: head.input_count)
 
     @classmethod
     def read(cls, r: Reader, header=None) -> "ConcatenationBody":
         head = cls.HEAD.read(r)
-        inputs = [struct.unpack("<2I", r.read(8)) for _ in range(head.input_count)]
+        inputs = [(i.start, i.size) for i in cls.INPUTS.read(r, head)]
         return cls(head.flags, head.main_mem_out_address, inputs)
 
     def write(self, w: Writer, header=None) -> None:
-        w.write(self.HEAD.pack(self.HEAD.make(flags=self.flags, main_mem_out_address=self.main_mem_out_address,
-                                              input_count=len(self.inputs))))
-        for start, size in self.inputs:
-            w.write(struct.pack("<2I", start, size))
+        self.HEAD.write(w, self.HEAD.make(flags=self.flags, main_mem_out_address=self.main_mem_out_address,
+                                          input_count=len(self.inputs)))
+        self.INPUTS.write(w, [V3_RANGE.make(start=s, size=n) for s, n in self.inputs])
 
 
 @dataclass(eq=False)
@@ -127,20 +129,22 @@ class FullyConnectedBody:
     weights: np.ndarray
     bias: np.ndarray
     HEAD = Record("FullyConnectedHead", "<6I", f"{_IO} in_channels out_channels act")
+    WEIGHTS = Array("f4", lambda h: h.in_channels * h.out_channels)
+    BIAS = Array("f4", lambda h: h.out_channels)
 
     @classmethod
     def read(cls, r: Reader, header=None) -> "FullyConnectedBody":
         h = cls.HEAD.read(r)
-        weights = r.array("f4", h.in_channels * h.out_channels).reshape(h.out_channels, h.in_channels)
-        return cls(h.flags, h.main_mem_in_address, h.main_mem_out_address, h.act, weights, r.array("f4", h.out_channels))
+        weights = cls.WEIGHTS.read(r, h).reshape(h.out_channels, h.in_channels)
+        return cls(h.flags, h.main_mem_in_address, h.main_mem_out_address, h.act, weights, cls.BIAS.read(r, h))
 
     def write(self, w: Writer, header=None) -> None:
         oc, ic = self.weights.shape
-        w.write(self.HEAD.pack(self.HEAD.make(flags=self.flags, main_mem_in_address=self.main_mem_in_address,
-                                              main_mem_out_address=self.main_mem_out_address, in_channels=ic,
-                                              out_channels=oc, act=self.act)))
-        w.array(self.weights, "f4")
-        w.array(self.bias, "f4")
+        self.HEAD.write(w, self.HEAD.make(flags=self.flags, main_mem_in_address=self.main_mem_in_address,
+                                          main_mem_out_address=self.main_mem_out_address, in_channels=ic,
+                                          out_channels=oc, act=self.act))
+        self.WEIGHTS.write(w, self.weights)
+        self.BIAS.write(w, self.bias)
 
     @property
     def in_channels(self) -> int:
@@ -161,19 +165,20 @@ class ChannelwiseDequantizeBody:
     scale: np.ndarray
     bias: np.ndarray
     HEAD = Record("ChannelwiseDequantizeHead", "<5I", f"{_IO} channels channel_size")
+    PARAMS = Array("f4", lambda h: 2 * h.channels)   # (scale, bias) pairs
 
     @classmethod
     def read(cls, r: Reader, header=None) -> "ChannelwiseDequantizeBody":
         h = cls.HEAD.read(r)
-        params = r.array("f4", 2 * h.channels).reshape(h.channels, 2)
+        params = cls.PARAMS.read(r, h).reshape(h.channels, 2)
         return cls(h.flags, h.main_mem_in_address, h.main_mem_out_address, h.channel_size,
                    params[:, 0].copy(), params[:, 1].copy())
 
     def write(self, w: Writer, header=None) -> None:
-        w.write(self.HEAD.pack(self.HEAD.make(flags=self.flags, main_mem_in_address=self.main_mem_in_address,
-                                              main_mem_out_address=self.main_mem_out_address,
-                                              channels=len(self.scale), channel_size=self.channel_size)))
-        w.array(np.stack([self.scale, self.bias], axis=1), "f4")
+        self.HEAD.write(w, self.HEAD.make(flags=self.flags, main_mem_in_address=self.main_mem_in_address,
+                                          main_mem_out_address=self.main_mem_out_address,
+                                          channels=len(self.scale), channel_size=self.channel_size))
+        self.PARAMS.write(w, np.stack([self.scale, self.bias], axis=1))
 
     @property
     def channels(self) -> int:
@@ -212,9 +217,8 @@ class K210ConvBody:
         weights = align_up(layer + 96, 128)
         bn = align_up(weights + self.weights.size * self.weights.itemsize, 128)
         act = align_up(bn + 8 * len(self.bn.norm_mul), 256)
-        w.write(self.HEAD.pack(self.HEAD.make(flags=self.flags, main_mem_out_address=self.main_mem_out_address,
-                                              layer_offset=layer, weights_offset=weights, bn_offset=bn,
-                                              act_offset=act)))
+        self.HEAD.write(w, self.HEAD.make(flags=self.flags, main_mem_out_address=self.main_mem_out_address,
+                                          layer_offset=layer, weights_offset=weights, bn_offset=bn, act_offset=act))
         w.align(8)
         w.array(np.array(self.args.to_words(), np.uint64), "u8")
         w.align(128)
@@ -232,7 +236,7 @@ class RawBody:
 
     @property
     def flags(self) -> int:
-        return struct.unpack_from("<I", self.data)[0] if len(self.data) >= 4 else 0
+        return U32.unpack(self.data) if len(self.data) >= 4 else 0
 
     def write(self, w: Writer, header=None) -> None:
         w.write(self.data)
@@ -285,8 +289,8 @@ def read_v3(data: bytes) -> KModelV3:
         raise MalformedModel(f"kmodel v3: version is {header.version}, expected 3")
     if header.arch != 0:
         raise MalformedModel(f"kmodel v3: arch {header.arch} (the SDK only runs arch 0, K210)")
-    outputs = [V3_OUTPUT.read(r) for _ in range(header.output_count)]
-    layer_headers = [V3_LAYER_HEADER.read(r) for _ in range(header.layers_length)]
+    outputs = list(ListOf(V3_OUTPUT, lambda h: h.output_count).read(r, header))
+    layer_headers = ListOf(V3_LAYER_HEADER, lambda h: h.layers_length).read(r, header)
     pos, layers = r.pos, []
     for i, lh in enumerate(layer_headers):
         end = pos + lh.body_size
@@ -343,7 +347,7 @@ class Region(NamedTuple):
 
 
 def _main(address, dtype, *shape) -> Region:
-    return Region("main", address, int(np.prod(shape)) * (4 if dtype == "float32" else 1), dtype, tuple(shape))
+    return Region("main", address, math.prod(shape) * (4 if dtype == "float32" else 1), dtype, tuple(shape))
 
 
 def _kpu(row, c, h, w) -> Region:

@@ -1,13 +1,17 @@
 """The `kpuc` command line. ncc's conventions where ncc had them.
 
 Every failure is one line on stderr and exit status 2 (bad input, unsupported ops, usage); the
-traceback only with -v. An unexpected internal error exits 3. Output files are written to a
-temporary name and renamed, so a failure never leaves a half-written file.
+traceback only with -v. An unexpected internal error exits 3. Output files are written through an
+anonymous file (O_TMPFILE) linked into place and renamed, so a failure, SIGTERM/SIGINT or even
+SIGKILL never leaves a half-written file and never damages an existing one.
 """
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
+import signal
 import sys
 import tempfile
 import traceback
@@ -16,9 +20,41 @@ from pathlib import Path
 import click
 import numpy as np
 
-from compiler.errors import KpucError, UnsupportedOps
+from compiler.errors import KpucError, UnsupportedOps, printable
 
 VERBOSE = {"on": False}
+MODEL = {"path": None}  # the model the running command reads, named by errors that do not name it
+TEMP_FILES: set[str] = set()  # named temp files to remove if a signal ends the run
+MAX_SPLIT_ACTIVATIONS = 1024  # more KPU layers than any model that fits the K210 has
+
+
+class FiniteFloat(click.ParamType):
+    """A float that is a number (no nan/inf), optionally not zero."""
+    name = "float"
+
+    def __init__(self, nonzero: bool = False, positive: bool = False):
+        self.nonzero, self.positive = nonzero, positive
+
+    def convert(self, value, param, ctx):
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(x):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.nonzero and x == 0:
+            self.fail("must not be 0", param, ctx)
+        if self.positive and x <= 0:
+            self.fail(f"{value!r} must be above 0", param, ctx)
+        return x
+
+
+def _model_arg(f):
+    """MODEL: a file path (a directory is refused; a missing file by the command, naming it)."""
+    def remember(ctx, param, value):
+        MODEL["path"] = value
+        return value
+    return click.argument("model", type=click.Path(dir_okay=False), callback=remember)(f)
 
 
 def _verbose_option(f):
@@ -32,21 +68,85 @@ def _verbose_option(f):
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @_verbose_option
 @click.version_option(package_name="kpuc", prog_name="kpuc")
-def cli():
+@click.option("--max-elements", type=click.IntRange(min=1), metavar="N",
+              help="Largest tensor (elements) an importer may create; default 2^26 or $KPUC_MAX_ELEMENTS.")
+def cli(max_elements):
     """kpuc: compile TFLite and ONNX models for the Kendryte K210 KPU."""
+    if max_elements:
+        from compiler.importers.limits import ENV
+        os.environ[ENV] = str(max_elements)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder, then rename."""
+    """Write `data` to `path` atomically: nothing appears at `path` until every byte is written.
+
+    On Linux the bytes go to an anonymous O_TMPFILE in the target folder, which is given a name
+    only when complete (so SIGKILL leaves nothing behind) and renamed over `path`; elsewhere a
+    named temp file is renamed, and removed by the SIGTERM/SIGINT handlers if the run is cut."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".kpuc-tmp")
+    folder = path.parent
+    if not folder.is_dir():
+        raise KpucError(f"{path}: the output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise KpucError(f"{path}: the output folder {folder} is not writable")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        if hasattr(os, "O_TMPFILE") and _write_tmpfile(path, data):
+            return
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".kpuc-tmp")
+        TEMP_FILES.add(tmp)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+            TEMP_FILES.discard(tmp)
+    except IsADirectoryError:
+        raise KpucError(f"{path}: is a directory") from None
+    except OSError as e:
+        raise KpucError(f"{path}: cannot write: {e.strerror or e}") from e
+
+
+def _write_tmpfile(path: Path, data: bytes) -> bool:
+    """Linux: write through O_TMPFILE, link it under a temp name, rename; False if unsupported here."""
+    try:
+        fd = os.open(path.parent, os.O_TMPFILE | os.O_WRONLY, 0o644)
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+            return False  # a filesystem without O_TMPFILE: use a named temp file
+        raise
+    tmp = str(path.parent / f".{path.name}.{os.getpid()}.kpuc-tmp")
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fchmod(fd, 0o644)
+        TEMP_FILES.add(tmp)
+        try:
+            if not _link_fd(fd, tmp):
+                return False
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+            TEMP_FILES.discard(tmp)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        os.close(fd)
+    return True
+
+
+def _link_fd(fd: int, name: str) -> bool:
+    """Give the anonymous file `fd` a name: linkat through /proc, else linkat(AT_EMPTY_PATH) (some
+    kernels and sandboxes refuse the /proc route with EXDEV); False if neither works."""
+    try:
+        os.link(f"/proc/self/fd/{fd}", name)
+        return True
+    except OSError:
+        pass
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd, at_empty_path = -100, 0x1000
+    return libc.linkat(fd, b"", at_fdcwd, os.fsencode(name), at_empty_path) == 0
 
 
 def write_ir_dump(graph, folder: str | None, stage: str) -> None:
@@ -60,7 +160,7 @@ def write_ir_dump(graph, folder: str | None, stage: str) -> None:
 
 # ---------------------------------------------------------------- info
 @cli.command()
-@click.argument("model", type=click.Path(dir_okay=False))
+@_model_arg
 @click.option("-i", "--input-format", type=click.Choice(["tflite", "onnx"]), help="Guessed from the extension.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option("--dump-ir", type=click.Path(file_okay=False), help="Write the imported graph as Graphviz .dot.")
@@ -110,7 +210,7 @@ def info(model, input_format, as_json, dump_ir):
 
 # ---------------------------------------------------------------- compile
 @cli.command("compile")
-@click.argument("model", type=click.Path(dir_okay=False))
+@_model_arg
 @click.argument("output", type=click.Path(dir_okay=False))
 @click.option("-i", "--input-format", type=click.Choice(["tflite", "onnx"]), help="Guessed from the extension.")
 @click.option("-o", "--output-format", type=click.Choice(["kmodel"]), default="kmodel", show_default=True)
@@ -123,20 +223,20 @@ def info(model, input_format, as_json, dump_ir):
 @click.option("--inference-type", type=click.Choice(["uint8", "float"]), default="uint8", show_default=True)
 @click.option("--input-type", type=click.Choice(["default", "float", "uint8"]), default="default", show_default=True,
               help="Type the host feeds (v4); default: uint8 when the model quantizes its input first.")
-@click.option("--input-mean", type=float, help="Image preprocessing (x - mean) / std; forces the input range.")
-@click.option("--input-std", type=float)
+@click.option("--input-mean", type=FiniteFloat(), help="Image preprocessing (x - mean) / std; forces the input range.")
+@click.option("--input-std", type=FiniteFloat(nonzero=True))
 @click.option("--calibrate-method", type=click.Choice(["no_clip", "l2", "mse"]), default="no_clip", show_default=True,
               help="no_clip: min/max; l2: ncc v0.2's L2-optimal clipping; mse: kpuc's MSE-optimal clipping.")
-@click.option("--weights-quantize-threshold", type=float, default=64.0, show_default=True,
+@click.option("--weights-quantize-threshold", type=FiniteFloat(positive=True), default=64.0, show_default=True,
               help="Convs/matmuls whose weight range exceeds this stay float.")
-@click.option("--output-quantize-threshold", type=int, default=1024, show_default=True,
+@click.option("--output-quantize-threshold", type=click.IntRange(min=0), default=1024, show_default=True,
               help="Ops with fewer output elements than this stay float.")
 @click.option("--no-quantized-binary", is_flag=True, help="Keep binary ops in float.")
 @click.option("--no-bias-correction", is_flag=True,
               help="Skip kpuc's per-channel bias correction of KPU layers (nncase's numbers exactly).")
 @click.option("--no-weight-rounding", is_flag=True,
               help="Round KPU weights to nearest instead of kpuc's data-aware rounding (nncase's numbers).")
-@click.option("--split-activations", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+@click.option("--split-activations", type=click.IntRange(0, MAX_SPLIT_ACTIVATIONS), default=0, show_default=True, metavar="N",
               help="Carry the first N KPU layers' outputs as two uint8 copies half a step apart (about 9-bit "
                    "activations where 8-bit noise hurts most; costs KPU RAM and weights; changes ncc's layer shapes).")
 @click.option("--dump-ir", type=click.Path(file_okay=False), help="Write the IR after each stage as Graphviz .dot.")
@@ -148,6 +248,11 @@ def compile_(model, output, input_format, output_format, target, kmodel_version,
     """Compile MODEL (.tflite or .onnx) into a kmodel file OUTPUT for the K210."""
     from compiler.pipeline import CompileOptions, compile_model
     from targets import get_target
+    folder = Path(output).parent
+    if not folder.is_dir():  # before minutes of calibration, not after
+        raise KpucError(f"{output}: the output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise KpucError(f"{output}: the output folder {folder} is not writable")
     opts = CompileOptions(input_format=input_format, target=target, kmodel_version=int(kmodel_version),
                           inference_type=inference_type, input_type=input_type, dataset=dataset, dataset_format=dataset_format,
                           input_mean=input_mean, input_std=input_std, calibrate_method=calibrate_method,
@@ -186,15 +291,15 @@ class FirmwareBudget(click.ParamType):
 
 
 @cli.command()
-@click.argument("model", type=click.Path(dir_okay=False))
+@_model_arg
 @click.option("-i", "--input-format", type=click.Choice(["tflite", "onnx"]), help="Guessed from the extension.")
 @click.option("--kmodel-version", type=click.Choice(["3", "4", "both"]), default="both", show_default=True)
 @click.option("--dataset", type=click.Path(), help="Calibration data; adds the per-layer quantization sensitivity.")
 @click.option("--dataset-format", type=click.Choice(["image", "raw"]), default="image", show_default=True)
-@click.option("--input-mean", type=float, help="Image preprocessing (x - mean) / std, as for compile.")
-@click.option("--input-std", type=float)
-@click.option("--weights-quantize-threshold", type=float, default=64.0, show_default=True)
-@click.option("--output-quantize-threshold", type=int, default=1024, show_default=True)
+@click.option("--input-mean", type=FiniteFloat(), help="Image preprocessing (x - mean) / std, as for compile.")
+@click.option("--input-std", type=FiniteFloat(nonzero=True))
+@click.option("--weights-quantize-threshold", type=FiniteFloat(positive=True), default=64.0, show_default=True)
+@click.option("--output-quantize-threshold", type=click.IntRange(min=0), default=1024, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--firmware", type=FirmwareBudget(), default="c-sdk", show_default=True,
               help="Main-memory budget: c-sdk 6 MiB, maixpy-mini 3.5 MiB, maixpy-full 2 MiB, or bytes.")
@@ -263,12 +368,12 @@ class KModelRunner:
 
 
 @cli.command()
-@click.argument("model", type=click.Path(dir_okay=False))
+@_model_arg
 @click.argument("outdir", type=click.Path(file_okay=False))
 @click.option("--dataset", required=True, type=click.Path(), help="A file or a folder (recursive) of inputs.")
 @click.option("--dataset-format", type=click.Choice(["image", "raw"]), default="image", show_default=True)
-@click.option("--input-mean", type=float, default=0.0, show_default=True, help="Float image inputs: (x - mean) / std.")
-@click.option("--input-std", type=float, default=1.0, show_default=True)
+@click.option("--input-mean", type=FiniteFloat(), default=0.0, show_default=True, help="Float image inputs: (x - mean) / std.")
+@click.option("--input-std", type=FiniteFloat(nonzero=True), default=1.0, show_default=True)
 @click.option("-i", "--input-format", type=click.Choice(["tflite", "onnx"]), help="Guessed from the extension.")
 @click.option("--dump-ir", type=click.Path(file_okay=False), help="Write the graph as Graphviz .dot.")
 @_verbose_option
@@ -305,7 +410,7 @@ def _range(r: dict) -> str:
 
 
 @cli.command()
-@click.argument("model", type=click.Path(dir_okay=False))
+@_model_arg
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @_verbose_option
 def inspect(model, as_json):
@@ -337,28 +442,75 @@ def inspect(model, as_json):
     click.echo("memory: " + ", ".join(f"{k}={v}" for k, v in doc.get("memory", {}).items()))
 
 
+def error_line(e: BaseException) -> str:
+    """The one stderr line for a bad-input error: escapes what cannot print, joins what spans lines.
+    (The importers name the model file; `kpuc check` reports the same text without the prefix.)"""
+    text = str(e).strip() or type(e).__name__
+    return "kpuc: error: " + " ".join(printable(line) for line in text.splitlines())
+
+
+def _on_signal(signum, frame):
+    """SIGTERM/SIGINT: remove a named temp file being written, then die of the same signal."""
+    for tmp in list(TEMP_FILES):
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: run the CLI, turning KpucError into one line and exit status 2."""
+    """Console entry point: run the CLI; bad input is one line and exit 2, a kpuc bug exit 3."""
     argv = sys.argv[1:] if argv is None else argv
+    verbose = lambda: VERBOSE["on"] or "-v" in argv or "--verbose" in argv  # noqa: E731
+    MODEL["path"] = None
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            signal.signal(signum, _on_signal)
+        except ValueError:  # not the main thread (an embedding test): leave signals alone
+            pass
     try:
         rv = cli.main(args=argv, prog_name="kpuc", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
+    except click.ClickException as e:  # usage: one line, not click's Usage block
+        MODEL["path"] = None
+        click.echo(error_line(e.format_message() if hasattr(e, "format_message") else e), err=True)
         sys.exit(2)
     except click.Abort:
         click.echo("kpuc: aborted", err=True)
         sys.exit(130)
-    except KpucError as e:
-        if VERBOSE["on"] or "-v" in argv or "--verbose" in argv:
+    except UnsupportedOps as e:
+        if verbose():
             traceback.print_exc()
-        click.echo(f"kpuc: error: {e}", err=True)
+            click.echo(f"kpuc: error: {printable(e.full)}", err=True)
+        else:
+            click.echo(error_line(e), err=True)
+        sys.exit(2)
+    except KpucError as e:
+        if verbose():
+            traceback.print_exc()
+        click.echo(error_line(e), err=True)
+        sys.exit(2)
+    except MemoryError as e:  # a model too large for this machine, not a bug
+        if verbose():
+            traceback.print_exc()
+        click.echo(error_line(f"{MODEL['path'] or 'kpuc'}: out of memory ({printable(str(e))[:120]}); "
+                              "the model is too large for this machine"), err=True)
+        sys.exit(2)
+    except (OSError, RecursionError) as e:  # unreadable files, full disks, absurdly deep graphs
+        if verbose():
+            traceback.print_exc()
+        click.echo(error_line(f"{type(e).__name__}: {e}" if isinstance(e, RecursionError) else e), err=True)
         sys.exit(2)
     except Exception as e:  # a bug in kpuc, not in the input
-        if VERBOSE["on"] or "-v" in argv or "--verbose" in argv:
+        if verbose():
             traceback.print_exc()
-        click.echo(f"kpuc: internal error: {type(e).__name__}: {e} (run with -v for the traceback)", err=True)
+        tb = traceback.extract_tb(e.__traceback__)
+        site = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
+        click.echo(f"kpuc: internal error: {type(e).__name__}{site}: {printable(str(e))[:300]} "
+                   "(run with -v for the traceback)", err=True)
         sys.exit(3)
     sys.exit(rv if isinstance(rv, int) else 0)
 

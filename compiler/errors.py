@@ -14,8 +14,9 @@ class UnsupportedOps(KpucError):
 
     def __init__(self, problems: list["Unsupported"]):
         self.problems = problems
-        super().__init__(f"{len(problems)} unsupported op(s): "
-                         + "; ".join(f"{p.op_type} '{p.node}' ({p.reason})" for p in problems))
+        items = [f"{printable(p.op_type)} '{printable(p.node)}' ({printable(p.reason)})" for p in problems]
+        self.full = f"{len(problems)} unsupported op(s): " + "; ".join(items)  # for -v and `kpuc check`
+        super().__init__(f"{len(problems)} unsupported op(s): " + shorten(items))
 
 
 class Unsupported:
@@ -55,3 +56,20 @@ class DoesNotFit(KpucError):
     def __init__(self, message: str, step: str | None = None):
         self.step = step
         super().__init__(message)
+
+
+def printable(name) -> str:
+    """A name from a model file, safe for one terminal line: control and non-printable characters
+    escaped as repr does (a damaged file's tensor name can hold newlines or escape sequences)."""
+    s = name.decode("utf-8", "backslashreplace") if isinstance(name, bytes) else str(name)
+    return s if s.isprintable() else repr(s)[1:-1]
+
+
+def shorten(items: list[str], limit: int = 300, sep: str = "; ") -> str:
+    """`items` joined by `sep`, cut to about `limit` characters with '… and N more'."""
+    out = []
+    for k, item in enumerate(items):
+        if out and len(sep.join(out + [item])) > limit:
+            return sep.join(out) + f"{sep}… and {len(items) - k} more"
+        out.append(item)
+    return sep.join(out)

@@ -7,10 +7,11 @@ count) and the same list of unsupported ops, without failing on them: `kpuc info
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compiler.errors import KpucError, Unsupported, UnsupportedOps
+from compiler.errors import KpucError, MalformedModel, Unsupported, UnsupportedOps
 from compiler.ir import Graph
 
 FORMATS = {".tflite": "tflite", ".onnx": "onnx"}
@@ -61,7 +62,12 @@ def import_model(path: str | Path, format: str | None = None) -> Graph:
     path = Path(path)
     if not path.is_file():
         raise KpucError(f"{path}: no such model file")
-    return _module(guess_format(path, format)).import_model(path)
+    with naming_the_file(path):
+        graph = _module(guess_format(path, format)).import_model(path)
+        if not graph.inputs:  # compile, check and infer all feed input 0
+            raise MalformedModel("the model has no inputs (every declared input is a constant initializer, "
+                                 "or none is declared); kpuc compiles models that take an input")
+        return graph
 
 
 def summarize_model(path: str | Path, format: str | None = None) -> SourceSummary:
@@ -69,4 +75,19 @@ def summarize_model(path: str | Path, format: str | None = None) -> SourceSummar
     path = Path(path)
     if not path.is_file():
         raise KpucError(f"{path}: no such model file")
-    return _module(guess_format(path, format)).summarize_model(path)
+    with naming_the_file(path):
+        return _module(guess_format(path, format)).summarize_model(path)
+
+
+@contextmanager
+def naming_the_file(path: Path):
+    """Prefix the model's path to an importer error that does not name it (UnsupportedOps lists
+    nodes and keeps its own text: `kpuc check` reports it per op)."""
+    try:
+        yield
+    except UnsupportedOps:
+        raise
+    except KpucError as e:
+        if str(path) in str(e):
+            raise
+        raise type(e)(f"{path}: {e}") from e

@@ -22,6 +22,7 @@ attributes whose non-default values the converters reject).
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -30,18 +31,19 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from compiler.errors import KpucError, MalformedModel, Unsupported
+from compiler.errors import KpucError, MalformedModel, Unsupported, printable
 from compiler.importers import SourceSummary, checked_graph
+from compiler.importers.limits import TooLarge, check_elements
 from compiler.importers.onnx.context import (CONVERTERS, RUNTIME_DTYPES, NotConvertible, OnnxContext,
                                              check_call, graph_array, lookup)
+from compiler.importers.onnx.validate import (DEFAULT_DOMAINS, MIN_OPSET, check_attribute, check_external,  # noqa: F401
+                                              check_tensor, opset_of, validate_graph)
 from compiler.ir import Graph, TensorType, Value
 
 # Family files register their converters on import.
 from compiler.importers.onnx import (activation, constant, conv, elementwise, pool, quant,  # noqa: F401,E402
                                      reduce, resize, shape, slicing)
 
-MIN_OPSET = 7
-DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 def import_model(path: str | Path) -> Graph:
@@ -68,7 +70,7 @@ def summarize_model(path: str | Path) -> SourceSummary:
         inputs=[_declared(vi) for vi in g.input if vi.name not in inits],
         outputs=[_declared(vi) for vi in g.output],
         op_histogram=dict(sorted(ops.items())),
-        parameters=sum(int(np.prod(t.dims, dtype=np.int64)) for t in g.initializer),
+        parameters=sum(math.prod(t.dims) for t in g.initializer),
         unsupported=problems)
 
 
@@ -87,16 +89,8 @@ def _load(path: Path) -> onnx.ModelProto:
         raise MalformedModel(f"{path}: not an ONNX model (no ir_version or no graph); is the file empty or truncated?")
     if not model.graph.output:
         raise MalformedModel(f"{path}: the graph declares no outputs")
+    validate_graph(model, path)
     return model
-
-
-def _opset(model: onnx.ModelProto) -> int:
-    versions = [o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS]
-    opset = max(versions) if versions else 1 if model.ir_version < 3 else 0
-    if opset < MIN_OPSET:
-        raise KpucError(f"the model uses ONNX opset {opset}; kpuc reads opset {MIN_OPSET} and later "
-                        "(upgrade it with onnx.version_converter)")
-    return opset
 
 
 def tensor_array(t: onnx.TensorProto, model_dir: Path) -> np.ndarray:
@@ -110,12 +104,17 @@ def tensor_array(t: onnx.TensorProto, model_dir: Path) -> np.ndarray:
                             f"model's folder {model_dir}; kpuc reads external data only from there")
         if not target.is_file():
             raise MalformedModel(f"tensor '{t.name}': external data file {target} does not exist")
+        check_external(t, target)
         t = onnx.TensorProto.FromString(t.SerializeToString())
         onnx.external_data_helper.load_external_data_for_tensor(t, str(root))
+    check_tensor(t, f"tensor '{printable(t.name)}'")
     try:
-        return numpy_helper.to_array(t)
-    except (ValueError, TypeError) as e:
-        raise MalformedModel(f"tensor '{t.name}' cannot be read: {e}") from e
+        arr = numpy_helper.to_array(t)
+    except (ValueError, TypeError, KeyError) as e:
+        raise MalformedModel(f"tensor '{printable(t.name)}' cannot be read: {type(e).__name__}: {e}") from e
+    if arr.dtype.kind == "f" and np.isnan(arr).any():  # no exporter writes NaN weights; a damaged file does
+        raise MalformedModel(f"tensor '{printable(t.name)}' holds NaN values")
+    return arr
 
 
 def _declared(vi: onnx.ValueInfoProto) -> tuple[str, tuple[int, ...], str]:
@@ -125,7 +124,8 @@ def _declared(vi: onnx.ValueInfoProto) -> tuple[str, tuple[int, ...], str]:
     try:
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).name
     except (KeyError, TypeError, ValueError):
-        dtype = onnx.TensorProto.DataType.Name(tt.elem_type).lower() if vi.type.HasField("tensor_type") else "?"
+        known = vi.type.HasField("tensor_type") and tt.elem_type in onnx.TensorProto.DataType.values()
+        dtype = onnx.TensorProto.DataType.Name(tt.elem_type).lower() if known else "?"
     return vi.name, shape, dtype
 
 
@@ -144,6 +144,7 @@ def _input_type(vi: onnx.ValueInfoProto) -> TensorType:
             shape.append(1)  # a dynamic batch: the K210 runs one image at a time
         else:
             raise NotConvertible(f"dimension {axis} is dynamic ('{d.dim_param}'); kpuc needs static shapes")
+    check_elements(shape, f"input '{printable(vi.name)}'")
     _, _, dtype = _declared(vi)
     if dtype not in RUNTIME_DTYPES:
         raise NotConvertible(f"input dtype {dtype} is not supported (float, uint8, int32 and int64 are)")
@@ -155,7 +156,7 @@ def _convert(model: onnx.ModelProto, model_dir: Path) -> tuple[Graph, list[Unsup
     """Build the graph; returns it with the list of problems (the graph is incomplete if any)."""
     g = model.graph
     graph = Graph()
-    ctx = OnnxContext(graph, _opset(model))
+    ctx = OnnxContext(graph, opset_of(model))
     values: dict[str, Value | None] = {}  # ONNX tensor name -> Value; None: its producer failed
     problems: list[Unsupported] = []
     for t in g.initializer:
@@ -209,9 +210,14 @@ def _convert_node(ctx: OnnxContext, node: onnx.NodeProto, name: str, inputs: lis
     ctx.op_type, ctx.name, ctx.num_outputs = node.op_type, name, len(node.output)
     start = len(ctx.graph.nodes)
     try:
+        bad = next(filter(None, (check_attribute(node.op_type, a) for a in node.attribute)), None)
+        if bad:
+            raise NotConvertible(bad)
         attrs = {a.name: _attribute(a, model_dir) for a in node.attribute}
-        check_call(fn, len(inputs), attrs)
+        check_call(fn, inputs, attrs)
         result = fn(ctx, *inputs, **attrs)
+    except TooLarge as e:
+        raise TooLarge(f"node '{printable(who)}' ({node.op_type}): {e}") from e
     except KpucError as e:
         _rollback(ctx.graph, start)
         return Unsupported(node.op_type, who, str(e))

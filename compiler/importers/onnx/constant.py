@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from compiler.importers.limits import check_elements
 from compiler.importers.onnx.context import NotConvertible, converter, graph_array
 
 
@@ -24,8 +25,12 @@ def constant(ctx, *, value=None, value_float=None, value_floats=None, value_int=
 
 @converter("ConstantOfShape", since=9)
 def constant_of_shape(ctx, shape, *, value=None):
-    fill = np.zeros(1, np.float32) if value is None else value.reshape(-1)
-    return ctx.const(graph_array(np.full(tuple(int(d) for d in ctx.data(shape, "shape")), fill[0], fill.dtype)))
+    fill = np.zeros(1, np.float32) if value is None else np.asarray(value).reshape(-1)
+    if fill.size != 1:
+        raise NotConvertible(f"value has {fill.size} elements, ONNX wants one")
+    dims = tuple(int(d) for d in ctx.data(shape, "shape").reshape(-1))
+    check_elements(dims, "ConstantOfShape output")  # before np.full allocates it
+    return ctx.const(graph_array(np.full(dims, fill[0], fill.dtype)))
 
 
 @converter("Shape")
@@ -42,7 +47,11 @@ def size(ctx, x):
 @converter("Range", since=11)
 def range_(ctx, start, limit, delta, *, stash_type=1):
     s, lim, d = (ctx.data(v, what) for v, what in ((start, "start"), (limit, "limit"), (delta, "delta")))
-    if d == 0:
-        raise NotConvertible("delta 0")
-    count = max(int(np.ceil((lim - s) / d)), 0)
+    if any(a.size != 1 for a in (s, lim, d)):
+        raise NotConvertible("start, limit and delta must be scalars")
+    s, lim, d = (a.reshape(()) for a in (s, lim, d))
+    if d == 0 or not all(np.isfinite(float(a)) for a in (s, lim, d)):
+        raise NotConvertible(f"Range({float(s)}, {float(lim)}, {float(d)}) has a zero or non-finite argument")
+    count = max(int(np.ceil((float(lim) - float(s)) / float(d))), 0)
+    check_elements((count,), "Range output")
     return ctx.const(graph_array((s + d * np.arange(count)).astype(s.dtype)))

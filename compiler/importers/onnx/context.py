@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from compiler.errors import KpucError
+from compiler.importers.limits import check_elements
 from compiler.ir import Graph, Value
 from compiler.kernels import KERNELS
 from compiler.ops import infer_types
@@ -47,17 +48,23 @@ def lookup(op_type: str, opset: int) -> Callable | None:
     return fits[-1] if fits else None
 
 
-def check_call(fn: Callable, n_inputs: int, attrs: dict) -> None:
-    """Raise NotConvertible if `fn` cannot take these inputs and attributes, naming the culprit."""
+def check_call(fn: Callable, inputs: list, attrs: dict) -> None:
+    """Raise NotConvertible if `fn` cannot take these inputs and attributes, naming the culprit.
+
+    An input written as "" arrives as None: fine for an optional input, refused for a required one."""
     params = inspect.signature(fn).parameters
     kinds = {p.kind for p in params.values()}
     unknown = sorted(k for k in attrs if k not in params or params[k].kind != inspect.Parameter.KEYWORD_ONLY)
     if unknown:
         raise NotConvertible(", ".join(f"attribute {k}={_short(attrs[k])}" for k in unknown) + " is not supported")
     positional = [p for p in params.values() if p.kind == inspect.Parameter.POSITIONAL_OR_KEYWORD][1:]
+    n_inputs = len(inputs)
     if inspect.Parameter.VAR_POSITIONAL not in kinds and n_inputs > len(positional):
         raise NotConvertible(f"{n_inputs} inputs given, at most {len(positional)} are supported")
     missing = [p.name for p in positional[n_inputs:] if p.default is inspect.Parameter.empty]
+    missing += [p.name for p, v in zip(positional, inputs) if v is None and p.default is inspect.Parameter.empty]
+    if inspect.Parameter.VAR_POSITIONAL in kinds and any(v is None for v in inputs[len(positional):]):
+        missing.append(f"input {next(k for k, v in enumerate(inputs) if k >= len(positional) and v is None)}")
     missing += [k for k, p in params.items()
                 if p.kind == inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty and k not in attrs]
     if missing:
@@ -99,10 +106,14 @@ class OnnxContext:
         if inputs and all(v.is_constant for v in inputs) and op in KERNELS:
             return self._fold(op, inputs, attrs, label)
         node = self.graph.add(op, inputs, name=f"{self.name}_{label}", **attrs)
+        for v in node.outputs:
+            check_elements(v.shape, f"{op} output")
         return node.output if len(node.outputs) == 1 else node.outputs
 
     def _fold(self, op, inputs, attrs, label):
         types = infer_types(op, [v.type for v in inputs], attrs, [v.data for v in inputs])
+        for t in types:  # before the kernel allocates it
+            check_elements(t.shape, f"folded {op}")
         try:
             with np.errstate(all="ignore"):
                 out = KERNELS[op](*[v.data for v in inputs], **attrs)
@@ -119,7 +130,9 @@ class OnnxContext:
 
     def const(self, array, dtype=None) -> Value:
         """A new constant named after the current node."""
-        return self.graph.const(np.asarray(array, dtype=dtype), name=f"{self.name}_const")
+        array = np.asarray(array, dtype=dtype)
+        check_elements(array.shape, "constant")
+        return self.graph.const(array, name=f"{self.name}_const")
 
     def scalar(self, value, like: Value) -> Value:
         """A 0-d constant with `like`'s dtype, for elementwise arithmetic."""

@@ -22,6 +22,8 @@ def _sizes_from_scales(x, scales):
         raise NotConvertible(f"{len(scales)} scales for a rank-{x.type.rank} input")
     sizes = []
     for axis, (size, scale) in enumerate(zip(x.shape, scales)):
+        if not math.isfinite(scale) or scale <= 0:
+            raise NotConvertible(f"scale {scale} on axis {axis} is not a positive finite number")
         out = int(math.floor(size * scale + 1e-6))
         if out < 1:
             raise NotConvertible(f"scale {scale} leaves no output on axis {axis}")
@@ -43,6 +45,8 @@ def _check_modes(mode, coordinate_mode, nearest_mode):
 
 def _resize(ctx, x, sizes, mode, coordinate_mode, nearest_mode):
     _check_modes(mode, coordinate_mode, nearest_mode)
+    if len(sizes) != x.type.rank or any(int(s) < 1 for s in sizes):
+        raise NotConvertible(f"output sizes {list(sizes)} for a rank-{x.type.rank} input")
     if tuple(sizes) == x.shape:
         return x
     attrs = {"nearest_mode": nearest_mode} if mode == "nearest" else {}

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from compiler.importers.limits import check_elements
 from compiler.importers.onnx.context import NotConvertible, converter, normalize_axis
 
 
@@ -13,6 +14,8 @@ from compiler.importers.onnx.context import NotConvertible, converter, normalize
 def reshape(ctx, x, shape, *, allowzero=0):
     """0 copies the input's dimension (unless allowzero) and one -1 takes what is left."""
     target = [int(d) for d in ctx.data(shape, "shape").reshape(-1)]
+    if any(d < -1 for d in target) or (not allowzero and len(target) > x.type.rank and 0 in target[x.type.rank:]):
+        raise NotConvertible(f"shape {target} is not a valid Reshape target for {x.shape}")
     if not allowzero:
         target = [x.shape[i] if d == 0 else d for i, d in enumerate(target)]
     if target.count(-1) > 1:
@@ -92,7 +95,11 @@ def expand(ctx, x, shape):
         raise NotConvertible(f"cannot expand {x.shape} to {target}") from e
     if out == x.shape:
         return x
+    check_elements(out, "Expand output")
     return ctx.binary("mul", x, ctx.const(np.ones(out, dtype=x.dtype)))
+
+
+MAX_TILE = 4096  # copies per axis; a K210 model never needs more, a hostile one asks for millions
 
 
 @converter("Tile", since=6)
@@ -101,6 +108,9 @@ def tile(ctx, x, repeats):
     reps = [int(r) for r in ctx.data(repeats, "repeats").reshape(-1)]
     if len(reps) != x.type.rank or any(r < 1 for r in reps):
         raise NotConvertible(f"repeats {reps} for shape {x.shape}")
+    check_elements([d * r for d, r in zip(x.shape, reps)], "Tile output")  # before r copies are listed
+    if max(reps, default=1) > MAX_TILE:
+        raise NotConvertible(f"repeats {reps}: kpuc tiles by concatenating copies, at most {MAX_TILE} per axis")
     for axis, r in enumerate(reps):
         if r > 1:
             x = ctx.add("concat", [x] * r, axis=axis)

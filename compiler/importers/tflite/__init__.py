@@ -122,6 +122,8 @@ class TFLiteContext:
         t = self.tensor(index)
         if t.sparse:
             raise KpucError(f"tensor '{t.name}' is sparse, which is not supported")
+        if t.dtype not in KNOWN_DTYPES:
+            raise KpucError(f"tensor '{t.name}' has element type {t.dtype}, which kpuc does not read")
         if t.data is None:
             raise KpucError(f"tensor '{t.name}' is read before any op computes it")
         v = self.graph.const(self._const_data(t), name=t.name, quant=t.quant)

@@ -14,7 +14,8 @@ import tflite
 from tflite.BuiltinOptions import BuiltinOptions
 from tflite.utils import BUILTIN_OPCODE2NAME
 
-from compiler.errors import MalformedModel
+from compiler.errors import KpucError, MalformedModel, printable
+from compiler.importers.limits import check_elements
 from compiler.ir import QuantParam
 
 # tflite.TensorType -> numpy dtype name
@@ -68,7 +69,7 @@ def read_model(path: str | Path) -> ModelData:
         raise MalformedModel(f"{path}: not a TFLite model (file identifier {bytes(buf[4:8])!r}, expected b'TFL3')")
     try:
         return _parse(path, buf)
-    except MalformedModel:
+    except KpucError:
         raise
     except Exception as e:  # the generated readers fail with whatever struct/numpy raises on bad offsets
         raise MalformedModel(f"{path}: corrupt or truncated TFLite flatbuffer ({type(e).__name__}: {e})") from e
@@ -125,8 +126,11 @@ def _opcode(oc) -> tuple[str, bool]:
 
 
 def _tensor(t, index: int, buffers: list, path: Path) -> TensorInfo:
-    name = (t.Name() or f"tensor_{index}".encode()).decode("utf-8", "replace")
+    name = printable((t.Name() or f"tensor_{index}".encode()).decode("utf-8", "replace"))
     shape = tuple(int(d) for d in _ints(t.ShapeAsNumpy()))
+    if any(d < 0 for d in shape):
+        raise MalformedModel(f"{path}: tensor '{name}' has a negative dimension {list(shape)}")
+    check_elements(shape, f"tensor '{name}'")
     dtype = DTYPES.get(t.Type(), f"tflite_type_{t.Type()}")
     info = TensorInfo(index, name, shape, dtype, _quant(t.Quantization()), buffer=t.Buffer(),
                       sparse=t.Sparsity() is not None)
@@ -138,6 +142,11 @@ def _tensor(t, index: int, buffers: list, path: Path) -> TensorInfo:
             raise MalformedModel(f"{path}: tensor '{name}' {shape} {dtype} needs {count * itemsize} bytes, "
                                  f"its buffer has {len(raw)}")
         info.data = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"), count=count).astype(dtype).reshape(shape)
+        if info.data.dtype.kind == "f" and np.isnan(info.data).any():  # never exported; a damaged file
+            raise MalformedModel(f"{path}: tensor '{name}' holds NaN values")
+    q = info.quant
+    if q is not None and not np.all(np.isfinite(np.asarray(q.scale, np.float64))):
+        raise MalformedModel(f"{path}: tensor '{name}' has a non-finite quantization scale {q.scale}")
     return info
 
 

@@ -11,13 +11,12 @@ As ncc v0.2 does it (kmodel-v4.md §11, nncase src/cli/compile.cpp + src/evaluat
 5. ranges are broadcast unchanged through shape-only ops (BROADCAST_OPS), in graph order, so a
    reshape/pad/slice between two quantized layers needs no requantization.
 
-`Calibrator(Executor)` overrides `run_node` (torch.fx's ShapeProp pattern). A `kpu_conv2d` is recorded
-in two stages, because the KPU quantizer needs both (kmodel-v4.md §10.6): its conv output after the
-leading clamp steps (key `<value>#conv`, nncase's conv output with its fused clamp), and the output of
-its whole activation chain *before* the pool (the value itself: the pool runs on the uint8 codes, so
-the pooled map shares the activation's quantization, like ncc's range broadcast through a pool).
+`Calibrator(Executor)` overrides `run_node` (torch.fx's ShapeProp pattern). An op with an entry in
+CALIBRATION_STAGES (a target fills it in: the K210's kpu_conv2d, targets/k210/ops.py) is run by that
+function, which also returns intermediate arrays whose ranges the target's quantizer needs; each is
+recorded under `stage_key(value, stage)` (stage "" is the value itself).
 Results: `calibrate(...)` returns {key: (min, max)} and writes node.meta["range"] (and
-node.meta["conv_range"] for kpu_conv2d).
+node.meta["<stage>_range"] for each stage).
 """
 from __future__ import annotations
 
@@ -30,51 +29,23 @@ from compiler.errors import KpucError
 from compiler.executor import Executor
 from compiler.ir import Graph, Node
 from compiler.kernels import KERNELS
-from compiler.kernels.conv import conv2d
-from compiler.kernels.kpu import ACTIVATION_STEPS, kpu_pool
+from compiler.ops import ops_with
 from compiler.progress import progress
 from compiler.quantization import F32, FLT_MAX, FLT_MIN, Range, fixup_range, get_range, union_range
 
 HISTOGRAM_BINS = 2048     # ncc: quantizer(cali_method, 2048)
 QUANT_LEVELS = 256        # uint8
-CONV_SUFFIX = "#conv"     # key of a kpu_conv2d's pre-activation range
-# Ops whose output range is their (single data) input's range (nncase cpu_target::add_quantization_broadcast,
-# plus the pure data movements kpuc's K210 legalization emits for dilated convs). concat takes the union.
-BROADCAST_OPS = ("reshape", "transpose", "pad", "strided_slice", "resize", "reduce_window2d",
-                 "space_to_batch", "batch_to_space", "space_to_depth", "depth_to_space")
+STAGE_MARK = "#"          # a stage key is <value>#<stage>
+# Ops whose output range is their data inputs' range (nncase cpu_target::add_quantization_broadcast, plus
+# the pure data movements kpuc's K210 legalization emits for dilated convs); several inputs: the union.
+BROADCAST_OPS = ops_with("range_preserving")
+# op -> fn(args, attrs) -> (outputs, {stage: array}): how a target's op is run and measured in stages.
+CALIBRATION_STAGES: dict[str, Callable] = {}
 
 
-def conv_key(value_name: str) -> str:
-    """Range key of a kpu_conv2d's conv output (after its leading clamps, before the other steps)."""
-    return value_name + CONV_SUFFIX
-
-
-# ------------------------------------------------------------------ kpu_conv2d stages
-def split_activation(steps) -> tuple[tuple[float, float], tuple]:
-    """(clamp interval of the leading clamp steps, remaining steps): nncase's fused clamp vs fused unary."""
-    lo, hi, k = -np.inf, np.inf, 0
-    while k < len(steps) and steps[k][0] == "clamp":
-        lo, hi = max(lo, float(steps[k][1])), min(hi, float(steps[k][2]))
-        k += 1
-    return (lo, hi), tuple(steps[k:])
-
-
-def apply_steps(y: np.ndarray, steps) -> np.ndarray:
-    """The activation steps in order, with the float KPU kernel's own step functions."""
-    for name, *params in steps:
-        y = ACTIVATION_STEPS[name](y, *params)
-    return y
-
-
-def kpu_conv2d_stages(x, w, b, *, depthwise=False, pool="bypass", activation=()):
-    """(conv after leading clamps, activation output before the pool, layer output); the last equals
-    compiler.kernels.kpu.kpu_conv2d exactly (same functions, same order)."""
-    p = w.shape[-1] // 2
-    y = conv2d(x, w, b, padding=((p, p), (p, p)), groups=x.shape[1] if depthwise else 1)
-    n_clamps = len(activation) - len(split_activation(activation)[1])
-    y = apply_steps(y, activation[:n_clamps])
-    z = apply_steps(y, activation[n_clamps:])
-    return y, z, kpu_pool(z, pool)
+def stage_key(value_name: str, stage: str) -> str:
+    """Range key of an intermediate `stage` of the node making `value_name` ("" is the value itself)."""
+    return value_name + STAGE_MARK + stage if stage else value_name
 
 
 # ------------------------------------------------------------------ statistics and methods
@@ -245,11 +216,12 @@ class Calibrator(Executor):
         return out
 
     def run_node(self, node: Node, args: list[np.ndarray]) -> tuple[np.ndarray, ...]:
-        if node.op == "kpu_conv2d":
-            y, z, out = kpu_conv2d_stages(*args, **node.attrs)
-            self._record(conv_key(node.output.name), y)
-            self._record(node.output.name, z)
-            return (out.astype(node.output.dtype, copy=False),)
+        stages = CALIBRATION_STAGES.get(node.op)
+        if stages is not None:
+            outputs, arrays = stages(args, node.attrs)
+            for stage, a in arrays.items():
+                self._record(stage_key(node.output.name, stage), a)
+            return tuple(o.astype(v.dtype, copy=False) for o, v in zip(outputs, node.outputs))
         results = super().run_node(node, args)
         if node.op != "constant":
             for v, r in zip(node.outputs, results):
@@ -269,18 +241,16 @@ def input_range(mean: float, std: float) -> Range:
 
 
 def broadcast_ranges(graph: Graph, ranges: dict[str, Range]) -> None:
-    """Give the output of each shape-only op its input's range (graph order, so chains propagate);
-    a concat gets the union of its inputs' ranges (ncc keeps whichever path it visited last)."""
+    """Give the output of each range-preserving op its input's range (graph order, so chains propagate);
+    with several data inputs (concat) the union of theirs (ncc keeps whichever path it visited last)."""
     for node in graph.nodes:
         data_inputs = [v for v in node.inputs if not v.is_constant]
-        if node.op in BROADCAST_OPS and data_inputs and data_inputs[0].name in ranges:
-            for v in node.outputs:
-                ranges[v.name] = ranges[data_inputs[0].name]
-        elif node.op == "concat" and all(v.name in ranges for v in data_inputs):
+        if node.op in BROADCAST_OPS and data_inputs and all(v.name in ranges for v in data_inputs):
             r = ranges[data_inputs[0].name]
             for v in data_inputs[1:]:
                 r = union_range(r, ranges[v.name])
-            ranges[node.output.name] = r
+            for v in node.outputs:
+                ranges[v.name] = r
 
 
 def calibrate(graph: Graph, dataset: Iterable, *, method: str = "no_clip", input_mean: float | None = None,
@@ -289,7 +259,7 @@ def calibrate(graph: Graph, dataset: Iterable, *, method: str = "no_clip", input
     """Ranges of every value of the float graph over `dataset` (arrays, Samples or feed dicts).
 
     Giving `input_mean` or `input_std` forces the input range as ncc's --input-mean/--input-std do.
-    Writes node.meta["range"] (and meta["conv_range"] for kpu_conv2d); returns {key: (min, max)}."""
+    Writes node.meta["range"] (and meta["<stage>_range"], see CALIBRATION_STAGES); returns {key: (min, max)}."""
     if method not in CALIBRATION_METHODS:
         raise KpucError(f"unknown calibration method '{method}' (choose from {', '.join(CALIBRATION_METHODS)})")
     forced = input_mean is not None or input_std is not None
@@ -313,10 +283,12 @@ def calibrate(graph: Graph, dataset: Iterable, *, method: str = "no_clip", input
     for node in graph.nodes:
         if len(node.outputs) == 1 and node.output.name in ranges:
             node.meta["range"] = ranges[node.output.name]
-        if node.op == "kpu_conv2d" and conv_key(node.output.name) in ranges:
-            node.meta["conv_range"] = ranges[conv_key(node.output.name)]
+        if node.op in CALIBRATION_STAGES and len(node.outputs) == 1:
+            prefix = node.output.name + STAGE_MARK
+            for key in sorted(k for k in ranges if k.startswith(prefix)):
+                node.meta[key[len(prefix):] + "_range"] = ranges[key]
     return ranges
 
 
-__all__ = ["Calibrator", "Stats", "CALIBRATION_METHODS", "BROADCAST_OPS", "calibrate", "conv_key", "no_clip",
-           "l2", "mse", "split_activation", "apply_steps", "kpu_conv2d_stages", "input_range", "broadcast_ranges"]
+__all__ = ["Calibrator", "Stats", "CALIBRATION_METHODS", "CALIBRATION_STAGES", "BROADCAST_OPS", "calibrate",
+           "stage_key", "no_clip", "l2", "mse", "input_range", "broadcast_ranges"]

@@ -7,7 +7,8 @@
   `node.inputs` re-links the users of old and new inputs, so use-def information is never stale.
 - Graph inputs are `input` nodes, constants are `constant` nodes (the array lives on the Value), so
   folding, quantization and dead-code elimination treat weights like any other value.
-- `Graph.add` infers output types from the op table in `compiler.ops`; nobody sets shapes by hand.
+- `Graph.add` infers output types from the op table in `compiler.ops` and fills in the attributes'
+  defaults there, so nobody sets shapes by hand and nobody re-reads a default (`attrs["strides"]`).
 
 networkx is used for whole-graph algorithms only (`Graph.nx()` is a MultiDiGraph keyed by operand
 slot, so `add(x, x)` keeps both edges); it is never the store of edges.
@@ -22,27 +23,8 @@ import networkx as nx
 import numpy as np
 
 from compiler.errors import KpucError
-
-
-@dataclass(frozen=True)
-class TensorType:
-    shape: tuple[int, ...]
-    dtype: str = "float32"
-
-    def __post_init__(self):
-        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
-        object.__setattr__(self, "dtype", np.dtype(self.dtype).name)
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
-
-    @property
-    def rank(self) -> int:
-        return len(self.shape)
-
-    def __str__(self):
-        return f"{self.dtype}[{','.join(map(str, self.shape))}]"
+from compiler.ops import OPS, infer_types
+from compiler.types import TensorType
 
 
 @dataclass(frozen=True)
@@ -138,11 +120,14 @@ class Graph:
 
     def add(self, op: str, inputs: Iterable[Value] = (), /, *, name: str | None = None,
             before: Node | None = None, **attrs) -> Node:
-        """Append (or insert before `before`) a node; its output types come from the op table."""
-        from compiler.ops import infer_types
+        """Append (or insert before `before`) a node; its output types come from the op table, and the
+        attributes not given take the op's defaults (unknown or missing required ones are an error)."""
         inputs = tuple(inputs)
         node = Node(self.unique_name(name or op), op, attrs)
         try:
+            if op not in OPS:
+                raise KpucError(f"unknown IR op '{op}'")
+            node.attrs = attrs = OPS[op].complete(attrs)
             types = infer_types(op, [v.type for v in inputs], attrs, [v.data for v in inputs])
         except KpucError as e:
             raise KpucError(f"{node.name}: {e}") from e
@@ -267,8 +252,7 @@ class Graph:
         self.nodes = [by_name[k] for k in names]
 
     def validate(self) -> None:
-        """Check ownership, names, topological order, cycles, dangling values and shapes."""
-        from compiler.ops import infer_types
+        """Check ownership, names, topological order, cycles, dangling values, attributes and shapes."""
         problems = []
         if not nx.is_directed_acyclic_graph(self.nx()):
             problems.append("the graph has a cycle: " + str(nx.find_cycle(self.nx())))
@@ -289,6 +273,9 @@ class Graph:
                         problems.append(f"%{v.name} lists a stale user {user.name}")
             if n.op not in ("input", "constant"):
                 try:
+                    if n.op in OPS and set(OPS[n.op].complete(n.attrs)) != set(n.attrs):
+                        problems.append(f"{n.name} ({n.op}) lacks attributes "
+                                        f"{sorted(set(OPS[n.op].attrs) - set(n.attrs))}")
                     want = infer_types(n.op, [v.type for v in n.inputs], n.attrs, [v.data for v in n.inputs])
                     got = [v.type for v in n.outputs]
                     if list(want) != got:

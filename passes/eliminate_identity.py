@@ -56,7 +56,7 @@ def _concat(node: Node) -> Value | None:
 
 
 def _binary(node: Node) -> Value | None:
-    if tuple(node.attrs.get("fused_clamp", NO_CLAMP)) != NO_CLAMP:
+    if tuple(node.attrs["fused_clamp"]) != NO_CLAMP:
         return None
     for slot, x in enumerate(node.inputs):                           # x + 0, x * 1, x / 1 … -> x
         c = node.inputs[1 - slot]
@@ -67,7 +67,7 @@ def _binary(node: Node) -> Value | None:
 
 
 def _clamp(node: Node) -> Value | None:
-    bounds = (node.attrs.get("min", -math.inf), node.attrs.get("max", math.inf))
+    bounds = (node.attrs["min"], node.attrs["max"])
     return node.inputs[0] if bounds == NO_CLAMP else None           # clamp(x, -inf, inf) -> x
 
 

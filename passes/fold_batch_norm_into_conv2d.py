@@ -38,7 +38,7 @@ def _match(graph: Graph, bn: Node) -> Match | None:
     conv = bn.inputs[0].producer
     if conv.op != "conv2d" or not used_only_by(graph, conv.output, bn):
         return None
-    if conv.attrs.get("fused_clamp", (-np.inf, np.inf)) != (-np.inf, np.inf):
+    if conv.attrs["fused_clamp"] != (-np.inf, np.inf):
         return None
     if not all(v.is_constant for v in conv.inputs[1:] + bn.inputs[1:]):
         return None

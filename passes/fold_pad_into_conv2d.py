@@ -43,19 +43,19 @@ def _match(graph: Graph, node: Node) -> Match | None:
     pad = node.inputs[0].producer
     if pad.op != "pad" or not used_only_by(graph, pad.output, node):
         return None
-    if pad.attrs.get("mode", "constant") != "constant":
+    if pad.attrs["mode"] != "constant":
         return None
     pads = tuple(tuple(p) for p in pad.attrs["pads"])
     if len(pads) != 4 or pads[:2] != ((0, 0), (0, 0)) or min(min(p) for p in pads) < 0:
         return None
-    old = node.attrs.get("padding", ((0, 0), (0, 0)))
+    old = node.attrs["padding"]
     if min(min(p) for p in old) < 0:
         return None
     padding = tuple((a + c, b + d) for (a, b), (c, d) in zip(pads[2:], old))
-    value = pad.attrs.get("value", 0.0)
+    value = pad.attrs["value"]
     if node.op == "conv2d":
         return Match(pad, node, padding) if value == 0 else None
-    if node.attrs["op"] != "max" or node.attrs.get("ceil_mode"):
+    if node.attrs["op"] != "max" or node.attrs["ceil_mode"]:
         return None
     if not np.issubdtype(pad.output.dtype, np.floating):
         return None
@@ -63,7 +63,7 @@ def _match(graph: Graph, node: Node) -> Match | None:
         return None
     x = pad.inputs[0]
     a = node.attrs
-    sizes, strides, dilations = x.shape[2:], a.get("strides", (1, 1)), a.get("dilations", (1, 1))
+    sizes, strides, dilations = x.shape[2:], a["strides"], a["dilations"]
     if all(_every_window_sees_data(*args) for args in zip(sizes, a["kernel"], strides, dilations, padding)):
         return Match(pad, node, padding)
     return None

@@ -19,12 +19,20 @@ from __future__ import annotations
 import numpy as np
 
 from compiler.ir import Graph, Node, QuantParam, Value
+from compiler.ops import OPS, has_trait, ops_with
 from passes.manager import rewrite, used_only_by
 
-# Ops that act on each element alone, with attrs that do not name axes.
-ELEMENTWISE = ("unary", "clamp", "leaky_relu", "hard_sigmoid", "cast")
+# The layout-agnostic ops of the op table, by what their attrs say about axes (compiler/ops.py).
+LAYOUT_AGNOSTIC = ops_with("layout_agnostic")
+# No attr names an axis: each element alone (one operand) or numpy broadcasting (more operands).
+ELEMENTWISE = tuple(op for op in LAYOUT_AGNOSTIC if not OPS[op].axis_attrs and len(OPS[op].operands) == 1)
+BROADCASTING = tuple(op for op in LAYOUT_AGNOSTIC if not OPS[op].axis_attrs and len(OPS[op].operands) > 1)
 # Ops whose attrs hold one entry per axis.
-PER_AXIS_ATTRS = {"pad": ("pads",), "strided_slice": ("begin", "end", "strides")}
+PER_AXIS_ATTRS = {op: tuple(k for k, kind in OPS[op].axis_attrs.items() if kind == "per_axis")
+                  for op in LAYOUT_AGNOSTIC if "per_axis" in OPS[op].axis_attrs.values()}
+# Ops with one `axis` attr (several inputs: all must be transposed alike) or sorted `axes` (reduce).
+ALONG_AXIS = tuple(op for op in LAYOUT_AGNOSTIC if tuple(OPS[op].axis_attrs.values()) == ("axis",))
+ALONG_AXES = tuple(op for op in LAYOUT_AGNOSTIC if tuple(OPS[op].axis_attrs.values()) == ("axes",))
 
 
 def fold_transposes(graph: Graph) -> bool:
@@ -63,8 +71,8 @@ def fold_transposes(graph: Graph) -> bool:
         return None
 
     def elementwise(node: Node) -> Value | None:
-        if node.op in ("quantize", "dequantize") and node.attrs.get("axis") is not None:
-            return None
+        if not has_trait(node, "layout_agnostic"):
+            return None                                               # e.g. a per-channel quantize
         t = transposed(node.inputs[0], node)
         return sink(node, [t.inputs[0]], t.attrs["perm"]) if t else None  # f(T(x)) -> T(f(x))
 
@@ -108,17 +116,19 @@ def fold_transposes(graph: Graph) -> bool:
             return None
         perm, axes = tuple(t.attrs["perm"]), node.attrs["axes"]
         new_axes = tuple(sorted(perm[a] for a in axes))
-        if node.attrs.get("keepdims", True):
+        if node.attrs["keepdims"]:
             return sink(node, [t.inputs[0]], perm, axes=new_axes)
         # The kept axes of x, in x's order, must be put in T(x)'s order.
         kept = [perm[i] for i in range(len(perm)) if i not in axes]
         order = sorted(kept)
         return sink(node, [t.inputs[0]], tuple(order.index(k) for k in kept), axes=new_axes)
 
-    rules = [("transpose", transpose), ("binary", binary), ("prelu", binary), ("concat", concat),
-             ("softmax", along_axis), ("lp_normalize", along_axis), ("reduce", reduce)]
+    rules = [("transpose", transpose)]
+    rules += [(op, binary) for op in BROADCASTING]
+    rules += [(op, concat if OPS[op].variadic else along_axis) for op in ALONG_AXIS]
+    rules += [(op, reduce) for op in ALONG_AXES]
     rules += [(op, per_axis) for op in PER_AXIS_ATTRS]
-    rules += [(op, elementwise) for op in ELEMENTWISE + ("quantize", "dequantize")]
+    rules += [(op, elementwise) for op in ELEMENTWISE]
     return rewrite(graph, rules)
 
 

@@ -29,18 +29,18 @@ def fuse_clamp(graph: Graph) -> bool:
     """Fuse clamps into their producers' fused_clamp and merge consecutive clamps."""
     def clamp(node: Node) -> Value | None:
         x = node.inputs[0]
-        bounds = (node.attrs.get("min", -math.inf), node.attrs.get("max", math.inf))
+        bounds = (node.attrs["min"], node.attrs["max"])
         if not np.issubdtype(x.dtype, np.floating):
             return None
         producer = x.producer
         if producer.op == "clamp":                                   # clamp(clamp(x)) -> clamp(x)
-            inner = (producer.attrs.get("min", -math.inf), producer.attrs.get("max", math.inf))
+            inner = (producer.attrs["min"], producer.attrs["max"])
             lo, hi = _compose(inner, bounds)
             out = graph.add("clamp", [producer.inputs[0]], name=node.name, before=node, min=lo, max=hi).output
             out.quant = node.output.quant
             return out
         if producer.op in PRODUCERS and used_only_by(graph, x, node):  # clamp(op(...)) -> op(..., fused_clamp)
-            fused = _compose(producer.attrs.get("fused_clamp", NO_CLAMP), bounds)
+            fused = _compose(producer.attrs["fused_clamp"], bounds)
             producer.attrs = {**producer.attrs, "fused_clamp": fused}
             x.quant = node.output.quant or x.quant
             return x

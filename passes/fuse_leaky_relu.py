@@ -43,7 +43,7 @@ def fuse_leaky_relu(graph: Graph) -> bool:
 
 
 def _fused(node: Node) -> bool:
-    return tuple(node.attrs.get("fused_clamp", NO_CLAMP)) != NO_CLAMP
+    return tuple(node.attrs["fused_clamp"]) != NO_CLAMP
 
 
 def _scale_of(graph: Graph, product: Value, x: Value, user: Node) -> float | None:

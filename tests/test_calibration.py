@@ -10,21 +10,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from compiler.calibration import (
-    BROADCAST_OPS,
-    CALIBRATION_METHODS,
-    Calibrator,
-    Stats,
-    calibrate,
-    conv_key,
-    input_range,
-    kpu_conv2d_stages,
-    l2,
-    mse,
-    split_activation,
-)
+from compiler.calibration import BROADCAST_OPS, CALIBRATION_METHODS, Calibrator, Stats, calibrate, input_range, l2, mse
 from compiler.ir import Graph, TensorType
-from compiler.kernels.kpu import kpu_conv2d
+from targets.k210.ops import conv_key, kpu_conv2d, kpu_conv2d_stages, split_activation
 from compiler.progress import progress
 from compiler.quantization import F32, fixup_range
 

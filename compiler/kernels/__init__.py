@@ -2,18 +2,13 @@
 
 A kernel takes numpy arrays positionally and the node's attrs as keywords and returns an array (or a
 tuple of arrays for multi-output ops). No `Node` inside, so the kmodel interpreter reuses them.
+Targets register the float kernels of their own ops here too (targets/k210/ops.py).
 """
 from __future__ import annotations
 
 from typing import Callable
 
+from compiler.registry import registrar
+
 KERNELS: dict[str, Callable] = {}
-
-
-def kernel(*ops: str):
-    """Register `fn` as the kernel of each IR op in `ops`."""
-    def register(fn):
-        for op in ops:
-            KERNELS[op] = fn
-        return fn
-    return register
+kernel = registrar(KERNELS)   # @kernel(*ops): the kernel of each IR op in `ops`

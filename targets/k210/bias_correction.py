@@ -30,15 +30,14 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from compiler.calibration import apply_steps
 from compiler.executor import Executor
 from compiler.ir import Graph, Node, Value
 from compiler.kernels import KERNELS
 from compiler.kernels.conv import conv2d
-from compiler.kernels.kpu import kpu_pool
 from targets.k210.kernels import POOL_TYPE_OF, QUANTIZED_KERNELS, kpu_tables
 from targets.k210.kpu import activate, batch_norm, conv_acc
 from targets.k210.kpu import pool as kpu_stage_pool
+from targets.k210.ops import apply_steps, kpu_pool
 from targets.k210.quantize import equalize_weights, kpu_batch_norm, quantize_kpu_weights
 from targets.k210.weight_rounding import round_kpu_weights
 
@@ -69,12 +68,12 @@ class _ConvMeans(Executor):
         if node.op != "kpu_conv2d":
             return super().run_node(node, args)
         a = node.attrs
-        y = float_conv(args[0], args[1], args[2], a.get("depthwise", False))
+        y = float_conv(args[0], args[1], args[2], a["depthwise"])
         name = node.output.name
         self.sums[name] = self.sums.get(name, 0.0) + y.astype(np.float64).sum(axis=(0, 2, 3))
         self.counts[name] = self.counts.get(name, 0) + y.size // y.shape[1]
         # the rest of the float kpu_conv2d kernel (compiler/calibration.kpu_conv2d_stages: same functions)
-        out = kpu_pool(apply_steps(y, a.get("activation", ())), a.get("pool", "bypass"))
+        out = kpu_pool(apply_steps(y, a["activation"]), a["pool"])
         return (np.asarray(out).astype(node.output.dtype, copy=False),)
 
 
@@ -89,8 +88,8 @@ def bn_scale(float_node: Node, q_node: Node) -> float:
 def kpu_bn_output(x: np.ndarray, w: np.ndarray, bn: np.ndarray, act: np.ndarray, attrs: dict) -> np.ndarray:
     """int64 [N, OC, H, W]: a kpu_conv2d_q's batch-norm output (before the activation table and pool)."""
     table, _ = kpu_tables(bn, act)
-    args = {k: attrs.get(k, 0) for k in ("pad_value", "arg_x", "shr_x", "arg_w", "shr_w", "arg_add")}
-    return np.stack([batch_norm(conv_acc(xi, w, depthwise=attrs.get("depthwise", False), **args), table)
+    args = {k: attrs[k] for k in ("pad_value", "arg_x", "shr_x", "arg_w", "shr_w", "arg_add")}
+    return np.stack([batch_norm(conv_acc(xi, w, depthwise=attrs["depthwise"], **args), table)
                      for xi in x])
 
 
@@ -130,7 +129,7 @@ def correct_biases(float_graph: Graph, quant_graph: Graph, samples: Iterable, *,
         name = node.meta.get("float_value")
         if node.op == "kpu_conv2d_q" and name in float_nodes and name in ref.sums:
             x, w, bn, act = node.inputs
-            depthwise = node.attrs.get("depthwise", False)
+            depthwise = node.attrs["depthwise"]
             if round_weights:
                 kq = node.meta["kpu_quant"]
                 xs = np.concatenate([env[x].astype(np.int16) - np.int16(kq["input"].zero_point) for env in envs])
@@ -151,7 +150,7 @@ def correct_biases(float_graph: Graph, quant_graph: Graph, samples: Iterable, *,
                 shifts[name] = shift
             for env, b in zip(envs, bn_outs):
                 env[w], env[bn] = w.data, bn.data
-                env[node.output] = kpu_finish(b, act.data, node.attrs.get("pool", "bypass"))
+                env[node.output] = kpu_finish(b, act.data, node.attrs["pool"])
             _free(envs, node, i, ex, keep)
             continue
         for env in envs:

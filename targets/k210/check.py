@@ -126,24 +126,24 @@ def detail(node: Node) -> str:
     a = node.attrs
     if node.op in ("conv2d", "conv2d_transpose"):
         kh, kw = node.inputs[1].shape[-2:]
-        s = tuple(a.get("strides", (1, 1)))
+        s = tuple(a["strides"])
         parts = [f"{kh}x{kw}"] + ([f"stride {s[0]}" if s[0] == s[1] else f"stride {s}"] if s != (1, 1) else [])
-        if tuple(a.get("dilations", (1, 1))) != (1, 1):
+        if tuple(a["dilations"]) != (1, 1):
             parts.append(f"dilation {a['dilations'][0]}")
-        g = a.get("groups", 1)
+        g = a["groups"]
         if g != 1:
             parts.append("depthwise" if g == node.inputs[0].shape[1] == node.output.shape[1] else f"groups {g}")
-        lo, hi = a.get("fused_clamp", (-math.inf, math.inf))
+        lo, hi = a["fused_clamp"]
         if (lo, hi) != (-math.inf, math.inf):
             parts.append("relu6" if (lo, hi) == (0, 6) else "relu" if lo == 0 and hi == math.inf else f"clamp {lo:g}..{hi:g}")
         return " ".join(parts)
     if node.op == "reduce_window2d":
-        k, s = a["kernel"], a.get("strides", (1, 1))
+        k, s = a["kernel"], a["strides"]
         return f"{a['op']} {k[0]}x{k[1]} stride {s[0]}"
     if node.op in ("unary", "binary", "reduce"):
         return a["op"]
     if node.op == "clamp":
-        return f"{a.get('min', -math.inf):g}..{a.get('max', math.inf):g}"
+        return f"{a['min']:g}..{a['max']:g}"
     return ""
 
 
@@ -211,7 +211,7 @@ def _place(rows: list[dict], legal: Graph, final: Graph | None) -> None:
                 pool = node.op == "reduce_window2d" and prod.op == "kpu_conv2d"
                 why = pool and why_not_kpu_layer(prod.inputs[0].shape, prod.inputs[1].shape[0],
                                                  prod.inputs[1].shape[-1],
-                                                 depthwise=prod.attrs.get("depthwise", False),
+                                                 depthwise=prod.attrs["depthwise"],
                                                  pool=_pool_type(node))
                 reason = why or (f"runs on the KPU only fused into the layer before it; its input comes from "
                                  f"{prod.op} '{prod.name}'" + (" (not a KPU layer)" if prod.op != "kpu_conv2d"

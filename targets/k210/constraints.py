@@ -14,10 +14,8 @@ of a 3x3 conv over 1024 channels is only 9 KiB.
 """
 from __future__ import annotations
 
-import math
-
 from compiler.ir import Node, TensorType
-from compiler.ops import KPU_POOLS
+from targets.k210.ops import KPU_POOLS
 from targets.k210.kpu_layout import KPU_RAM_BYTES, KPU_RAM_ROWS, kpu_rows
 
 __all__ = ["KPU_RAM_BYTES", "KPU_RAM_ROWS", "MAX_CHANNELS", "MIN_IN_H", "MIN_IN_W", "MAX_IN_H", "MAX_IN_W",
@@ -121,10 +119,10 @@ def _why_not_conv2d(node: Node) -> str | None:
     x, w, b = node.inputs
     if not (w.is_constant and b.is_constant):
         return "its weights are computed at run time (KPU weights are constants in the kmodel)"
-    return why_not_kpu_conv(x.type, w.shape, groups=node.attrs.get("groups", 1),
-                            strides=node.attrs.get("strides", (1, 1)),
-                            padding=node.attrs.get("padding", ((0, 0), (0, 0))),
-                            dilations=node.attrs.get("dilations", (1, 1)))
+    return why_not_kpu_conv(x.type, w.shape, groups=node.attrs["groups"],
+                            strides=node.attrs["strides"],
+                            padding=node.attrs["padding"],
+                            dilations=node.attrs["dilations"])
 
 
 def transpose_as_conv(x: TensorType, w_shape, attrs) -> tuple[TensorType, tuple, dict]:
@@ -135,9 +133,9 @@ def transpose_as_conv(x: TensorType, w_shape, attrs) -> tuple[TensorType, tuple,
     """
     n, c, h, wd = x.shape
     ci, og, kh, kw = w_shape
-    g = attrs.get("groups", 1)
-    s, d = attrs.get("strides", (1, 1)), attrs.get("dilations", (1, 1))
-    pad, op = attrs.get("padding", ((0, 0), (0, 0))), attrs.get("output_padding", (0, 0))
+    g = attrs["groups"]
+    s, d = attrs["strides"], attrs["dilations"]
+    pad, op = attrs["padding"], attrs["output_padding"]
     padding = tuple((dd * (k - 1) - p[0], dd * (k - 1) - p[1] + o - (ss - 1))
                     for dd, k, p, o, ss in zip(d, (kh, kw), pad, op, s))
     return (TensorType((n, c, h * s[0], wd * s[1]), x.dtype), (og * g, ci // g, kh, kw),
@@ -169,8 +167,8 @@ def _why_not_kpu_conv2d(node: Node) -> str | None:
     x, w, b = node.inputs
     if not (w.is_constant and b.is_constant):
         return "its weights are computed at run time (KPU weights are constants in the kmodel)"
-    return why_not_kpu_layer(x.shape, w.shape[0], w.shape[-1], depthwise=node.attrs.get("depthwise", False),
-                             pool=node.attrs.get("pool", "bypass"))
+    return why_not_kpu_layer(x.shape, w.shape[0], w.shape[-1], depthwise=node.attrs["depthwise"],
+                             pool=node.attrs["pool"])
 
 
 # ------------------------------------------------------------------ activations and pools
@@ -178,7 +176,7 @@ def activation_step(node: Node) -> tuple | None:
     """The KPU activation step (a `kpu_conv2d` `activation` entry) that `node` computes, or None."""
     attrs = node.attrs
     if node.op == "clamp":
-        return ("clamp", float(attrs.get("min", -math.inf)), float(attrs.get("max", math.inf)))
+        return ("clamp", float(attrs["min"]), float(attrs["max"]))
     if node.op == "leaky_relu":
         return ("leaky_relu", float(attrs["alpha"]))
     if node.op == "unary" and attrs["op"] in TABLE_UNARY_OPS:
@@ -192,9 +190,9 @@ def _pool(node: Node) -> tuple[str | None, str | None]:
     """(KPU pool type, None) for a reduce_window2d the KPU can compute, else (None, reason)."""
     a = node.attrs
     (h, w), (oh, ow) = node.inputs[0].shape[-2:], node.output.shape[-2:]
-    k, s = tuple(a["kernel"]), tuple(a.get("strides", (1, 1)))
-    pad = tuple(tuple(p) for p in a.get("padding", ((0, 0), (0, 0))))
-    if tuple(a.get("dilations", (1, 1))) != (1, 1) or k[0] != k[1] or s[0] != s[1]:
+    k, s = tuple(a["kernel"]), tuple(a["strides"])
+    pad = tuple(tuple(p) for p in a["padding"])
+    if tuple(a["dilations"]) != (1, 1) or k[0] != k[1] or s[0] != s[1]:
         return None, f"pool window {k} stride {s} is not a square KPU pool"
     if (k[0], s[0]) in ((2, 2), (4, 4)):
         if pad != ((0, 0), (0, 0)) or (oh, ow) != (h // s[0], w // s[0]):
@@ -203,7 +201,7 @@ def _pool(node: Node) -> tuple[str | None, str | None]:
     if (k[0], s[0]) == (2, 1):
         # TF SAME 2x2/1 pads one after. max over the valid taps == the KPU's (out-of-map taps lose);
         # an edge-replicated mean /4 equals the mean over the valid taps ((a+a+c+c)/4 == (a+c)/2).
-        if pad != ((0, 1), (0, 1)) or (a["op"] == "mean" and a.get("count_include_pad", False)):
+        if pad != ((0, 1), (0, 1)) or (a["op"] == "mean" and a["count_include_pad"]):
             return None, f"{a['op']} pool 2x2 s1 with padding {pad} is not TF SAME"
         return f"{a['op']}_2_s1", None
     return None, f"pool window {k} stride {s} has no KPU pool type (2x2/2, 4x4/4, 2x2/1)"
@@ -238,6 +236,6 @@ def why_not_kpu(node: Node) -> str | None:
         return "PReLU has a slope per channel; the KPU has one activation table per layer (kpu.md §4.2)"
     if node.op in ("clamp", "leaky_relu", "unary", "hard_sigmoid"):
         if activation_step(node) is None:
-            return f"unary {node.attrs.get('op')} is not continuous, a piecewise-linear table cannot follow it"
+            return f"unary {node.attrs['op']} is not continuous, a piecewise-linear table cannot follow it"
         return None
     return f"{node.op} has no KPU form"

@@ -42,6 +42,7 @@ import numpy as np
 
 from compiler.errors import KpucError
 from compiler.ir import Graph, Node, Value
+from compiler.ops import OPS
 
 NO_CLAMP = (-math.inf, math.inf)
 
@@ -75,7 +76,7 @@ def _sole_user(graph: Graph, v: Value) -> Node | None:
 
 def _become(node: Node, new_op: str, inputs=None, /, **attrs) -> Node:
     """Turn `node` into another op in place: same name, output value(s), users, quantization and meta."""
-    node.op, node.attrs = new_op, attrs
+    node.op, node.attrs = new_op, OPS[new_op].complete(attrs)
     if inputs is not None:
         node.inputs = inputs
     return node
@@ -95,14 +96,14 @@ def _matmul(graph: Graph, node: Node, kmodel: int) -> None:
     if kmodel == 3 and (not b.is_constant or a.type.size != b.shape[0]):
         return                                   # not one FullyConnected: the lowering refuses it
     n = b.shape[1]
-    clamp = tuple(node.attrs.get("fused_clamp", NO_CLAMP))
+    clamp = tuple(node.attrs["fused_clamp"])
     add = _sole_user(graph, node.output)
     if clamp == NO_CLAMP and add is not None and add.op == "binary" and add.attrs["op"] == "add" \
             and add.output.shape == node.output.shape:
         other = add.inputs[1] if add.inputs[0] is node.output else add.inputs[0]
         if other.is_constant and other.dtype == "float32" and other.type.size == n and other.shape[-1:] == (n,):
             bias = graph.const(np.asarray(other.data, np.float32).reshape(n), name=f"{node.name}/bias", before=add)
-            _become(add, "matmul_f32", [a, b, bias], fused_clamp=tuple(add.attrs.get("fused_clamp", NO_CLAMP)),
+            _become(add, "matmul_f32", [a, b, bias], fused_clamp=tuple(add.attrs["fused_clamp"]),
                     kmodel=kmodel)
             return                                # the matmul, now unread, goes with the dead code
     bias = graph.const(np.zeros(n, np.float32), name=f"{node.name}/bias", before=node)
@@ -181,13 +182,13 @@ def _v3_conv2d(graph: Graph, node: Node) -> None:
     x, w, b = node.inputs
     a = node.attrs
     if w.is_constant and b.is_constant and _is_float(x) and x.type.rank == 4 and x.shape[0] == 1 \
-            and x.shape[2:] == (1, 1) and w.shape[2:] == (1, 1) and a.get("groups", 1) == 1 \
-            and not any(p for pair in a.get("padding", ((0, 0), (0, 0))) for p in pair):
+            and x.shape[2:] == (1, 1) and w.shape[2:] == (1, 1) and a["groups"] == 1 \
+            and not any(p for pair in a["padding"] for p in pair):
         _become(node, "conv2d_f32", **a, kmodel=3)
 
 
 def _v3_softmax(graph: Graph, node: Node) -> None:
-    if not node.attrs.get("log", False) and _is_float(node.inputs[0]):
+    if not node.attrs["log"] and _is_float(node.inputs[0]):
         _become(node, "softmax_f32", axis=node.attrs["axis"], kmodel=3)
 
 
@@ -239,7 +240,7 @@ def _v4_softmax(graph: Graph, node: Node) -> None:
         e = graph.add("unary", [z.output], name=f"{node.name}/exp", op="exp")
         s = graph.add("reduce_f32", [e.output], name=f"{node.name}/sum", op="sum", axes=(axis,), keepdims=True,
                       kmodel=4)
-        if node.attrs.get("log", False):
+        if node.attrs["log"]:
             lg = graph.add("unary", [s.output], name=f"{node.name}/log", op="log")
             _become(node, "binary", [z.output, lg.output], op="sub")
         else:

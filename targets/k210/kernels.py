@@ -1,6 +1,6 @@
-"""Integer kernels of the quantized IR ops (compiler/ops.py, "Quantized ops"), bit-exact with nncase v0.2's
+"""Integer kernels of the quantized IR ops (targets/k210/ops.py, "Quantized ops"), bit-exact with nncase v0.2's
 runtime and software KPU; `QuantizedExecutor` runs a graph made by `quantize_k210` with them. Also the
-device ops (compiler/ops.py, "Device ops"; made by targets/k210/device_semantics.py), which run the kmodel
+device ops (targets/k210/ops.py, "Device ops"; made by targets/k210/device_semantics.py), which run the kmodel
 interpreters' own layer code, so QuantizedExecutor(Compiled.graph) computes what the file computes.
 
 Every kernel is numpy in, numpy out (no Node), registered in K210_KERNELS; the rounding helpers come from
@@ -21,6 +21,7 @@ from compiler.ir import Graph, QuantParam
 from compiler.kernels import KERNELS
 from compiler.kernels.conv import conv2d
 from compiler.quantization import QuantParamU8, c_div, dequantize_u8, mul_and_carry_shift, quantize_u8
+from compiler.registry import registrar
 from targets.k210 import interpreter_v3 as iv3
 from targets.k210 import interpreter_v4 as iv4
 from targets.k210 import kmodel_v4 as k4
@@ -31,13 +32,7 @@ K210_KERNELS: dict[str, Callable] = {}
 POOL_TYPE_OF = {name: code for code, (name, _, _) in POOL_TYPES.items()}
 
 
-def k210_kernel(*ops: str):
-    """Register `fn` as the integer kernel of each op in `ops`."""
-    def register(fn):
-        for op in ops:
-            K210_KERNELS[op] = fn
-        return fn
-    return register
+k210_kernel = registrar(K210_KERNELS)   # @k210_kernel(*ops): the integer kernel of each op in `ops`
 
 
 def _param(scale: float, zero_point: int) -> QuantParamU8:
@@ -129,7 +124,7 @@ def quantized_binary(a, b, *, op, input_a_offset=0, input_a_mul=1, input_a_shift
     return _requantize_acc(np.asarray(r), output_mul, output_shift, output_offset)
 
 
-# ---------------------------------------------------------------- device ops (compiler/ops.py, "Device ops")
+# ---------------------------------------------------------------- device ops (targets/k210/ops.py, "Device ops")
 # A kmodel runtime's own arithmetic where it differs from the ops above (targets/k210/device_semantics.py
 # makes these ops right before lowering). Each kernel builds the layer body the lowering emits and runs the
 # interpreter's own layer function (interpreter_v3.RUN_V3, interpreter_v4.OPS) on a scratch memory holding

@@ -9,6 +9,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from compiler.ir import Graph, Node, Value
+from compiler.registry import registrar
 from targets.k210.kmodel_v3 import FIXED_BODIES, LayerType
 from targets.k210.kpu_layout import KPU_RAM_ROWS, kpu_rows
 from targets.k210.planner import Buffer, Pool, Step
@@ -123,13 +124,7 @@ def sole_user(graph: Graph, v: Value) -> Node | None:
 LOWER_V3: dict[str, Callable[[Lowering, Node], None]] = {}
 
 
-def lowers(*ops: str):
-    """Register a function as the v3 emitter of each IR op in `ops`."""
-    def register(fn):
-        for op in ops:
-            LOWER_V3[op] = fn
-        return fn
-    return register
+lowers = registrar(LOWER_V3)   # @lowers(*ops): the v3 emitter of each IR op in `ops`
 
 
 def fixed(type: LayerType, **fields):

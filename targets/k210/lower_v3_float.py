@@ -2,8 +2,6 @@
 flatten, concat, resize and slices (lower_v3.py has the overview)."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from compiler.ir import Node, Value
@@ -24,7 +22,7 @@ def _activation(ctx: Lowering, node: Node, clamp) -> tuple[Node, int]:
         act = ACTIVATIONS[tuple(map(float, clamp))]
     user = sole_user(ctx.graph, node.output)
     if act == 0 and user is not None and user.op == "clamp":
-        lo_hi = (float(user.attrs.get("min", -math.inf)), float(user.attrs.get("max", math.inf)))
+        lo_hi = (float(user.attrs["min"]), float(user.attrs["max"]))
         if lo_hi in ACTIVATIONS:
             ctx.absorb(user, node)
             return user, ACTIVATIONS[lo_hi]
@@ -41,7 +39,7 @@ def matmul(ctx: Lowering, node: Node) -> None:
     ic, oc = b.shape
     if a.type.size != ic:
         raise Unexpressible(f"input {a.shape} is a batch of rows; FullyConnected multiplies one vector")
-    bias, last, clamp = np.zeros(oc, np.float32), node, node.attrs.get("fused_clamp", NO_CLAMP)
+    bias, last, clamp = np.zeros(oc, np.float32), node, node.attrs["fused_clamp"]
     add = sole_user(ctx.graph, node.output) if node.op == "matmul" else None
     if node.op == "matmul_f32":
         bias = np.asarray(node.inputs[2].data, np.float32).reshape(oc)
@@ -49,7 +47,7 @@ def matmul(ctx: Lowering, node: Node) -> None:
             and add.output.shape == node.output.shape:
         other = add.inputs[1] if add.inputs[0] is node.output else add.inputs[0]
         if other.is_constant and other.type.size == oc:
-            bias, last, clamp = other.data.reshape(oc).astype(np.float32), add, add.attrs.get("fused_clamp", NO_CLAMP)
+            bias, last, clamp = other.data.reshape(oc).astype(np.float32), add, add.attrs["fused_clamp"]
             ctx.absorb(add, node)
     last, act = _activation(ctx, last, clamp)
     x, y = ctx.main(a), ctx.main(last.output)
@@ -64,10 +62,10 @@ def conv2d(ctx: Lowering, node: Node) -> None:
     x, w, b = node.inputs
     a = node.attrs
     if not (w.is_constant and b.is_constant) or x.dtype != "float32" or w.shape[2:] != (1, 1) \
-            or a.get("groups", 1) != 1 or len(x.shape) != 4 or chw(x)[1:] != (1, 1) \
-            or any(p != 0 for pair in a.get("padding", ((0, 0), (0, 0))) for p in pair):
+            or a["groups"] != 1 or len(x.shape) != 4 or chw(x)[1:] != (1, 1) \
+            or any(p != 0 for pair in a["padding"] for p in pair):
         raise Unexpressible("v3 has no CPU convolution (only a 1×1 conv of a 1×1 map, as FullyConnected)")
-    last, act = _activation(ctx, node, a.get("fused_clamp", NO_CLAMP))
+    last, act = _activation(ctx, node, a["fused_clamp"])
     rx, ry = ctx.main(x), ctx.main(last.output)
     weights, bias = np.ascontiguousarray(w.data[:, :, 0, 0], np.float32), np.asarray(b.data, np.float32)
     ctx.emit(node.name, LayerType.FullyConnected, [rx], [ry], lambda addr: FullyConnectedBody(
@@ -80,7 +78,7 @@ def binary(ctx: Lowering, node: Node) -> None:
     a, b = node.inputs
     if node.attrs["op"] != "add" or a.shape != b.shape or a.is_constant or b.is_constant:
         raise Unexpressible("v3 has only the element-wise add of two computed tensors of one shape")
-    if tuple(node.attrs.get("fused_clamp", NO_CLAMP)) != NO_CLAMP:
+    if tuple(node.attrs["fused_clamp"]) != NO_CLAMP:
         raise Unexpressible("the v3 Add layer has no activation")
     if a.dtype != "float32":
         raise Unexpressible(f"add of {a.dtype} tensors outside the quantized form")
@@ -103,7 +101,7 @@ def _vector_layer(type: LayerType, ctx: Lowering, node: Node, axis: int | None) 
 @lowers("softmax", "softmax_f32")
 def softmax(ctx: Lowering, node: Node) -> None:
     """softmax over a whole vector -> Softmax (§8.9)."""
-    if node.attrs.get("log", False):
+    if node.op == "softmax" and node.attrs["log"]:
         raise Unexpressible("log-softmax has no v3 layer")
     _vector_layer(LayerType.Softmax, ctx, node, node.attrs["axis"])
 
@@ -111,8 +109,8 @@ def softmax(ctx: Lowering, node: Node) -> None:
 @lowers("lp_normalize")
 def lp_normalize(ctx: Lowering, node: Node) -> None:
     """x / ||x||_2 over a whole vector -> L2Normalization (§8.9: x / sqrt(max(Σx², 1e-10)))."""
-    if node.attrs.get("p", 2) != 2:
-        raise Unexpressible(f"L{node.attrs.get('p')} normalization (v3 has L2 only)")
+    if node.attrs["p"] != 2:
+        raise Unexpressible(f"L{node.attrs['p']} normalization (v3 has L2 only)")
     _vector_layer(LayerType.L2Normalization, ctx, node, node.attrs["axis"])
 
 
@@ -141,13 +139,13 @@ def _pool_fields(node: Node) -> dict:
     """The §8.4 window fields of a reduce_window2d the SDK loop computes exactly, else Unexpressible."""
     a = node.attrs
     x, y = node.inputs[0], node.output
-    (pt, pb), (pl, pr) = a.get("padding", ((0, 0), (0, 0)))
-    if tuple(a.get("dilations", (1, 1))) != (1, 1) or a.get("ceil_mode", False):
+    (pt, pb), (pl, pr) = a["padding"]
+    if tuple(a["dilations"]) != (1, 1) or a["ceil_mode"]:
         raise Unexpressible("dilated or ceil-mode pooling has no v3 layer")
-    if a["op"] == "mean" and a.get("count_include_pad", False) and (pt, pb, pl, pr) != (0, 0, 0, 0):
+    if a["op"] == "mean" and a["count_include_pad"] and (pt, pb, pl, pr) != (0, 0, 0, 0):
         raise Unexpressible("the v3 average pool divides by the taps inside the map, not by the padded window")
     (c, h, w), (_, oh, ow) = chw(x), chw(y)
-    (kh, kw), (sh, sw) = a["kernel"], a.get("strides", (1, 1))
+    (kh, kw), (sh, sw) = a["kernel"], a["strides"]
     return dict(in_width=w, in_height=h, in_channels=c, out_width=ow, out_height=oh, out_channels=c,
                 kernel_width=kw, kernel_height=kh, stride_width=sw, stride_height=sh, padding_width=pl,
                 padding_height=pt)
@@ -223,12 +221,12 @@ def resize(ctx: Lowering, node: Node) -> None:
     got = _sdk_resize_index(oh, h)[:, None] * w + _sdk_resize_index(ow, w)[None, :]
     if not np.array_equal(want, got):
         raise Unexpressible(f"the SDK's floor(o·in/out) picks other pixels than "
-                            f"{a.get('coordinate_transformation_mode')}/{a.get('nearest_mode')}")
+                            f"{a['coordinate_transformation_mode']}/{a['nearest_mode']}")
     type = LayerType.ResizeNearestNeighbor if x.dtype == "float32" else LayerType.QuantizedResizeNearestNeighbor
     rx, ry = ctx.main(x), ctx.main(y)
     ctx.emit(node.name, type, [rx], [ry], fixed(
         type, flags=0, main_mem_in_address=rx, main_mem_out_address=ry, in_width=w, in_height=h, in_channels=c,
-        out_width=ow, out_height=oh, align_corners=int(a.get("coordinate_transformation_mode") == "align_corners")))
+        out_width=ow, out_height=oh, align_corners=int(a["coordinate_transformation_mode"] == "align_corners")))
 
 
 # ---------------------------------------------------------------- data movement

@@ -65,11 +65,11 @@ def kpu_conv2d_q(ctx: Lowering, node: Node) -> None:
     table_bn, table_act = kpu_tables(bn.data, act.data)
     weights = np.ascontiguousarray(w.data, np.uint8)
     in_shape, out_c, k = chw(x), w.shape[0], w.shape[-1]
-    fields = {f: int(a.get(f, 0)) for f in ("pad_value", "arg_x", "shr_x", "arg_w", "shr_w", "arg_add")}
-    pool_type = POOL_TYPE_OF[a.get("pool", "bypass")]
+    fields = {f: int(a[f]) for f in ("pad_value", "arg_x", "shr_x", "arg_w", "shr_w", "arg_add")}
+    pool_type = POOL_TYPE_OF[a["pool"]]
 
     def make(addr):
-        args = kpu_args(in_shape, out_c, k, depthwise=bool(a.get("depthwise", False)), pool_type=pool_type,
+        args = kpu_args(in_shape, out_c, k, depthwise=bool(a["depthwise"]), pool_type=pool_type,
                         src_row=addr(kx), dst_row=addr(ky), eight_bit=ctx.eight_bit, **fields)
         return K210ConvBody(int(to_main), addr(my) if to_main else 0, args, weights, table_bn, table_act)
     ctx.emit(node.name, LayerType.K210Conv, [kx], [my, ky] if to_main else [ky], make)
@@ -136,7 +136,7 @@ def _claim_inputs(ctx: Lowering) -> None:
 def _fc_input(g: Graph, conv: Node) -> tuple[Node, Node | None] | None:
     """(pad, quantize or None) if `conv` is a fully connected layer on a padded 1×1 map (see _claim_inputs)."""
     x, w = conv.inputs[0], conv.inputs[1]
-    if w.shape[-1] != 1 or conv.attrs.get("pool", "bypass") != "bypass" or len(x.shape) != 4 \
+    if w.shape[-1] != 1 or conv.attrs["pool"] != "bypass" or len(x.shape) != 4 \
             or x.shape[0] != 1 or x.shape[2:] != (4, 4) or sole_user(g, x) is not conv:
         return None
     quantize_node, p = None, x.producer

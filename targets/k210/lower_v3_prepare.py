@@ -46,7 +46,7 @@ def fold_pad_into_kpu_conv2d_q(graph: Graph) -> bool:
 def _match_padded_layer(graph: Graph, sl: Node):
     conv = sl.inputs[0].producer
     if conv.op != "kpu_conv2d_q" or sole_user(graph, conv.output) is not sl \
-            or conv.attrs.get("pool", "bypass") not in SELECTIONS:
+            or conv.attrs["pool"] not in SELECTIONS:
         return None
     quantize_node, p = None, conv.inputs[0].producer
     if p.op == "quantize_u8" and sole_user(graph, p.output) is conv:
@@ -54,22 +54,22 @@ def _match_padded_layer(graph: Graph, sl: Node):
     if p.op != "pad" or sole_user(graph, p.output) is not (quantize_node or conv):
         return None
     pads, a = p.attrs["pads"], p.attrs
-    if a.get("mode", "constant") != "constant" or len(pads) != 4 or any(tuple(q) != (0, 0) for q in pads[:2]) \
+    if a["mode"] != "constant" or len(pads) != 4 or any(tuple(q) != (0, 0) for q in pads[:2]) \
             or any(q < 0 for pair in pads[2:] for q in pair):
         return None
-    code = a.get("value", 0.0)
+    code = a["value"]
     if quantize_node is not None:
         code = K210_KERNELS["quantize_u8"](np.float32(code), scale=quantize_node.attrs["scale"],
                                            zero_point=quantize_node.attrs["zero_point"])
-    if int(code) != conv.attrs.get("pad_value", 0):
+    if int(code) != conv.attrs["pad_value"]:
         return None
-    s, dy, dx = SELECTIONS[conv.attrs.get("pool", "bypass")]
+    s, dy, dx = SELECTIONS[conv.attrs["pool"]]
     begin, end, strides = (list(sl.attrs[k]) for k in ("begin", "end", "strides"))
     if begin[0] != 0 or strides[0] != 1 or strides[2] < 1 or strides[3] < 1:
         return None
     h, w = p.inputs[0].shape[2:]
     if why_not_kpu_layer(p.inputs[0].shape, conv.output.shape[1], conv.inputs[1].shape[-1],
-                         depthwise=conv.attrs.get("depthwise", False)) is not None:
+                         depthwise=conv.attrs["depthwise"]) is not None:
         return None        # the unpadded map is too small for the KPU (a fully connected layer's 1×1)
     out_h, out_w = sl.output.shape[2:]
     for axis, size, offset, pad_before, n in ((2, h, dy, pads[2][0], out_h), (3, w, dx, pads[3][0], out_w)):

@@ -14,6 +14,7 @@ import numpy as np
 
 from compiler.errors import KpucError
 from compiler.ir import Graph, Node, Value
+from compiler.registry import registrar
 from targets.k210 import kmodel_v4 as k4
 
 TARGETS = ("k210", "cpu")
@@ -26,13 +27,7 @@ Emitter = Callable[["Lowering", Node], None]
 LOWER_V4: dict[str, Emitter] = {}
 
 
-def emitter(*ops: str):
-    """Register the function that lowers IR nodes of `ops` (one function may serve several ops)."""
-    def register(fn: Emitter) -> Emitter:
-        for op in ops:
-            LOWER_V4[op] = fn
-        return fn
-    return register
+emitter = registrar(LOWER_V4)   # @emitter(*ops): lowers IR nodes of `ops` (one function may serve several)
 
 
 # ---------------------------------------------------------------- buffers and steps

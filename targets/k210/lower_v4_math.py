@@ -15,7 +15,7 @@ import numpy as np
 
 from compiler.errors import KpucError
 from compiler.ir import Node, Value
-from compiler.ops import KPU_POOLS
+from targets.k210.ops import KPU_POOLS
 from compiler.quantization import QuantParamU8, dequantize_u8, quantize_u8
 from targets.k210 import kmodel_v4 as k4
 from targets.k210.lower_v4_core import Buffer, Lowering, emitter, shape4, value_range
@@ -105,7 +105,7 @@ NNIL_UNARY = {
 def binary(ctx: Lowering, node: Node) -> None:
     a, b = node.inputs
     _need_float(node, a, b)
-    op, clamp = node.attrs["op"], node.attrs.get("fused_clamp", FULL)
+    op, clamp = node.attrs["op"], node.attrs["fused_clamp"]
     out = node.output
     if op in BINARY_CODES:
         emit_binary(ctx, op, ctx.buffer(a), a.shape, ctx.buffer(b), b.shape, ctx.output(out), out.shape, clamp)
@@ -153,7 +153,7 @@ def activation(ctx: Lowering, node: Node) -> None:
     x, a = node.inputs[0], node.attrs
     _need_float(node, x)
     step = {"unary": lambda: ("unary", a["op"]),
-            "clamp": lambda: ("clamp", a.get("min", -math.inf), a.get("max", math.inf)),
+            "clamp": lambda: ("clamp", a["min"], a["max"]),
             "leaky_relu": lambda: ("leaky_relu", a["alpha"]),
             "hard_sigmoid": lambda: ("hard_sigmoid", a["alpha"], a["beta"])}[node.op]()
     emit_activation(ctx, step, ctx.buffer(x), ctx.output(node.output), node.name)
@@ -181,11 +181,11 @@ def conv2d(ctx: Lowering, node: Node) -> None:
     if not (w.is_constant and b.is_constant):
         raise KpucError(f"{node.name}: conv2d weights and bias must be constants (they go into the body, §8.3)")
     a = node.attrs
-    (ph, pw), (sh, sw), (dh, dw) = a.get("padding", ((0, 0), (0, 0))), a.get("strides", (1, 1)), a.get("dilations", (1, 1))
+    (ph, pw), (sh, sw), (dh, dw) = a["padding"], a["strides"], a["dilations"]
     oc, _, kh, kw = w.shape
-    ctx.emit(k4.Conv2D(ctx.buffer(x), ctx.output(node.output), shape4(x.shape), a.get("groups", 1), oc,
+    ctx.emit(k4.Conv2D(ctx.buffer(x), ctx.output(node.output), shape4(x.shape), a["groups"], oc,
                        k4.Padding(*ph), k4.Padding(*pw), kh, kw, sh, sw, dh, dw,
-                       value_range(a.get("fused_clamp", FULL)), w.data.astype(F32).reshape(-1),
+                       value_range(a["fused_clamp"]), w.data.astype(F32).reshape(-1),
                        b.data.astype(F32).reshape(-1)))
 
 
@@ -199,15 +199,15 @@ def kpu_conv2d(ctx: Lowering, node: Node) -> None:
     _need_float(node, x)
     a, out = node.attrs, node.output
     k, c = w.shape[-1], x.shape[1]
-    steps, (lo, hi) = list(a.get("activation", ())), FULL
+    steps, (lo, hi) = list(a["activation"]), FULL
     while steps and steps[0][0] == "clamp":
         lo, hi = max(lo, steps[0][1]), min(hi, steps[0][2])
         steps.pop(0)
-    pool = a.get("pool", "bypass")
+    pool = a["pool"]
     full = (x.shape[0], w.shape[0]) + x.shape[2:]
     last = not steps and pool == "bypass"
     y = ctx.output(out) if last else ctx.temp("conv", full)
-    ctx.emit(k4.Conv2D(ctx.buffer(x), y, shape4(x.shape), c if a.get("depthwise", False) else 1, w.shape[0],
+    ctx.emit(k4.Conv2D(ctx.buffer(x), y, shape4(x.shape), c if a["depthwise"] else 1, w.shape[0],
                        k4.Padding(k // 2, k // 2), k4.Padding(k // 2, k // 2), k, k, 1, 1, 1, 1,
                        value_range((lo, hi)), w.data.astype(F32).reshape(-1), b.data.astype(F32).reshape(-1)))
     for i, step in enumerate(steps):
@@ -239,11 +239,11 @@ def conv2d_transpose(ctx: Lowering, node: Node) -> None:
     if not (w.is_constant and b.is_constant):
         raise KpucError(f"{node.name}: conv2d_transpose weights and bias must be constants")
     a = node.attrs
-    g = a.get("groups", 1)
-    (ph, pw), (sh, sw), (dh, dw) = a.get("padding", ((0, 0), (0, 0))), a.get("strides", (1, 1)), a.get("dilations", (1, 1))
+    g = a["groups"]
+    (ph, pw), (sh, sw), (dh, dw) = a["padding"], a["strides"], a["dilations"]
     ci, og, kh, kw = w.shape
     weights = w.data.astype(F32).reshape(g, ci // g, og, kh, kw).transpose(0, 2, 1, 3, 4).reshape(-1)
-    clamp, out = a.get("fused_clamp", FULL), node.output
+    clamp, out = a["fused_clamp"], node.output
     has_bias = bool(np.any(b.data != 0))
     conv_out = ctx.temp("conv", out.shape) if has_bias else ctx.output(out)
     ctx.emit(k4.Conv2DTranspose(ctx.buffer(x), conv_out, shape4(x.shape), shape4(out.shape), g,
@@ -258,7 +258,7 @@ def _bias_add(ctx: Lowering, node: Node) -> tuple[Node, np.ndarray] | None:
     """The `add` of a constant [N] vector that alone reads a matmul's output (ncc fuses it as the bias)."""
     out = node.output
     users = out.user_nodes()
-    if len(users) != 1 or out in ctx.graph.outputs or node.attrs.get("fused_clamp", FULL) != FULL:
+    if len(users) != 1 or out in ctx.graph.outputs or node.attrs["fused_clamp"] != FULL:
         return None
     add = users[0]
     if add.op != "binary" or add.attrs["op"] != "add" or len(out.users) != 1:
@@ -283,14 +283,14 @@ def matmul(ctx: Lowering, node: Node) -> None:
         raise KpucError(f"{node.name}: the runtime's matmul is [M,K]·[K,N], not {a.shape}·{b.shape}")
     k, n = b.shape
     rows = _elems(a.shape[:-1])
-    clamp, out, bias = node.attrs.get("fused_clamp", FULL), node.output, np.zeros(n, F32)
+    clamp, out, bias = node.attrs["fused_clamp"], node.output, np.zeros(n, F32)
     fused = _bias_add(ctx, node) if node.op == "matmul" else None
     if node.op == "matmul_f32":
         bias = np.asarray(node.inputs[2].data, F32).reshape(n)
     if fused:
         add, bias = fused
         ctx.absorbed.add(add)
-        clamp, out = add.attrs.get("fused_clamp", FULL), add.output
+        clamp, out = add.attrs["fused_clamp"], add.output
     if b.is_constant and b.data.size * 4 <= MATMUL_RUNTIME_TRANSPOSE_MAX:
         source = ctx.const(b.data.astype(F32).T, f"{b.name}/source")
         b_buf = ctx.temp("b", (k, n))
@@ -317,10 +317,10 @@ def reduce_window2d(ctx: Lowering, node: Node) -> None:
 
 def _float_pool(ctx: Lowering, node: Node, src: Buffer, out: Buffer) -> None:
     x, a = node.inputs[0], node.attrs
-    (kh, kw), (sh, sw), (dh, dw) = a["kernel"], a.get("strides", (1, 1)), a.get("dilations", (1, 1))
-    pads = [list(p) for p in a.get("padding", ((0, 0), (0, 0)))]
+    (kh, kw), (sh, sw), (dh, dw) = a["kernel"], a["strides"], a["dilations"]
+    pads = [list(p) for p in a["padding"]]
     in_shape = shape4(x.shape)
-    if a["op"] == "mean" and a.get("count_include_pad", False) and any(p for pair in pads for p in pair):
+    if a["op"] == "mean" and a["count_include_pad"] and any(p for pair in pads for p in pair):
         padded = shape4(in_shape[:2] + (in_shape[2] + sum(pads[0]), in_shape[3] + sum(pads[1])))
         t = ctx.temp("padded", padded)
         ctx.emit(pad_body(src, t, in_shape, ((0, 0), (0, 0), pads[0], pads[1])))
@@ -390,7 +390,7 @@ def softmax(ctx: Lowering, node: Node) -> None:
     emit_binary(ctx, "sub", ctx.buffer(x), shape, m, keep, z, shape)
     ctx.emit(k4.Unary(z, e, UNARY_CODES["exp"]))
     emit_reduce(ctx, "sum", e, shape, (axis,), s)
-    if node.attrs.get("log", False):
+    if node.attrs["log"]:
         lg = ctx.temp("log", keep)
         ctx.emit(k4.Unary(s, lg, UNARY_CODES["log"]))
         emit_binary(ctx, "sub", z, shape, lg, keep, ctx.output(node.output), shape)
@@ -403,13 +403,13 @@ def lp_normalize(ctx: Lowering, node: Node) -> None:
     """x / max(sqrt(Σx²), ε) (p = 2 only)."""
     x = node.inputs[0]
     _need_float(node, x)
-    if node.attrs.get("p", 2) != 2:
+    if node.attrs["p"] != 2:
         raise KpucError(f"{node.name}: only the L2 norm is lowered")
     axis, shape = node.attrs["axis"], x.shape
     keep = tuple(1 if i == axis else d for i, d in enumerate(shape))
     sq, total, norm = ctx.temp("square", shape), ctx.temp("sum", keep), ctx.temp("norm", keep)
     ctx.emit(k4.Unary(ctx.buffer(x), sq, UNARY_CODES["square"]))
     emit_reduce(ctx, "sum", sq, shape, (axis,), total)
-    emit_nnil(ctx, clamp_program(Nnil().c(1.0).x().op("rsqrt", "div"), node.attrs.get("epsilon", 0.0), math.inf).ret(),
+    emit_nnil(ctx, clamp_program(Nnil().c(1.0).x().op("rsqrt", "div"), node.attrs["epsilon"], math.inf).ret(),
               total, norm)
     emit_binary(ctx, "div", ctx.buffer(x), shape, norm, keep, ctx.output(node.output), shape)

@@ -122,7 +122,7 @@ def plan_kpu_subsampling(ctx: Lowering) -> None:
             continue
         readers = out.user_nodes()
         if readers and all(u.op in KPU_LAYER_OPS and u.inputs[0] is out and u.inputs[1].shape[-1] == 1
-                           and not u.attrs.get("depthwise", False) and u.attrs.get("pool", "bypass") == "bypass"
+                           and not u.attrs["depthwise"] and u.attrs["pool"] == "bypass"
                            and out not in u.inputs[1:] for u in readers):
             ctx.absorbed.add(sl)
             ctx.subsampled_by[sl] = src
@@ -146,11 +146,11 @@ def layer_args(in_shape, out_shape, k: int, depthwise: bool, pool: str, attrs: d
         depth_wise_layer=int(depthwise), i_ch_num=ic - 1, o_ch_num=oc - 1, o_ch_num_coef=per - 1,
         i_row_wid=w - 1, i_col_high=h - 1, o_row_wid=ow - 1, o_col_high=oh - 1,
         kernel_type=int(k == 3), pool_type=POOL_TYPE_OF[pool], load_para=1, dma_burst_size=15,
-        pad_value=attrs.get("pad_value", 0), load_coor=1, load_time=loads - 1, para_size=para_size,
+        pad_value=attrs["pad_value"], load_coor=1, load_time=loads - 1, para_size=para_size,
         channel_switch_addr=lin.row_len * h, row_switch_addr=lin.row_len, coef_group=lin.groups, load_act=1,
         wb_channel_switch_addr=lout.row_len * oh, wb_row_switch_addr=lout.row_len, wb_group=lout.groups,
-        shr_w=attrs.get("shr_w", 0), shr_x=attrs.get("shr_x", 0), arg_w=attrs.get("arg_w", 0),
-        arg_x=attrs.get("arg_x", 0), arg_add=attrs.get("arg_add", 0), send_data_out=int(main_output),
+        shr_w=attrs["shr_w"], shr_x=attrs["shr_x"], arg_w=attrs["arg_w"],
+        arg_x=attrs["arg_x"], arg_add=attrs["arg_add"], send_data_out=int(main_output),
         channel_byte_num=ow * oh - 1, dma_total_byte=ow * oh * oc - 1)
 
 
@@ -160,14 +160,14 @@ def kpu_conv2d_q(ctx: Lowering, node: Node) -> None:
     weights = _const(node, w, "weights").astype(np.uint8)
     batch_norm, table = kpu_tables(_const(node, bn, "batch-norm table"), _const(node, act, "activation table"))
     a = node.attrs
-    pool = a.get("pool", "bypass")
+    pool = a["pool"]
     if node in ctx.subsample:                     # read the full map, subsample with the pool
         x, pool = ctx.subsample[node]
     src = kpu_input(ctx, x)
     out = node.output
     dst = ctx.output(out, k4.MEM_KPU)
     main = ctx.output(out) if _needs_main_copy(ctx, out) else None
-    args = layer_args(shape4(x.shape), shape4(out.shape), w.shape[-1], a.get("depthwise", False), pool, a,
+    args = layer_args(shape4(x.shape), shape4(out.shape), w.shape[-1], a["depthwise"], pool, a,
                       main is not None)
 
     def finish(body: k4.KpuConv2D) -> k4.KpuConv2D:
@@ -185,7 +185,7 @@ def quantize(ctx: Lowering, node: Node) -> None:
     """f32 -> u8 (§8.7). (The generic `quantize` op rounds ties to even; the runtime rounds them away
     from zero, as quantize_u8 does.)"""
     a = node.attrs
-    if node.op == "quantize" and (a.get("axis") is not None or a.get("dtype", "uint8") != "uint8"):
+    if node.op == "quantize" and (a["axis"] is not None or a["dtype"] != "uint8"):
         raise KpucError(f"{node.name}: the runtime quantizes per tensor to uint8 only")
     ctx.emit(k4.Quantize(ctx.buffer(node.inputs[0]), ctx.output(node.output), _u8_param(a["scale"], a["zero_point"])))
 
@@ -194,7 +194,7 @@ def quantize(ctx: Lowering, node: Node) -> None:
 def dequantize(ctx: Lowering, node: Node) -> None:
     """u8 -> f32 (§8.4)."""
     a = node.attrs
-    if a.get("axis") is not None or node.inputs[0].dtype != "uint8":
+    if node.op == "dequantize" and a["axis"] is not None or node.inputs[0].dtype != "uint8":
         raise KpucError(f"{node.name}: the runtime dequantizes uint8 per tensor only")
     ctx.emit(k4.Dequantize(ctx.buffer(node.inputs[0]), ctx.output(node.output), _u8_param(a["scale"], a["zero_point"])))
 
@@ -249,10 +249,10 @@ def table_lookup1d(ctx: Lowering, node: Node) -> None:
 def quantized_conv2d(ctx: Lowering, node: Node) -> None:
     x, w, b = node.inputs
     a = node.attrs
-    (ph, pw), (sh, sw), (dh, dw) = a.get("padding", ((0, 0), (0, 0))), a.get("strides", (1, 1)), a.get("dilations", (1, 1))
+    (ph, pw), (sh, sw), (dh, dw) = a["padding"], a["strides"], a["dilations"]
     oc, _, kh, kw = w.shape
     ctx.emit(k4.QuantizedConv2D(
-        ctx.buffer(x), ctx.output(node.output), shape4(x.shape), a.get("groups", 1), oc, k4.Padding(*ph),
+        ctx.buffer(x), ctx.output(node.output), shape4(x.shape), a["groups"], oc, k4.Padding(*ph),
         k4.Padding(*pw), kh, kw, sh, sw, dh, dw, a["input_offset"], a["filter_offset"], a["output_mul"],
         a["output_shift"], a["output_offset"], _const(node, b, "bias").astype(np.int32).reshape(-1),
         _const(node, w, "weights").astype(np.uint8).reshape(-1)))

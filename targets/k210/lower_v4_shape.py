@@ -188,9 +188,9 @@ def pad(ctx: Lowering, node: Node) -> None:
     """Constant pads and crops (negative amounts, §8.6); the pad value is written (ncc always wrote 0)."""
     x = node.inputs[0]
     a = node.attrs
-    if a.get("mode", "constant") != "constant":
+    if a["mode"] != "constant":
         raise KpucError(f"{node.name}: the runtime pads with a constant only, not '{a['mode']}'")
-    ctx.emit(pad_body(ctx.buffer(x), ctx.output(node.output), x.shape, a["pads"], a.get("value", 0.0)))
+    ctx.emit(pad_body(ctx.buffer(x), ctx.output(node.output), x.shape, a["pads"], a["value"]))
 
 
 def _runtime_coords(in_len: int, out_len: int, align_corners: bool) -> np.ndarray:
@@ -205,7 +205,7 @@ def _resize_mode(a: dict, in_hw, out_hw) -> tuple[int, bool] | None:
     """(mode, align_corners) of a resize_image that picks exactly the IR resize's source pixels (nearest)
     or coordinates (bilinear, within float32 rounding), or None. Decided by comparing the index / coordinate
     arrays, so e.g. TFLite's half-pixel nearest upscale by an integer factor qualifies."""
-    ctm = a.get("coordinate_transformation_mode", "half_pixel")
+    ctm = a["coordinate_transformation_mode"]
     ok = {}
     for align in (False, True):
         same = True
@@ -213,7 +213,7 @@ def _resize_mode(a: dict, in_hw, out_hw) -> tuple[int, bool] | None:
             ir = _source_coord(ctm, o, n)
             rt = _runtime_coords(n, o, align)
             if a["mode"] == "nearest":
-                ir_idx = np.clip(_nearest_index(ir, a.get("nearest_mode", "round_prefer_floor")), 0, n - 1)
+                ir_idx = np.clip(_nearest_index(ir, a["nearest_mode"]), 0, n - 1)
                 same &= bool(np.array_equal(ir_idx, np.minimum(np.floor(rt).astype(np.int64), n - 1)))
             else:
                 same &= bool(np.allclose(np.clip(ir, 0, n - 1), np.clip(rt, 0, n - 1), rtol=0, atol=1e-5))
@@ -236,7 +236,7 @@ def resize(ctx: Lowering, node: Node) -> None:
     mode = _resize_mode(a, x.shape[2:], sizes[2:])
     if mode is None:
         raise KpucError(f"{node.name}: resize_image cannot sample like a {a['mode']} resize with "
-                        f"{a.get('coordinate_transformation_mode', 'half_pixel')} coordinates "
+                        f"{a['coordinate_transformation_mode']} coordinates "
                         f"({x.shape[2]}x{x.shape[3]} -> {sizes[2]}x{sizes[3]})")
     ctx.emit(k4.ResizeImage(ctx.buffer(x), ctx.output(node.output), shape4(x.shape), sizes[2], sizes[3], *mode))
 
@@ -288,7 +288,7 @@ def depth_to_space(ctx: Lowering, node: Node) -> None:
     x = node.inputs[0]
     n, c, h, w = x.shape
     b = node.attrs["block"]
-    if n != 1 or node.attrs.get("mode", "DCR") != "DCR":
+    if n != 1 or node.attrs["mode"] != "DCR":
         raise KpucError(f"{node.name}: depth_to_space is lowered for batch 1, DCR only")
     ctx.emit(k4.Transpose(ctx.buffer(x), ctx.output(node.output), (b, b, (c // (b * b)) * h, w), (2, 0, 3, 1)))
 

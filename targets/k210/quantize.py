@@ -29,15 +29,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from compiler.calibration import conv_key, split_activation
 from compiler.errors import KpucError
 from compiler.ir import Graph, Node, QuantParam, Value
 from compiler.kernels import KERNELS
-from compiler.kernels.kpu import ACTIVATION_STEPS
 from compiler.quantization import (F32, QuantParamU8, Range, fixed_mul, fixup_range, get_quant_param, get_range,
                                    lookup_table, quantize_u8, quantize_weights_u8, quantized_binary_params,
                                    quantized_conv2d_params, round_half_away_from_zero, roundf_int, weights_span)
-from compiler.ops import KPU_POOLS
+from compiler.ops import has_trait, ops_with
+from targets.k210.ops import ACTIVATION_STEPS, KPU_POOLS, conv_key, split_activation
 
 ACT_SEGMENTS = 16
 ACT_SAMPLES = 1024
@@ -191,9 +190,9 @@ def quantize_kpu_layer(w: np.ndarray, b: np.ndarray, activation: tuple, iq: Quan
 
 
 # ------------------------------------------------------------------ the graph rewrite
-U8_DATA_OPS = ("reshape", "transpose", "pad", "strided_slice", "concat", "resize", "reduce_window2d",
-               "space_to_batch", "batch_to_space", "space_to_depth", "depth_to_space")
-TABLE_OPS = ("unary", "clamp", "leaky_relu", "hard_sigmoid", "prelu")
+U8_DATA_OPS = ops_with("data_movement")          # uint8 in, uint8 out when exact for the node's attrs
+TABLE_OPS = ops_with("table_lookup")
+RULE_OPS = ("kpu_conv2d", "conv2d", "matmul", "binary")   # ops with a rule of their own (a method of that name)
 QUANTIZED_BINARY_OPS = ("add", "sub", "mul", "div", "min", "max")
 
 
@@ -289,11 +288,11 @@ class _Rewriter:
         iq = self.param(x)
         yq = get_quant_param(self.ranges[conv_key(v.name)])
         zq = get_quant_param(self.ranges[v.name])
-        layer = quantize_kpu_layer(w.data, b.data, node.attrs.get("activation", ()), iq, yq, zq)
+        layer = quantize_kpu_layer(w.data, b.data, node.attrs["activation"], iq, yq, zq)
         consts = [self.g.const(layer.weights, name=f"{v.name}_q/weights", quant=layer.weights_q.to_ir()),
                   self.g.const(layer.bn, name=f"{v.name}_q/bn"), self.g.const(layer.act, name=f"{v.name}_q/act")]
         new = self._add("kpu_conv2d_q", [self.get_u8(x, iq), *consts], name=f"{v.name}_q",
-                        depthwise=node.attrs.get("depthwise", False), pool=node.attrs.get("pool", "bypass"),
+                        depthwise=node.attrs["depthwise"], pool=node.attrs["pool"],
                         **layer.attrs)
         self.set_native(node, new, layer.output, kpu_quant={"input": layer.input, "weights": layer.weights_q,
                                                              "conv": layer.conv, "output": layer.output})
@@ -302,12 +301,12 @@ class _Rewriter:
         """conv2d (+ activation nodes + pool) in float: nncase keeps a conv with such weights off the KPU."""
         x, w, b = node.inputs
         v, a = node.output, node.attrs
-        (lo, hi), steps = split_activation(a.get("activation", ()))
+        (lo, hi), steps = split_activation(a["activation"])
         p = w.shape[-1] // 2
-        chain = [("conv2d", {"padding": ((p, p), (p, p)), "groups": x.shape[1] if a.get("depthwise", False) else 1,
+        chain = [("conv2d", {"padding": ((p, p), (p, p)), "groups": x.shape[1] if a["depthwise"] else 1,
                              "fused_clamp": (lo, hi)})]
         chain += [_step_node(name, params) for name, *params in steps]
-        chain += _float_pool(v.shape, a.get("pool", "bypass"))
+        chain += _float_pool(v.shape, a["pool"])
         y = None
         for i, (op, attrs) in enumerate(chain):
             inputs = [self.get_float(x), self.get_float(w), self.get_float(b)] if i == 0 else [y]
@@ -329,8 +328,8 @@ class _Rewriter:
         a = node.attrs
         new = self._add("quantized_conv2d", [self.get_u8(x, iq), self.g.const(w_q, name=f"{w.name}_q", quant=wq.to_ir()),
                                              self.g.const(bias_q, name=f"{b.name}_q")], name=f"{v.name}_q",
-                        strides=a.get("strides", (1, 1)), padding=a.get("padding", ((0, 0), (0, 0))),
-                        dilations=a.get("dilations", (1, 1)), groups=a.get("groups", 1),
+                        strides=a["strides"], padding=a["padding"],
+                        dilations=a["dilations"], groups=a["groups"],
                         input_offset=-iq.zero_point, filter_offset=-wq.zero_point, **attrs)
         self.set_native(node, new, yq)
 
@@ -370,7 +369,7 @@ class _Rewriter:
             q = self.param(data[0])
             inputs = [self.get_u8(d) if d in data else self.get_float(d) for d in node.inputs]
         if node.op == "pad":
-            a["value"] = float(quantize_u8(np.float32(a.get("value", 0.0)), q))
+            a["value"] = float(quantize_u8(np.float32(a["value"]), q))
         new = self._add(node.op, inputs, name=f"{v.name}_q", **a)
         self.set_native(node, new, q)
 
@@ -397,7 +396,7 @@ class _Rewriter:
 
     # ---- driver
     def run(self) -> Graph:
-        rules = {"kpu_conv2d": self.kpu_conv2d, "conv2d": self.conv2d, "matmul": self.matmul, "binary": self.binary,
+        rules = {**{op: getattr(self, op) for op in RULE_OPS},
                  **{op: self.data_op for op in U8_DATA_OPS}, **{op: self.table for op in TABLE_OPS}}
         for v in self.src.inputs:
             self.orig[v] = self.g.input(v.name, v.type, v.quant)
@@ -443,16 +442,7 @@ def _float_pool(out_shape, pool: str) -> list[tuple[str, dict]]:
 
 def _exact_on_codes(node: Node) -> bool:
     """Whether the op gives the same codes as dequantize -> op -> quantize with the input's parameters."""
-    a = node.attrs
-    if node.op == "pad":
-        return a.get("mode", "constant") == "constant"
-    if node.op == "resize":
-        return a["mode"] == "nearest"
-    if node.op == "reduce_window2d":
-        return a["op"] == "max"
-    if node.op == "space_to_batch":
-        return False        # its zero padding would be code 0, not the zero point
-    return True
+    return has_trait(node, "data_movement")
 
 
 def quantize_k210(graph: Graph, ranges: dict[str, Range], *, weights_quantize_threshold: float = 64,

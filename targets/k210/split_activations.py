@@ -33,7 +33,7 @@ from targets.k210.constraints import MAX_CHANNELS, why_not_kpu
 
 
 def _depthwise(node: Node) -> bool:
-    return node.attrs.get("groups", 1) != 1
+    return node.attrs["groups"] != 1
 
 
 def _splittable(graph: Graph, node: Node) -> bool:

@@ -22,6 +22,7 @@ from compiler.importers.limits import check_elements
 from compiler.ir import Graph, Value
 from compiler.kernels import KERNELS
 from compiler.ops import infer_types
+from compiler.registry import registrar
 import compiler.kernels.all  # noqa: F401  (fills KERNELS, used for folding)
 
 CONVERTERS: dict[str, list[tuple[int, Callable]]] = {}
@@ -31,15 +32,13 @@ class NotConvertible(KpucError):
     """This node cannot be translated: an attribute value, a dynamic input, a dtype."""
 
 
-def converter(*op_types: str, since: int = 1):
-    """Register `fn` as the converter of each ONNX op in `op_types` from opset `since` on."""
-    def register(fn):
-        for op in op_types:
-            versions = CONVERTERS.setdefault(op, [])
-            versions.append((since, fn))
-            versions.sort(key=lambda sv: sv[0])
-        return fn
-    return register
+def _add_version(table: dict, op: str, fn: Callable, since: int = 1) -> None:
+    versions = table.setdefault(op, [])
+    versions.append((since, fn))
+    versions.sort(key=lambda sv: sv[0])
+
+
+converter = registrar(CONVERTERS, _add_version)   # @converter(*op_types, since=1): from opset `since` on
 
 
 def lookup(op_type: str, opset: int) -> Callable | None:

@@ -36,6 +36,7 @@ from compiler.errors import KpucError, Unsupported
 from compiler.importers import SourceSummary, checked_graph
 from compiler.importers.tflite.reader import ModelData, OpInfo, TensorInfo, read_model
 from compiler.ir import Graph, Node, QuantParam, TensorType, Value
+from compiler.registry import registrar
 
 CONVERTERS: dict[str, Callable] = {}
 TO_NCHW, TO_NHWC = (0, 3, 1, 2), (0, 2, 3, 1)
@@ -48,13 +49,7 @@ FUSED_ACTIVATIONS = {1: ("clamp", {"min": 0.0, "max": float("inf")}),   # RELU
                      4: ("unary", {"op": "tanh"})}                       # TANH
 
 
-def converter(*op_types: str):
-    """Register `fn(ctx, op)` as the converter of the TFLite builtin ops `op_types`."""
-    def register(fn):
-        for t in op_types:
-            CONVERTERS[t] = fn
-        return fn
-    return register
+converter = registrar(CONVERTERS)   # @converter(*op_types): fn(ctx, op) converts those TFLite builtin ops
 
 
 def option(op: OpInfo, field: str, default=0):
@@ -91,7 +86,7 @@ def ir_dtype(t: TensorInfo) -> str:
 def _intersect(a: dict, b: dict) -> dict:
     """The clamp that applies clamp `a` and then clamp `b`: clamp(clamp(x, a), b) = clamp(x, b(a.min), b(a.max))."""
     lo2, hi2 = b.get("min", -np.inf), b.get("max", np.inf)
-    lo, hi = (float(min(max(v, lo2), hi2)) for v in (a.get("min", -np.inf), a.get("max", np.inf)))
+    lo, hi = (float(min(max(v, lo2), hi2)) for v in (a["min"], a["max"]))
     return {"min": lo, "max": hi}
 
 

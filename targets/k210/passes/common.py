@@ -62,7 +62,7 @@ def rebuild_chain(graph: Graph, value: Value, chain: list[Node], before: Node) -
 def is_zero_pad(node: Node) -> bool:
     """A constant-0 pad of the two spatial axes only, padding (never cropping)."""
     a = node.attrs
-    return (node.op == "pad" and a.get("mode", "constant") == "constant" and a.get("value", 0.0) == 0.0
+    return (node.op == "pad" and a["mode"] == "constant" and a["value"] == 0.0
             and len(a["pads"]) == 4 and tuple(a["pads"][0]) == (0, 0) and tuple(a["pads"][1]) == (0, 0)
             and all(p >= 0 for pair in a["pads"][2:] for p in pair))
 

@@ -32,20 +32,20 @@ def _is_kpu_shaped(conv: Node) -> bool:
     a = conv.attrs
     x, w, _ = conv.inputs
     k, p = w.shape[-1], kpu_padding(w.shape[-1])
-    return (tuple(a.get("strides", (1, 1))) == (1, 1)
-            and (tuple(a.get("dilations", (1, 1))) == (1, 1) or k == 1)
-            and tuple(map(tuple, a.get("padding", ((0, 0), (0, 0))))) == ((p, p), (p, p))
-            and why_not_kpu_layer(x.shape, w.shape[0], k, depthwise=a.get("groups", 1) != 1) is None)
+    return (tuple(a["strides"]) == (1, 1)
+            and (tuple(a["dilations"]) == (1, 1) or k == 1)
+            and tuple(map(tuple, a["padding"])) == ((p, p), (p, p))
+            and why_not_kpu_layer(x.shape, w.shape[0], k, depthwise=a["groups"] != 1) is None)
 
 
 def _match(graph: Graph, conv: Node) -> Match | None:
     if why_not_kpu(conv) is not None or not _is_kpu_shaped(conv):
         return None
     x, w, _ = conv.inputs
-    lo, hi = conv.attrs.get("fused_clamp", (-math.inf, math.inf))
+    lo, hi = conv.attrs["fused_clamp"]
     fused = (("clamp", float(lo), float(hi)),) if (lo, hi) != (-math.inf, math.inf) else ()
     chain, steps = activation_chain(graph, conv.output)
-    depthwise = conv.attrs.get("groups", 1) != 1
+    depthwise = conv.attrs["groups"] != 1
     last = chain_end(conv.output, chain).producer
     pooled = pool_after(graph, last.output, x.shape, w.shape[0], w.shape[-1], depthwise)
     if pooled:
@@ -56,7 +56,7 @@ def _match(graph: Graph, conv: Node) -> Match | None:
 def _rewrite(graph: Graph, m: Match) -> None:
     x, w, b = m.conv.inputs
     kpu = derive(graph, m.conv, "kpu_conv2d", [x, w, b], suffix="_kpu", before=m.last,
-                 depthwise=m.conv.attrs.get("groups", 1) != 1, pool=m.pool, activation=m.steps)
+                 depthwise=m.conv.attrs["groups"] != 1, pool=m.pool, activation=m.steps)
     graph.replace_all_uses(m.last.output, kpu.output)
 
 

@@ -37,7 +37,7 @@ def _flipped_weights(w: np.ndarray, groups: int) -> np.ndarray:
 def _rewrite(graph: Graph, node: Node) -> None:
     x, w, b = node.inputs
     n, c, h, wd = x.shape
-    sh, sw = node.attrs.get("strides", (1, 1))
+    sh, sw = node.attrs["strides"]
     _, _, attrs = transpose_as_conv(x.type, w.shape, node.attrs)
     name = node.name
     z = x

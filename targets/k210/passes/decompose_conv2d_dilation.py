@@ -19,8 +19,8 @@ from targets.k210.passes.common import activation_chain, chain_end, derive, pad_
 
 def _match(graph: Graph, conv: Node) -> list | None:
     a = conv.attrs
-    if (conv.inputs[1].shape[-1] == 1 or tuple(a.get("dilations", (1, 1))) == (1, 1)
-            or tuple(a.get("strides", (1, 1))) != (1, 1) or why_not_kpu(conv) is not None):
+    if (conv.inputs[1].shape[-1] == 1 or tuple(a["dilations"]) == (1, 1)
+            or tuple(a["strides"]) != (1, 1) or why_not_kpu(conv) is not None):
         return None
     return activation_chain(graph, conv.output)[0]
 
@@ -29,7 +29,7 @@ def _rewrite(graph: Graph, conv: Node, chain: list) -> None:
     x, w, b = conv.inputs
     last = chain_end(conv.output, chain).producer
     d = tuple(conv.attrs["dilations"])
-    padding = conv.attrs.get("padding", ((0, 0), (0, 0)))
+    padding = conv.attrs["padding"]
     pads, crops = [], []
     for size, (pt, pb), dd, out in zip(x.shape[2:], padding, d, last.output.shape[2:]):
         extra = -(size + pt + pb) % dd

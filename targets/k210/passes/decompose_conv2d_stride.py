@@ -18,7 +18,7 @@ from targets.k210.passes.common import activation_chain, chain_end, derive, rebu
 
 
 def _match(graph: Graph, conv: Node) -> list | None:
-    if tuple(conv.attrs.get("strides", (1, 1))) == (1, 1) or why_not_kpu(conv) is not None:
+    if tuple(conv.attrs["strides"]) == (1, 1) or why_not_kpu(conv) is not None:
         return None
     return activation_chain(graph, conv.output)[0]
 

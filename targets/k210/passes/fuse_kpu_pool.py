@@ -56,7 +56,7 @@ def _downsample(conv: Node, sl: Node) -> Match | None:
 
 def _match(graph: Graph, conv: Node) -> Match | None:
     a = conv.attrs
-    if a.get("pool", "bypass") != "bypass" or a.get("depthwise", False):
+    if a["pool"] != "bypass" or a["depthwise"]:
         return None
     x, w, _ = conv.inputs
     pooled = pool_after(graph, conv.output, x.shape, w.shape[0], w.shape[-1], False)

@@ -32,10 +32,10 @@ def _match(graph: Graph, conv: Node) -> Match | None:
     a = conv.attrs
     x, w, _ = conv.inputs
     k = w.shape[-1]
-    if (why_not_kpu(conv) is not None or tuple(a.get("strides", (1, 1))) != (1, 1)
-            or (k > 1 and tuple(a.get("dilations", (1, 1))) != (1, 1))):
+    if (why_not_kpu(conv) is not None or tuple(a["strides"]) != (1, 1)
+            or (k > 1 and tuple(a["dilations"]) != (1, 1))):
         return None
-    padding = a.get("padding", ((0, 0), (0, 0)))
+    padding = a["padding"]
     geometry = tuple(kpu_geometry(size, k, tuple(pad), least)
                      for size, pad, least in zip(x.shape[2:], padding, (MIN_IN_H, MIN_IN_W)))
     if geometry == ((0, 0, 0, 0), (0, 0, 0, 0)):

@@ -43,7 +43,7 @@ def _bias_of(graph: Graph, mm: Node) -> tuple[np.ndarray, Node] | None:
 
 
 def _clamp_step(node: Node) -> tuple:
-    lo, hi = node.attrs.get("fused_clamp", (-math.inf, math.inf))
+    lo, hi = node.attrs["fused_clamp"]
     return (("clamp", float(lo), float(hi)),) if (lo, hi) != (-math.inf, math.inf) else ()
 
 

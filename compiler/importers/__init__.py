@@ -8,33 +8,13 @@ count) and the same list of unsupported ops, without failing on them: `kpuc info
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from compiler.errors import KpucError, MalformedModel, Unsupported, UnsupportedOps
+from compiler.errors import KpucError, MalformedModel, UnsupportedOps
+from compiler.importers.common import SourceSummary, checked_graph  # noqa: F401  (re-exported)
 from compiler.ir import Graph
 
 FORMATS = {".tflite": "tflite", ".onnx": "onnx"}
-
-
-@dataclass
-class SourceSummary:
-    """What a source model file says about itself, in its own terms (TFLite/ONNX op names)."""
-    format: str
-    inputs: list[tuple[str, tuple[int, ...], str]]      # (name, shape as the file gives it, dtype)
-    outputs: list[tuple[str, tuple[int, ...], str]]
-    op_histogram: dict[str, int]                         # source op type -> count, sorted by name
-    parameters: int                                      # elements in constant weight tensors
-    unsupported: list[Unsupported] = field(default_factory=list)
-
-
-def checked_graph(graph: Graph, problems: list[Unsupported]) -> Graph:
-    """An importer's result: UnsupportedOps if it met any problem, else the graph swept and validated."""
-    if problems:
-        raise UnsupportedOps(problems)
-    graph.eliminate_dead_code()
-    graph.validate()
-    return graph
 
 
 def guess_format(path: str | Path, format: str | None = None) -> str:

@@ -32,18 +32,30 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 from compiler.errors import KpucError, MalformedModel, Unsupported, printable
-from compiler.importers import SourceSummary, checked_graph
+from compiler.importers.common import SourceSummary, checked_graph
 from compiler.importers.limits import TooLarge, check_elements
-from compiler.importers.onnx.context import (CONVERTERS, RUNTIME_DTYPES, NotConvertible, OnnxContext,
-                                             check_call, graph_array, lookup)
-from compiler.importers.onnx.validate import (DEFAULT_DOMAINS, MIN_OPSET, check_attribute, check_external,  # noqa: F401
-                                              check_tensor, opset_of, validate_graph)
-from compiler.ir import Graph, TensorType, Value
 
 # Family files register their converters on import.
-from compiler.importers.onnx import (activation, constant, conv, elementwise, pool, quant,  # noqa: F401,E402
-                                     reduce, resize, shape, slicing)
-
+from compiler.importers.onnx import activation, constant, conv, elementwise, pool, quant, reduce, resize, shape, slicing  # noqa: F401,E402
+from compiler.importers.onnx.context import (
+    CONVERTERS,
+    RUNTIME_DTYPES,
+    NotConvertible,
+    OnnxContext,
+    check_call,
+    graph_array,
+    lookup,
+)
+from compiler.importers.onnx.validate import (  # noqa: F401
+    DEFAULT_DOMAINS,
+    MIN_OPSET,
+    check_attribute,
+    check_external,
+    check_tensor,
+    opset_of,
+    validate_graph,
+)
+from compiler.ir import Graph, TensorType, Value
 
 
 def import_model(path: str | Path) -> Graph:

@@ -13,17 +13,17 @@ constant by running its kernel, so Shape -> Gather -> Concat -> Reshape chains b
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
+import compiler.kernels.all  # noqa: F401  (fills KERNELS, used for folding)
 from compiler.errors import KpucError
 from compiler.importers.limits import check_elements
 from compiler.ir import Graph, Value
 from compiler.kernels import KERNELS
 from compiler.ops import infer_types
 from compiler.registry import registrar
-import compiler.kernels.all  # noqa: F401  (fills KERNELS, used for folding)
 
 CONVERTERS: dict[str, list[tuple[int, Callable]]] = {}
 

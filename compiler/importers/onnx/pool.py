@@ -1,8 +1,8 @@
 """MaxPool, AveragePool, GlobalAveragePool and GlobalMaxPool."""
 from __future__ import annotations
 
-from compiler.importers.onnx.conv import check_spatial_rank, drop, lift, lift_attrs, spatial_attrs
 from compiler.importers.onnx.context import NotConvertible, converter
+from compiler.importers.onnx.conv import check_spatial_rank, drop, lift, lift_attrs, spatial_attrs
 
 
 def _pool(ctx, x, op, kernel_shape, auto_pad, pads, strides, dilations, ceil_mode, **extra):

@@ -1,7 +1,7 @@
 """Activations and normalizations: clamps, leaky/parametric ReLU, sigmoid-like unaries, softmax, L2 norm."""
 from __future__ import annotations
 
-from compiler.importers.tflite import TFLiteContext, converter, option
+from compiler.importers.tflite.context import TFLiteContext, converter, option
 from compiler.importers.tflite.reader import OpInfo
 
 CLAMPS = {"RELU": (0.0, float("inf")), "RELU6": (0.0, 6.0), "RELU_N1_TO_1": (-1.0, 1.0), "RELU_0_TO_1": (0.0, 1.0)}

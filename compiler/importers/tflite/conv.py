@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from compiler.errors import KpucError
-from compiler.importers.tflite import TFLiteContext, converter, option
+from compiler.importers.tflite.context import TFLiteContext, converter, option
 from compiler.importers.tflite.reader import OpInfo
 from compiler.ir import Value
 

@@ -1,7 +1,7 @@
 """Elementwise arithmetic: binary ops broadcast like numpy in the file's own layout, unary ops map 1:1."""
 from __future__ import annotations
 
-from compiler.importers.tflite import TFLiteContext, converter
+from compiler.importers.tflite.context import TFLiteContext, converter
 from compiler.importers.tflite.reader import OpInfo
 
 BINARY = {"ADD": "add", "SUB": "sub", "MUL": "mul", "DIV": "div", "MAXIMUM": "max", "MINIMUM": "min",

@@ -1,7 +1,7 @@
 """2-D pooling: AVERAGE_POOL_2D / MAX_POOL_2D as reduce_window2d on NCHW (padding never counted)."""
 from __future__ import annotations
 
-from compiler.importers.tflite import TFLiteContext, converter, option
+from compiler.importers.tflite.context import TFLiteContext, converter, option
 from compiler.importers.tflite.conv import tf_padding
 from compiler.importers.tflite.reader import OpInfo
 

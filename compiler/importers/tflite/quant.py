@@ -7,7 +7,7 @@ its rounding and saturation as a quantize + dequantize pair.
 """
 from __future__ import annotations
 
-from compiler.importers.tflite import TO_NCHW, TFLiteContext, converter, permute_quant
+from compiler.importers.tflite.context import TO_NCHW, TFLiteContext, converter, permute_quant
 from compiler.importers.tflite.reader import OpInfo
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from compiler.errors import KpucError
-from compiler.importers.tflite import TFLiteContext, converter, option
+from compiler.importers.tflite.context import TFLiteContext, converter, option
 from compiler.importers.tflite.reader import OpInfo
 
 REDUCES = {"MEAN": "mean", "SUM": "sum", "REDUCE_MAX": "max", "REDUCE_MIN": "min", "REDUCE_PROD": "prod"}

@@ -8,7 +8,7 @@ TF flags -> ONNX-style modes (checked against LiteRT's reference kernels):
 from __future__ import annotations
 
 from compiler.errors import KpucError
-from compiler.importers.tflite import TFLiteContext, converter, option
+from compiler.importers.tflite.context import TFLiteContext, converter, option
 from compiler.importers.tflite.reader import OpInfo
 
 MODES = {  # (op, align_corners, half_pixel_centers) -> attrs

@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from compiler.errors import KpucError
-from compiler.importers.tflite import TFLiteContext, converter, ir_dtype, option
+from compiler.importers.tflite.context import TFLiteContext, converter, ir_dtype, option
 from compiler.importers.tflite.reader import OpInfo
 
 

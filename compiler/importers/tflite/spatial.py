@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from compiler.errors import KpucError
-from compiler.importers.tflite import TFLiteContext, converter, option
+from compiler.importers.tflite.context import TFLiteContext, converter, option
 from compiler.importers.tflite.reader import OpInfo
 
 MIRROR_MODES = {0: "reflect", 1: "symmetric"}

@@ -125,6 +125,12 @@ def test_undefined_attribute_kind(tmp_path):
     _fails(_rewrite(path, m), "attribute axis", UnsupportedOps)
 
 
+def test_slice_v1_int64_max_ends_still_import(tmp_path):
+    nodes = [helper.make_node("Slice", ["x"], ["y"], starts=[1], ends=[2**63 - 1], axes=[1])]
+    path = _save(tmp_path, nodes, [("x", [1, 4])], ["y"], opset=9)
+    assert import_model(path).outputs[0].shape == (1, 3)
+
+
 def test_nan_float_attribute(tmp_path):
     nodes = [helper.make_node("LeakyRelu", ["x"], ["y"], alpha=float("nan"))]
     _fails(_save(tmp_path, nodes, [("x", [4])], ["y"]), "alpha=nan is not a finite number", UnsupportedOps)

@@ -16,6 +16,10 @@ attribute, an input or a dtype, is recorded as `Unsupported(op type, node name, 
 reading its outputs are still checked for a converter. `import_model` raises one `UnsupportedOps`
 with all of them; `summarize_model` returns them.
 
+Bad files: `validate.py` checks the structure before any converter runs (opset range, one producer
+per tensor, unique names, UTF-8, data types, attribute kinds and ranges) and every tensor the
+importer creates is held to the element limit (`limits.py`) before it is allocated.
+
 Opsets: converters follow the spec from opset 7 on; later opsets up to the installed onnx package's
 newest were checked for our ops (opset 22 and later only widened their type lists, or added
 attributes whose non-default values the converters reject).
@@ -43,7 +47,6 @@ from compiler.ir import Graph, TensorType, Value
 # Family files register their converters on import.
 from compiler.importers.onnx import (activation, constant, conv, elementwise, pool, quant,  # noqa: F401,E402
                                      reduce, resize, shape, slicing)
-
 
 
 def import_model(path: str | Path) -> Graph:

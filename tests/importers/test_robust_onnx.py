@@ -125,6 +125,22 @@ def test_undefined_attribute_kind(tmp_path):
     _fails(_rewrite(path, m), "attribute axis", UnsupportedOps)
 
 
+def test_slice_v1_int64_max_ends_still_import(tmp_path):
+    nodes = [helper.make_node("Slice", ["x"], ["y"], starts=[1], ends=[2**63 - 1], axes=[1])]
+    path = _save(tmp_path, nodes, [("x", [1, 4])], ["y"], opset=9)
+    assert import_model(path).outputs[0].shape == (1, 3)
+
+
+def test_split_sizes_of_rank_two_and_axis_given_as_a_list(tmp_path):
+    nodes = [helper.make_node("Split", ["x", "s"], ["a", "b"], axis=1)]
+    path = _save(tmp_path, nodes, [("x", [1, 4])], ["a", "b"], [("s", np.array([[2], [2]], np.int64))])
+    assert [v.shape for v in import_model(path).outputs] == [(1, 2), (1, 2)]
+    m = _proto(path)
+    a = m.graph.node[0].attribute[0]
+    a.type, a.ints[:] = onnx.AttributeProto.INTS, [1, 1]
+    _fails(_rewrite(path, m), "attribute axis is INTS", UnsupportedOps)
+
+
 def test_nan_float_attribute(tmp_path):
     nodes = [helper.make_node("LeakyRelu", ["x"], ["y"], alpha=float("nan"))]
     _fails(_save(tmp_path, nodes, [("x", [4])], ["y"]), "alpha=nan is not a finite number", UnsupportedOps)

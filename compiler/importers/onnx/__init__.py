@@ -16,6 +16,10 @@ attribute, an input or a dtype, is recorded as `Unsupported(op type, node name, 
 reading its outputs are still checked for a converter. `import_model` raises one `UnsupportedOps`
 with all of them; `summarize_model` returns them.
 
+Bad files: `validate.py` checks the structure before any converter runs (opset range, one producer
+per tensor, unique names, UTF-8, data types, attribute kinds and ranges) and every tensor the
+importer creates is held to the element limit (`limits.py`) before it is allocated.
+
 Opsets: converters follow the spec from opset 7 on; later opsets up to the installed onnx package's
 newest were checked for our ops (opset 22 and later only widened their type lists, or added
 attributes whose non-default values the converters reject).
@@ -56,7 +60,6 @@ from compiler.importers.onnx.validate import (  # noqa: F401
     validate_graph,
 )
 from compiler.ir import Graph, TensorType, Value
-
 
 def import_model(path: str | Path) -> Graph:
     """Translate an ONNX file into a validated IR graph, or raise UnsupportedOps listing every problem."""

@@ -17,7 +17,7 @@ def _split(ctx, x, axis, split, num_outputs=None):
     axis = normalize_axis(axis, x.type.rank)
     dim = x.shape[axis]
     if split is not None and len(split):
-        sizes = tuple(int(s) for s in split)
+        sizes = tuple(int(s) for s in np.asarray(split).reshape(-1))
     elif num_outputs:  # opset 18: equal chunks of ceil(dim / n), the last one smaller
         chunk = -(-dim // num_outputs)
         sizes = tuple(min(chunk, dim - i * chunk) for i in range(num_outputs))

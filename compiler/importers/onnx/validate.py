@@ -24,13 +24,14 @@ A = onnx.AttributeProto
 # The attribute kinds converters rely on; a file giving another kind is refused for that node.
 ATTR_KINDS = {
     **dict.fromkeys(("kernel_shape", "strides", "dilations", "pads", "perm", "output_padding",
-                     "output_shape"), A.INTS),
-    **dict.fromkeys(("group", "keepdims", "ceil_mode", "count_include_pad", "transA", "transB", "blocksize",
+                     "output_shape", "axes", "split", "starts", "ends"), A.INTS),
+    **dict.fromkeys(("axis", "group", "keepdims", "ceil_mode", "count_include_pad", "transA", "transB", "blocksize",
                      "allowzero", "storage_order", "noop_with_empty_axes", "to", "exclude_outside",
                      "antialias", "num_outputs", "training_mode", "block_size", "output_dtype", "stash_type",
                      "saturate", "spatial", "p", "select_last_index"), A.INT),
     **dict.fromkeys(("alpha", "beta", "gamma", "epsilon", "momentum", "ratio", "cubic_coeff_a",
-                     "extrapolation_value", "value_float"), A.FLOAT),
+                     "extrapolation_value", "value_float", "min", "max"), A.FLOAT),
+    "scales": A.FLOATS,
     **dict.fromkeys(("mode", "auto_pad", "coordinate_transformation_mode", "nearest_mode",
                      "keep_aspect_ratio_policy", "approximate", "round_mode"), A.STRING),
 }
@@ -133,7 +134,7 @@ def check_attribute(op_type: str, a: onnx.AttributeProto) -> str | None:
         return f"attribute {a.name}={values} must be at least 1"
     if a.name in NON_NEGATIVE and op_type in SPATIAL_OPS and any(v < 0 for v in values):
         return f"attribute {a.name}={values} must not be negative"
-    if any(abs(v) > 1 << 31 for v in values):
+    if a.name in ATTR_KINDS and a.name not in ("starts", "ends") and any(abs(v) > 1 << 31 for v in values):
         return f"attribute {a.name}={values[:8]} is out of range"
     return None
 

@@ -173,7 +173,6 @@ def info(model, input_format, as_json, dump_ir):
     if not summary.unsupported:
         graph = import_model(model, input_format)
         write_ir_dump(graph, dump_ir, "import")
-    ir_shapes = {v.name: v.shape for v in (graph.inputs + graph.outputs)} if graph else {}
     if as_json:
         doc = {
             "model": str(model), "format": summary.format,
@@ -311,6 +310,7 @@ def check(model, input_format, kmodel_version, dataset, dataset_format, input_me
     Exit status: 0 it fits (at least one requested kmodel version), 1 it does not fit or has
     unsupported ops, 2 bad input or usage."""
     import os
+
     from targets.k210.check import CheckOptions, check_model, format_text
     versions = (3, 4) if kmodel_version == "both" else (int(kmodel_version),)
     opts = CheckOptions(input_format=input_format, versions=versions, dataset=dataset, dataset_format=dataset_format,

@@ -9,8 +9,8 @@ error power) and the largest absolute error. Target-neutral: the caller passes t
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 
 import numpy as np
 

@@ -8,9 +8,9 @@ Files are taken from a directory recursively, in sorted order, so runs are repro
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 

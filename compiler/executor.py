@@ -7,14 +7,14 @@ intermediate is asked for (`keep_all=True`, for layer-by-layer comparison).
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+import compiler.kernels.all  # noqa: F401  (fills KERNELS)
 from compiler.errors import KpucError
 from compiler.ir import Graph, Node, Value
 from compiler.kernels import KERNELS
-import compiler.kernels.all  # noqa: F401  (fills KERNELS)
 
 
 class Executor:

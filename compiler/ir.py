@@ -15,9 +15,10 @@ slot, so `add(x, x)` keeps both edges); it is never the store of edges.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -38,7 +39,7 @@ class QuantParam:
 class Value:
     """One tensor in the graph: produced by exactly one node output slot."""
 
-    def __init__(self, name: str, type: TensorType, producer: "Node | None" = None, index: int = 0,
+    def __init__(self, name: str, type: TensorType, producer: Node | None = None, index: int = 0,
                  data: np.ndarray | None = None, quant: QuantParam | None = None):
         self.name, self.type, self.producer, self.index = name, type, producer, index
         self.data, self.quant = data, quant
@@ -48,7 +49,7 @@ class Value:
     dtype = property(lambda self: self.type.dtype)
     is_constant = property(lambda self: self.data is not None)
 
-    def user_nodes(self) -> list["Node"]:
+    def user_nodes(self) -> list[Node]:
         """Distinct consuming nodes in first-use order."""
         return list(dict.fromkeys(n for n, _ in self.users))
 
@@ -82,7 +83,7 @@ class Node:
         assert len(self.outputs) == 1, f"{self.name} ({self.op}) has {len(self.outputs)} outputs"
         return self.outputs[0]
 
-    def users(self) -> list["Node"]:
+    def users(self) -> list[Node]:
         return list(dict.fromkeys(n for v in self.outputs for n, _ in v.users))
 
     def __repr__(self):
@@ -171,7 +172,7 @@ class Graph:
         else:
             self.nodes.insert(self.nodes.index(before), node)
 
-    def clone(self) -> "Graph":
+    def clone(self) -> Graph:
         """An independent copy: same names, attrs, quantization and meta; constant arrays shared (read-only)."""
         g, values = Graph(), {}
         for n in self.nodes:

@@ -68,9 +68,10 @@ from which the passes and targets derive their op lists instead of keeping their
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 

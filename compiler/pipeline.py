@@ -9,8 +9,9 @@ until a whole round changes nothing. Everything after it belongs to a `Target` o
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 from compiler.errors import KpucError
 from compiler.ir import Graph

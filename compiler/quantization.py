@@ -113,7 +113,7 @@ class QuantParamU8(NamedTuple):
         return QuantParam(scale=1.0 / float(self.scale), zero_point=int(self.zero_point))
 
     @classmethod
-    def from_ir(cls, q: QuantParam) -> "QuantParamU8":
+    def from_ir(cls, q: QuantParam) -> QuantParamU8:
         """Back from the IR's QuantParam; exact for a QuantParam made by `to_ir`."""
         return cls(int(q.zero_point), float(F32(1.0 / q.scale)))
 

@@ -8,7 +8,8 @@ more than one entry per key (the ONNX converters are kept per opset).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, MutableMapping
+from collections.abc import Callable, MutableMapping
+from typing import Any
 
 
 def registrar(table: MutableMapping, store: Callable[..., None] | None = None) -> Callable:

@@ -6,7 +6,7 @@ or None when it does not apply. Rules never delete nodes; `eliminate_dead_code` 
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from compiler.errors import KpucError
 from compiler.ir import Graph, Node, Value

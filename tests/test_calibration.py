@@ -12,9 +12,9 @@ from hypothesis import given, settings, strategies as st
 
 from compiler.calibration import BROADCAST_OPS, CALIBRATION_METHODS, Calibrator, Stats, calibrate, input_range, l2, mse
 from compiler.ir import Graph, TensorType
-from targets.k210.ops import conv_key, kpu_conv2d, kpu_conv2d_stages, split_activation
 from compiler.progress import progress
 from compiler.quantization import F32, fixup_range
+from targets.k210.ops import conv_key, kpu_conv2d, kpu_conv2d_stages, split_activation
 
 
 def small_graph() -> Graph:

@@ -6,7 +6,7 @@ Targets register the float kernels of their own ops here too (targets/k210/ops.p
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from compiler.registry import registrar
 

@@ -26,7 +26,7 @@ same way overfits the 10 calibration images and is not done.
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -35,8 +35,7 @@ from compiler.ir import Graph, Node, Value
 from compiler.kernels import KERNELS
 from compiler.kernels.conv import conv2d
 from targets.k210.kernels import POOL_TYPE_OF, QUANTIZED_KERNELS, kpu_tables
-from targets.k210.kpu import activate, batch_norm, conv_acc
-from targets.k210.kpu import pool as kpu_stage_pool
+from targets.k210.kpu import activate, batch_norm, conv_acc, pool as kpu_stage_pool
 from targets.k210.ops import apply_steps, kpu_pool
 from targets.k210.quantize import equalize_weights, kpu_batch_norm, quantize_kpu_weights
 from targets.k210.weight_rounding import round_kpu_weights

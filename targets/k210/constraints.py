@@ -15,8 +15,8 @@ of a 3x3 conv over 1024 channels is only 9 KiB.
 from __future__ import annotations
 
 from compiler.ir import Node, TensorType
-from targets.k210.ops import KPU_POOLS
 from targets.k210.kpu_layout import KPU_RAM_BYTES, KPU_RAM_ROWS, kpu_rows
+from targets.k210.ops import KPU_POOLS
 
 __all__ = ["KPU_RAM_BYTES", "KPU_RAM_ROWS", "MAX_CHANNELS", "MIN_IN_H", "MIN_IN_W", "MAX_IN_H", "MAX_IN_W",
            "MIN_OUT_H", "MIN_OUT_W", "KERNEL_SIZES", "TABLE_UNARY_OPS", "kpu_padding", "why_not_kpu",

@@ -21,8 +21,7 @@ import numpy as np
 
 from compiler.errors import KpucError, MalformedModel
 from compiler.quantization import mul_and_carry_shift  # noqa: F401  (re-exported for the tests)
-from targets.k210 import interpreter_v4_conv, interpreter_v4_ops  # noqa: F401  (fill OPS)
-from targets.k210 import kmodel_v4 as k4
+from targets.k210 import interpreter_v4_conv, interpreter_v4_ops, kmodel_v4 as k4  # noqa: F401  (fill OPS)
 from targets.k210.interpreter_v4_base import F32, OPS, Memory, kpu_write
 from targets.k210.interpreter_v4_ops import run_nnil  # noqa: F401  (re-exported)
 from targets.k210.kmodel_v4_check import check_v4

@@ -19,7 +19,7 @@ interpreter_v4_conv.py (convolutions, matmul, KPU); interpreter_v4.py holds the 
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

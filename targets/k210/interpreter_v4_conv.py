@@ -5,8 +5,18 @@ import numpy as np
 
 from compiler.quantization import mul_and_carry_shift
 from targets.k210 import kmodel_v4 as k4
-from targets.k210.interpreter_v4_base import (F32, Memory, clamp, input_tensor, kpu_read, kpu_write, op, out_hw,
-                                              tap_slices, window_taps)
+from targets.k210.interpreter_v4_base import (
+    F32,
+    Memory,
+    clamp,
+    input_tensor,
+    kpu_read,
+    kpu_write,
+    op,
+    out_hw,
+    tap_slices,
+    window_taps,
+)
 from targets.k210.kpu import run_kpu_layer
 
 

@@ -6,9 +6,19 @@ import numpy as np
 from compiler.errors import MalformedModel
 from compiler.quantization import c_div, mul_and_carry_shift, round_half_away_from_zero
 from targets.k210 import kmodel_v4 as k4
-from targets.k210.interpreter_v4_base import (F32, Memory, broadcast_gather, clamp, elem_dtype, libm_f32, op, out_hw,
-                                              std_max, std_min, window_taps)
-
+from targets.k210.interpreter_v4_base import (
+    F32,
+    Memory,
+    broadcast_gather,
+    clamp,
+    elem_dtype,
+    libm_f32,
+    op,
+    out_hw,
+    std_max,
+    std_min,
+    window_taps,
+)
 
 # ---------------------------------------------------------------- elementwise and data movement
 BINARY_F32 = {0: np.add, 1: np.subtract, 2: np.multiply, 3: np.divide, 4: std_min, 5: std_max}
@@ -152,7 +162,9 @@ def resize_image(b: k4.ResizeImage, mem: Memory):
     one = F32(1)
     a0, a1, a2, a3 = (one - dy) * (one - dx), dy * (one - dx), (one - dy) * dx, dy * dx
     xf = x.astype(F32)
-    v = lambda ys, xs: xf[:, :, ys][:, :, :, xs]
+
+    def v(ys, xs):
+        return xf[:, :, ys][:, :, :, xs]
     out = v(y0, x0) * a0 + v(y1, x0) * a1 + v(y0, x1) * a2 + v(y1, x1) * a3
     mem.put(b.output, out.astype(F32) if dt is F32 else np.trunc(out).astype(np.uint8))  # T(...) truncates
 

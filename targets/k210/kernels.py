@@ -10,8 +10,8 @@ kernels share one definition of each number.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from types import SimpleNamespace
-from typing import Callable, Mapping
 
 import numpy as np
 
@@ -22,9 +22,7 @@ from compiler.kernels import KERNELS
 from compiler.kernels.conv import conv2d
 from compiler.quantization import QuantParamU8, c_div, dequantize_u8, mul_and_carry_shift, quantize_u8
 from compiler.registry import registrar
-from targets.k210 import interpreter_v3 as iv3
-from targets.k210 import interpreter_v4 as iv4
-from targets.k210 import kmodel_v4 as k4
+from targets.k210 import interpreter_v3 as iv3, interpreter_v4 as iv4, kmodel_v4 as k4
 from targets.k210.kmodel_v3 import FIXED_BODIES, FullyConnectedBody, LayerType
 from targets.k210.kpu import POOL_TYPES, ActTable, BatchNorm, kpu_conv2d
 

@@ -22,9 +22,9 @@ from typing import NamedTuple
 import numpy as np
 
 from compiler.errors import MalformedModel
-from targets.k210.records import Array, ListOf, Reader, Record, Struct, Writer, align_up
 from targets.k210.kpu import ActTable, BatchNorm, KpuArgs, decode_weights, weights_count
 from targets.k210.kpu_layout import KPU_RAM_ROWS, kpu_rows
+from targets.k210.records import Array, ListOf, Reader, Record, Struct, Writer, align_up
 
 
 class LayerType(IntEnum):
@@ -108,7 +108,7 @@ class ConcatenationBody:
     INPUTS = ListOf(V3_RANGE, lambda head: head.input_count)
 
     @classmethod
-    def read(cls, r: Reader, header=None) -> "ConcatenationBody":
+    def read(cls, r: Reader, header=None) -> ConcatenationBody:
         head = cls.HEAD.read(r)
         inputs = [(i.start, i.size) for i in cls.INPUTS.read(r, head)]
         return cls(head.flags, head.main_mem_out_address, inputs)
@@ -133,7 +133,7 @@ class FullyConnectedBody:
     BIAS = Array("f4", lambda h: h.out_channels)
 
     @classmethod
-    def read(cls, r: Reader, header=None) -> "FullyConnectedBody":
+    def read(cls, r: Reader, header=None) -> FullyConnectedBody:
         h = cls.HEAD.read(r)
         weights = cls.WEIGHTS.read(r, h).reshape(h.out_channels, h.in_channels)
         return cls(h.flags, h.main_mem_in_address, h.main_mem_out_address, h.act, weights, cls.BIAS.read(r, h))
@@ -168,7 +168,7 @@ class ChannelwiseDequantizeBody:
     PARAMS = Array("f4", lambda h: 2 * h.channels)   # (scale, bias) pairs
 
     @classmethod
-    def read(cls, r: Reader, header=None) -> "ChannelwiseDequantizeBody":
+    def read(cls, r: Reader, header=None) -> ChannelwiseDequantizeBody:
         h = cls.HEAD.read(r)
         params = cls.PARAMS.read(r, h).reshape(h.channels, 2)
         return cls(h.flags, h.main_mem_in_address, h.main_mem_out_address, h.channel_size,
@@ -200,7 +200,7 @@ class K210ConvBody:
     HEAD = Record("K210ConvHead", "<6I", "flags main_mem_out_address layer_offset weights_offset bn_offset act_offset")
 
     @classmethod
-    def read(cls, r: Reader, header) -> "K210ConvBody":
+    def read(cls, r: Reader, header) -> K210ConvBody:
         h = cls.HEAD.read(r)
         args = KpuArgs.from_words(Reader(r.data, h.layer_offset).array("<u8", 12))
         eight_bit = bool(header.flags & 1)

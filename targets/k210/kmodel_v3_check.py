@@ -8,8 +8,8 @@ answers with one KpucError naming the layer and the field.
 from __future__ import annotations
 
 from compiler.errors import MalformedModel
-from targets.k210.kmodel_v3 import KModelV3, LayerType, V3Layer, layer_io
 from targets.k210.kmodel_limits import MAIN_MEMORY_LIMIT_BYTES, MAX_WINDOW_TAPS, check_kpu_args
+from targets.k210.kmodel_v3 import KModelV3, LayerType, V3Layer, layer_io
 from targets.k210.kpu_layout import KPU_RAM_ROWS
 
 POOLS = (LayerType.MaxPool2d, LayerType.QuantizedMaxPool2d, LayerType.AveragePool2d)

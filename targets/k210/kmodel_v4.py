@@ -28,12 +28,36 @@ from compiler.errors import MalformedModel
 from targets.k210.kmodel_v4_k210 import *  # noqa: F401,F403  (re-exported: the cpu_* and KPU bodies)
 from targets.k210.kmodel_v4_k210 import CpuReduceWindow2D, KpuConv2D, KpuUpload
 from targets.k210.kmodel_v4_ops import *  # noqa: F401,F403  (re-exported: the neutral bodies)
-from targets.k210.kmodel_v4_ops import (Conv2D, MatMul, Pad, QuantizedConv2D, QuantizedMatMul, ReduceWindow2D,
-                                        ResizeImage, StridedSlice, Transpose)
+from targets.k210.kmodel_v4_ops import (
+    Conv2D,
+    MatMul,
+    Pad,
+    QuantizedConv2D,
+    QuantizedMatMul,
+    ReduceWindow2D,
+    ResizeImage,
+    StridedSlice,
+    Transpose,
+)
 from targets.k210.kmodel_v4_records import *  # noqa: F401,F403  (re-exported: constants, records, codecs)
 from targets.k210.kmodel_v4_records import (
-    BODIES, DT_FLOAT32, DT_UINT8, HEADER, IDENTIFIER, MEM_CONST, MEM_KPU, MEM_MAIN, MEMORY_NAMES, NODE_HEADER,
-    OPCODE_NAMES, RANGE, SHAPE, VERSION, MemoryRange, Padding)
+    BODIES,
+    DT_FLOAT32,
+    DT_UINT8,
+    HEADER,
+    IDENTIFIER,
+    MEM_CONST,
+    MEM_KPU,
+    MEM_MAIN,
+    MEMORY_NAMES,
+    NODE_HEADER,
+    OPCODE_NAMES,
+    RANGE,
+    SHAPE,
+    VERSION,
+    MemoryRange,
+    Padding,
+)
 from targets.k210.kpu import POOL_TYPES
 from targets.k210.kpu_layout import KPU_RAM_BYTES, kpu_rows
 from targets.k210.records import ListOf, Reader, Writer, read_fields, write_fields

@@ -8,7 +8,18 @@ import numpy as np
 
 from targets.k210.kmodel_v4_ops import ReduceWindow2D
 from targets.k210.kmodel_v4_records import (
-    I32, PADDING, RANGE, SHAPE, VALUE_RANGE, MemoryRange, Padding, ValueRange, _conv_weights, _f, body)
+    I32,
+    PADDING,
+    RANGE,
+    SHAPE,
+    VALUE_RANGE,
+    MemoryRange,
+    Padding,
+    ValueRange,
+    _conv_weights,
+    _f,
+    body,
+)
 from targets.k210.kpu import ActTable, BatchNorm, KpuArgs, weights_count
 from targets.k210.records import Array, Reader, Record, Writer, align_up
 
@@ -149,7 +160,7 @@ class KpuConv2D:
         return (self.batches, *self.layer.out_shape)
 
     @classmethod
-    def read(cls, r: Reader, done: dict) -> "KpuConv2D":
+    def read(cls, r: Reader, done: dict) -> KpuConv2D:
         main_mem_output = RANGE.read(r)
         head = cls.HEAD.read(r)
         layer = KpuArgs.from_words(r.array("<u8", 12))

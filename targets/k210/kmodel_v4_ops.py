@@ -10,8 +10,28 @@ from dataclasses import dataclass
 import numpy as np
 
 from targets.k210.kmodel_v4_records import (
-    BOOL_PADDED, F32, I32, PADDING, PADDINGS, QUANT, RANGE, REST, SCALAR, SHAPE, U32, VALUE_RANGE, MemoryRange,
-    Padding, QuantParam, Scalar, ValueRange, _conv_weights, _f, body, per_group)
+    BOOL_PADDED,
+    F32,
+    I32,
+    PADDING,
+    PADDINGS,
+    QUANT,
+    RANGE,
+    REST,
+    SCALAR,
+    SHAPE,
+    U32,
+    VALUE_RANGE,
+    MemoryRange,
+    Padding,
+    QuantParam,
+    Scalar,
+    ValueRange,
+    _conv_weights,
+    _f,
+    body,
+    per_group,
+)
 from targets.k210.records import Array, ListOf
 
 

@@ -6,7 +6,8 @@ the reader and the writer are derived from the same description (STYLE "Binary w
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 

@@ -69,7 +69,7 @@ class _KpuArgsMethods:
     """Derived views of the 12 words (shapes, kernel, counts)."""
 
     @classmethod
-    def from_words(cls, words) -> "KpuArgs":
+    def from_words(cls, words) -> KpuArgs:
         """Decode 12 u64 words."""
         if len(words) != len(ARG_WORDS):
             raise MalformedModel(f"a KPU layer has {len(ARG_WORDS)} argument words, got {len(words)}")
@@ -82,7 +82,7 @@ class _KpuArgsMethods:
         """Encode back into 12 u64 words."""
         return tuple(pack_bits(table, self, ARG_SIGNED) for _, table in ARG_WORDS)
 
-    def replace(self, **changes) -> "KpuArgs":
+    def replace(self, **changes) -> KpuArgs:
         return dataclasses.replace(self, **changes)
 
     @property
@@ -125,7 +125,7 @@ class BatchNorm:
     reserved_bn: np.ndarray | None = None
 
     @classmethod
-    def from_words(cls, words) -> "BatchNorm":
+    def from_words(cls, words) -> BatchNorm:
         return cls(**unpack_bits_array(BN_WORD, words, BN_SIGNED))
 
     def to_words(self) -> np.ndarray:
@@ -145,7 +145,7 @@ class ActTable:
     reserved_act: np.ndarray | None = None
 
     @classmethod
-    def from_words(cls, words) -> "ActTable":
+    def from_words(cls, words) -> ActTable:
         words = np.asarray(words, np.uint64)
         if len(words) != 18:
             raise MalformedModel(f"a KPU activation table has 18 words, got {len(words)}")

@@ -8,7 +8,7 @@ Whatever stays a conv2d / matmul / conv2d_transpose carries `meta["why_not_kpu"]
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from compiler.ir import Graph
 from passes.manager import run_to_fixpoint

@@ -35,18 +35,60 @@ from compiler.errors import Blocker, CannotLower, DoesNotFit
 from compiler.ir import Graph, Node, Value
 from targets.k210.kmodel_v3 import V3_HEADER, V3_OUTPUT, KModelV3, LayerType, V3Layer, write_v3
 from targets.k210.kpu_layout import KPU_RAM_ROWS, KPU_ROW_BYTES
-from targets.k210.lower_v3_core import (ACTIVATIONS, EXACT_DEQUANTIZE_MAX, KPU, LOWER_V3, MAIN, NO_CLAMP,  # noqa: F401
-                                        Emitted, Lowering, Ref, Unexpressible, chw, fixed, lowers, nbytes, reshape,
-                                        sole_user, vector_len)
-from targets.k210.planner import Plan, plan_memory
+from targets.k210.lower_v3_core import (  # noqa: F401
+    ACTIVATIONS,
+    EXACT_DEQUANTIZE_MAX,
+    KPU,
+    LOWER_V3,
+    MAIN,
+    NO_CLAMP,
+    Emitted,
+    Lowering,
+    Ref,
+    Unexpressible,
+    chw,
+    fixed,
+    lowers,
+    nbytes,
+    reshape,
+    sole_user,
+    vector_len,
+)
+
 # Importing the op modules fills LOWER_V3; the names other modules and tests use stay importable from here.
-from targets.k210.lower_v3_float import (binary, concat, conv2d, lp_normalize, matmul, pad, reduce,  # noqa: F401
-                                         reduce_window2d, resize, softmax, strided_slice, transpose, unary)
-from targets.k210.lower_v3_kpu import (WEIGHT_LOAD_LIMIT, _claim_inputs, kpu_args, kpu_conv2d_q)  # noqa: F401
+from targets.k210.lower_v3_float import (  # noqa: F401
+    binary,
+    concat,
+    conv2d,
+    lp_normalize,
+    matmul,
+    pad,
+    reduce,
+    reduce_window2d,
+    resize,
+    softmax,
+    strided_slice,
+    transpose,
+    unary,
+)
+from targets.k210.lower_v3_kpu import WEIGHT_LOAD_LIMIT, _claim_inputs, kpu_args, kpu_conv2d_q  # noqa: F401
 from targets.k210.lower_v3_prepare import SELECTIONS, fold_pad_into_kpu_conv2d_q, prepare_v3  # noqa: F401
-from targets.k210.lower_v3_quant import (_float_add, _sdk_quantized_add, dequantize, dequantize_params,  # noqa: F401
-                                         dequantize_v3, quantize, quantize_params, quantize_v3, quantized_add_v3,
-                                         quantized_binary, requantize, sdk_add_form, table_lookup1d)
+from targets.k210.lower_v3_quant import (  # noqa: F401
+    _float_add,
+    _sdk_quantized_add,
+    dequantize,
+    dequantize_params,
+    dequantize_v3,
+    quantize,
+    quantize_params,
+    quantize_v3,
+    quantized_add_v3,
+    quantized_binary,
+    requantize,
+    sdk_add_form,
+    table_lookup1d,
+)
+from targets.k210.planner import Plan, plan_memory
 
 
 # ---------------------------------------------------------------- driver

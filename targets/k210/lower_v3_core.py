@@ -3,8 +3,9 @@ value lives), shape helpers and the `LOWER_V3` table the op modules fill (lower_
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 

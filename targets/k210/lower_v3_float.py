@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 
+import compiler.kernels.all  # noqa: F401  (fills KERNELS)
 from compiler.ir import Node, Value
 from compiler.kernels import KERNELS
-import compiler.kernels.all  # noqa: F401  (fills KERNELS)
 from targets.k210.kmodel_v3 import ConcatenationBody, FullyConnectedBody, LayerType
-from targets.k210.lower_v3_core import (ACTIVATIONS, NO_CLAMP, Unexpressible, Ref, Lowering, nbytes, chw,
-                                        vector_len, sole_user, lowers, fixed)
+from targets.k210.lower_v3_core import (
+    ACTIVATIONS,
+    NO_CLAMP,
+    Lowering,
+    Ref,
+    Unexpressible,
+    chw,
+    fixed,
+    lowers,
+    nbytes,
+    sole_user,
+    vector_len,
+)
 
 
 # ---------------------------------------------------------------- float layers
@@ -232,7 +243,7 @@ def resize(ctx: Lowering, node: Node) -> None:
 # ---------------------------------------------------------------- data movement
 def _gather_ranges(x: Value, y: Value, begin, strides) -> list[tuple[int, int]] | None:
     """Byte ranges of `x` that, copied back to back, give the slice `y` (None unless W is contiguous)."""
-    (c, h, w), (oc, oh, ow), item = chw(x), chw(y), np.dtype(x.dtype).itemsize
+    (_, h, w), (oc, oh, ow), item = chw(x), chw(y), np.dtype(x.dtype).itemsize
     _, c0, y0, x0 = begin
     _, sc, sy, sx = strides
     if sx != 1:
@@ -266,7 +277,7 @@ def strided_slice(ctx: Lowering, node: Node) -> None:
         ctx.emit(node.name, LayerType.K210RemovePadding, [rx], [ry], fixed(
             LayerType.K210RemovePadding, flags=1, main_mem_in_address=rx, main_mem_out_address=ry, channels=y.shape[1]))
         return
-    (c, h, w), (oc, oh, ow), item = chw(x), chw(y), np.dtype(x.dtype).itemsize
+    (_, h, w), (oc, oh, ow), item = chw(x), chw(y), np.dtype(x.dtype).itemsize
     if strides[1] == 1 and all(np.array_equal(_sdk_resize_index(o, n), s * np.arange(o))
                                for o, n, s in ((oh, h, strides[2]), (ow, w, strides[3]))):
         skip = ((begin[1] * h + begin[2]) * w + begin[3]) * item

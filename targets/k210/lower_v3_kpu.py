@@ -9,9 +9,8 @@ from targets.k210.kernels import POOL_TYPE_OF, kpu_tables
 from targets.k210.kmodel_v3 import K210ConvBody, LayerType
 from targets.k210.kpu import POOL_TYPES, KpuArgs
 from targets.k210.kpu_layout import row_layout
-from targets.k210.lower_v3_core import Unexpressible, Ref, Lowering, chw, sole_user, lowers, fixed
+from targets.k210.lower_v3_core import Lowering, Ref, Unexpressible, chw, fixed, lowers, sole_user
 from targets.k210.lower_v3_quant import _emit_quantize, quantize_params
-
 
 # ---------------------------------------------------------------- KPU layers
 WEIGHT_LOAD_LIMIT = {True: 30 * 1024, False: 60 * 1024}      # bytes per weight load (kpu.md §7.8)

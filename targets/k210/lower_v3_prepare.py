@@ -9,7 +9,6 @@ from targets.k210.constraints import why_not_kpu_layer
 from targets.k210.kernels import K210_KERNELS
 from targets.k210.lower_v3_core import sole_user
 
-
 # ---------------------------------------------------------------- preparation: pads into the KPU ring
 SELECTIONS = {"bypass": (1, 0, 0), "left_top_2_s2": (2, 0, 0), "right_top_2_s2": (2, 0, 1), "left_top_4_s4": (4, 0, 0)}
 

@@ -9,7 +9,7 @@ from compiler.quantization import F32, QuantParamU8, dequantize_u8, quantize_u8,
 from targets.k210.kernels import K210_KERNELS
 from targets.k210.kmodel_v3 import FullyConnectedBody, LayerType
 from targets.k210.kpu import carry_shift
-from targets.k210.lower_v3_core import EXACT_DEQUANTIZE_MAX, Unexpressible, Ref, Lowering, lowers, fixed
+from targets.k210.lower_v3_core import EXACT_DEQUANTIZE_MAX, Lowering, Ref, Unexpressible, fixed, lowers
 
 
 # ---------------------------------------------------------------- quantized CPU layers

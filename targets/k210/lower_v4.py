@@ -31,15 +31,25 @@ from __future__ import annotations
 
 from compiler.errors import Blocker, CannotLower, DoesNotFit, KpucError
 from compiler.ir import Graph
-from targets.k210 import kmodel_v4 as k4
-from targets.k210 import lower_v4_math, lower_v4_quant, lower_v4_schedule, lower_v4_shape  # noqa: F401  (fill LOWER_V4)
-from targets.k210 import planner
+from targets.k210 import kmodel_v4 as k4, lower_v4_math, lower_v4_quant, lower_v4_schedule, lower_v4_shape, planner  # noqa: F401  (fill LOWER_V4)
 from targets.k210.bits import align_up
 from targets.k210.kpu_layout import KPU_RAM_BYTES
-from targets.k210.lower_v4_core import (DATATYPES, INPUT_TYPES, KPU_OPCODES, LOWER_V4, POOL_ALIGN,  # noqa: F401
-                                        TARGETS, Buffer, Emitter, Lowering, Step, emitter, resolve_body, shape4,
-                                        value_range)
-
+from targets.k210.lower_v4_core import (  # noqa: F401
+    DATATYPES,
+    INPUT_TYPES,
+    KPU_OPCODES,
+    LOWER_V4,
+    POOL_ALIGN,
+    TARGETS,
+    Buffer,
+    Emitter,
+    Lowering,
+    Step,
+    emitter,
+    resolve_body,
+    shape4,
+    value_range,
+)
 
 # ---------------------------------------------------------------- placement
 POOLS = {k4.MEM_MAIN: ("main", None, "main memory"), k4.MEM_KPU: ("kpu", KPU_RAM_BYTES, "KPU RAM")}

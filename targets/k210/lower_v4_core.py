@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -39,12 +40,12 @@ class Buffer:
     datatype: int                    # k4.DT_FLOAT32 / DT_UINT8
     size: int                        # exact bytes (§4.1); KPU maps: kpu_bytes(shape)
     data: bytes | None = None        # constants only
-    base: "Buffer | None" = None
+    base: Buffer | None = None
     offset: int = 0
     start: int | None = None         # placement, roots only
 
     @property
-    def root(self) -> "Buffer":
+    def root(self) -> Buffer:
         return self if self.base is None else self.base.root
 
     @property

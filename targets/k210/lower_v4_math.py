@@ -15,11 +15,11 @@ import numpy as np
 
 from compiler.errors import KpucError
 from compiler.ir import Node, Value
-from targets.k210.ops import KPU_POOLS
 from compiler.quantization import QuantParamU8, dequantize_u8, quantize_u8
 from targets.k210 import kmodel_v4 as k4
 from targets.k210.lower_v4_core import Buffer, Lowering, emitter, shape4, value_range
 from targets.k210.lower_v4_shape import emit_slice, pad_body
+from targets.k210.ops import KPU_POOLS
 
 F32 = np.float32
 BINARY_CODES = {"add": 0, "sub": 1, "mul": 2, "div": 3, "min": 4, "max": 5}        # binary_op_t (§4.3)
@@ -63,15 +63,15 @@ class Nnil:
     def __init__(self):
         self.code = bytearray()
 
-    def x(self) -> "Nnil":
+    def x(self) -> Nnil:
         self.code.append(0x03)
         return self
 
-    def c(self, value: float) -> "Nnil":
+    def c(self, value: float) -> Nnil:
         self.code += b"\x06" + struct.pack("<f", value)   # ldc_r4 (ncc never uses the short forms)
         return self
 
-    def op(self, *names: str) -> "Nnil":
+    def op(self, *names: str) -> Nnil:
         for name in names:
             self.code.append(self.UNARY.get(name) or self.BINARY[name])
         return self

@@ -237,7 +237,8 @@ def table_lookup1d(ctx: Lowering, node: Node) -> None:
     if attrs is not None:                 # operand b is x again, multiplied by 0: no constant needed
         out, src = node.output, ctx.buffer(x)
         ctx.emit(k4.QuantizedBinary(
-            src, src, ctx.output(out), BINARY_CODES[attrs["op"]], shape4(x.shape), shape4(x.shape), shape4(out.shape), attrs["input_a_offset"], attrs["input_a_mul"], attrs["input_a_shift"],
+            src, src, ctx.output(out), BINARY_CODES[attrs["op"]], shape4(x.shape), shape4(x.shape), shape4(out.shape),
+            attrs["input_a_offset"], attrs["input_a_mul"], attrs["input_a_shift"],
             attrs["input_b_offset"], attrs["input_b_mul"], attrs["input_b_shift"], attrs["output_offset"],
             attrs["output_mul"], attrs["output_shift"]))
         return

@@ -32,10 +32,24 @@ import numpy as np
 from compiler.errors import KpucError
 from compiler.ir import Graph, Node, QuantParam, Value
 from compiler.kernels import KERNELS
-from compiler.quantization import (F32, QuantParamU8, Range, fixed_mul, fixup_range, get_quant_param, get_range,
-                                   lookup_table, quantize_u8, quantize_weights_u8, quantized_binary_params,
-                                   quantized_conv2d_params, round_half_away_from_zero, roundf_int, weights_span)
 from compiler.ops import has_trait, ops_with
+from compiler.quantization import (
+    F32,
+    QuantParamU8,
+    Range,
+    fixed_mul,
+    fixup_range,
+    get_quant_param,
+    get_range,
+    lookup_table,
+    quantize_u8,
+    quantize_weights_u8,
+    quantized_binary_params,
+    quantized_conv2d_params,
+    round_half_away_from_zero,
+    roundf_int,
+    weights_span,
+)
 from targets.k210.ops import ACTIVATION_STEPS, KPU_POOLS, conv_key, split_activation
 
 ACT_SEGMENTS = 16

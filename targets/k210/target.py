@@ -9,7 +9,7 @@ name "cpu" is the same target without the KPU (kmodel v4 neutral ops only), as n
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from compiler.calibration import calibrate
 from compiler.ir import Graph

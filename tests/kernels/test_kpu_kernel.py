@@ -9,8 +9,8 @@ import compiler.kernels.all  # noqa: F401
 from compiler.ir import TensorType
 from compiler.kernels import KERNELS
 from compiler.ops import infer_types
-from targets.k210.ops import KPU_POOLS, kpu_pool
 from targets.k210.kpu import POOL_TYPES, pool as kpu_pool_u8
+from targets.k210.ops import KPU_POOLS, kpu_pool
 
 POOL_NUMBER = {name: number for number, (name, _, _) in POOL_TYPES.items()}
 

@@ -13,8 +13,18 @@ from targets.k210 import kmodel_v4 as k4
 from targets.k210.interpreter_v3 import run_v3
 from targets.k210.interpreter_v4 import run_v4
 from targets.k210.kmodel import describe_kmodel, kmodel_inputs, read_kmodel, run_kmodel
-from targets.k210.kmodel_v3 import (FIXED_BODIES, V3_HEADER, V3_LAYER_HEADER, V3_OUTPUT, FullyConnectedBody, KModelV3,
-                                    LayerType, V3Layer, read_v3, write_v3)
+from targets.k210.kmodel_v3 import (
+    FIXED_BODIES,
+    V3_HEADER,
+    V3_LAYER_HEADER,
+    V3_OUTPUT,
+    FullyConnectedBody,
+    KModelV3,
+    LayerType,
+    V3Layer,
+    read_v3,
+    write_v3,
+)
 
 SHARED = Path("/work/shared")
 IRIS_V3 = SHARED / "golden/iris-v3/iris.kmodel"

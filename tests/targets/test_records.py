@@ -7,8 +7,19 @@ import pytest
 from hypothesis import given, strategies as st
 
 from compiler.errors import MalformedModel
-from targets.k210.records import (Array, ListOf, Reader, Record, Rest, Struct, Writer, align_up, codec_field,
-                                  read_fields, write_fields)
+from targets.k210.records import (
+    Array,
+    ListOf,
+    Reader,
+    Record,
+    Rest,
+    Struct,
+    Writer,
+    align_up,
+    codec_field,
+    read_fields,
+    write_fields,
+)
 
 PAIR = Record("Pair", "<Ii", "start delta")
 

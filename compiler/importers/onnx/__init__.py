@@ -40,7 +40,18 @@ from compiler.importers.common import SourceSummary, checked_graph
 from compiler.importers.limits import TooLarge, check_elements
 
 # Family files register their converters on import.
-from compiler.importers.onnx import activation, constant, conv, elementwise, pool, quant, reduce, resize, shape, slicing  # noqa: F401,E402
+from compiler.importers.onnx import (  # noqa: F401,E402
+    activation,
+    constant,
+    conv,
+    elementwise,
+    pool,
+    quant,
+    reduce,
+    resize,
+    shape as shape_converters,  # noqa: F401,E402
+    slicing,
+)
 from compiler.importers.onnx.context import (
     CONVERTERS,
     RUNTIME_DTYPES,
@@ -60,6 +71,7 @@ from compiler.importers.onnx.validate import (  # noqa: F401
     validate_graph,
 )
 from compiler.ir import Graph, TensorType, Value
+
 
 def import_model(path: str | Path) -> Graph:
     """Translate an ONNX file into a validated IR graph, or raise UnsupportedOps listing every problem."""

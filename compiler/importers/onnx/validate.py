@@ -121,7 +121,8 @@ def check_external(t: onnx.TensorProto, target: Path) -> None:
 def check_attribute(op_type: str, a: onnx.AttributeProto) -> str | None:
     """Why attribute `a` cannot be used (wrong kind, non-finite, out of range), or None."""
     if a.type in (A.GRAPH, A.GRAPHS, A.TYPE_PROTO, A.TYPE_PROTOS, A.SPARSE_TENSORS, A.UNDEFINED):
-        return f"attribute {a.name} is of kind {A.AttributeType.Name(a.type) if a.type in A.AttributeType.values() else a.type}, which kpuc does not read"
+        kind = A.AttributeType.Name(a.type) if a.type in A.AttributeType.values() else a.type
+        return f"attribute {a.name} is of kind {kind}, which kpuc does not read"
     want = ATTR_KINDS.get(a.name)
     if want is not None and a.type != want:
         return f"attribute {a.name} is {A.AttributeType.Name(a.type)}, ONNX defines it as {A.AttributeType.Name(want)}"

@@ -101,14 +101,14 @@ class Slice(NamedTuple):
     length: tuple[int, ...]
 
     @classmethod
-    def of(cls, node: Node) -> "Slice | None":
+    def of(cls, node: Node) -> Slice | None:
         """The slice a strided_slice node takes, or None (another op, or a negative stride)."""
         a = node.attrs
         if node.op != "strided_slice" or any(s < 1 for s in a["strides"]):
             return None
         return cls(tuple(a["begin"]), tuple(a["strides"]), node.output.shape)
 
-    def then(self, outer: "Slice") -> "Slice":
+    def then(self, outer: Slice) -> Slice:
         """This slice followed by `outer`: element k of the result is x[b + (b2 + k*s2)*s]."""
         return Slice(tuple(b + b2 * s for b, b2, s in zip(self.begin, outer.begin, self.stride)),
                      tuple(s * s2 for s, s2 in zip(self.stride, outer.stride)), outer.length)

@@ -17,8 +17,17 @@ from typing import NamedTuple
 
 from compiler.ir import Graph, Node
 from targets.k210.constraints import MIN_IN_H, MIN_IN_W, kpu_geometry, kpu_padding, why_not_kpu
-from targets.k210.passes.common import (Slice, activation_chain, chain_end, crop_spatial, derive, pad_spatial,
-                                        rebuild_chain, sole_user, source_name)
+from targets.k210.passes.common import (
+    Slice,
+    activation_chain,
+    chain_end,
+    crop_spatial,
+    derive,
+    pad_spatial,
+    rebuild_chain,
+    sole_user,
+    source_name,
+)
 
 
 class Match(NamedTuple):

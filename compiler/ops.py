@@ -19,6 +19,7 @@ clamp             x                         min=-inf, max=inf                 (R
 leaky_relu        x                         alpha
 prelu             x, slope (broadcast)      -
 hard_sigmoid      x                         alpha, beta       max(0, min(1, alpha*x + beta))
+shrink            x                         bias=0, lambd=0.5 x-bias if x > lambd, x+bias if x < -lambd, else 0
 conv2d            x, w, b                   strides=(1,1), padding=((0,0),(0,0)), dilations=(1,1),
                                             groups=1, fused_clamp=(-inf,inf)
                                             b always present (zeros if absent)
@@ -219,6 +220,7 @@ def _unary(t, a):
 @define("clamp", "x", attrs=dict(min=-math.inf, max=math.inf), traits={"layout_agnostic", "table_lookup"})
 @define("leaky_relu", "x", attrs=dict(alpha=REQUIRED), traits={"layout_agnostic", "table_lookup"})
 @define("hard_sigmoid", "x", attrs=dict(alpha=REQUIRED, beta=REQUIRED), traits={"layout_agnostic", "table_lookup"})
+@define("shrink", "x", attrs=dict(bias=0.0, lambd=0.5), traits={"layout_agnostic", "table_lookup"})
 def _same(t, a):
     return t[0]
 

@@ -126,6 +126,13 @@ def hard_sigmoid(x, *, alpha, beta):
     return np.clip(alpha * _f64(x) + beta, 0, 1).astype(x.dtype)
 
 
+@kernel("shrink")
+def shrink(x, *, bias, lambd):
+    """ONNX Shrink: x - bias above lambd, x + bias below -lambd, 0 between."""
+    v = _f64(x)
+    return np.where(v > lambd, v - bias, np.where(v < -lambd, v + bias, 0.0)).astype(x.dtype)
+
+
 def _per_channel(p: np.ndarray, rank: int, axis: int = 1) -> np.ndarray:
     """A 1-D per-channel parameter reshaped to broadcast along `axis` of a rank-`rank` tensor."""
     shape = [1] * rank

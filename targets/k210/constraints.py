@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from compiler.ir import Node, TensorType
 from targets.k210.kpu_layout import KPU_RAM_BYTES, KPU_RAM_ROWS, kpu_rows
-from targets.k210.ops import KPU_POOLS
+from targets.k210.ops import KPU_ACTIVATIONS, KPU_POOLS
 
 __all__ = ["KPU_RAM_BYTES", "KPU_RAM_ROWS", "MAX_CHANNELS", "MIN_IN_H", "MIN_IN_W", "MAX_IN_H", "MAX_IN_W",
            "MIN_OUT_H", "MIN_OUT_W", "KERNEL_SIZES", "TABLE_UNARY_OPS", "kpu_padding", "why_not_kpu",
@@ -174,16 +174,11 @@ def _why_not_kpu_conv2d(node: Node) -> str | None:
 # ------------------------------------------------------------------ activations and pools
 def activation_step(node: Node) -> tuple | None:
     """The KPU activation step (a `kpu_conv2d` `activation` entry) that `node` computes, or None."""
-    attrs = node.attrs
-    if node.op == "clamp":
-        return ("clamp", float(attrs["min"]), float(attrs["max"]))
-    if node.op == "leaky_relu":
-        return ("leaky_relu", float(attrs["alpha"]))
-    if node.op == "unary" and attrs["op"] in TABLE_UNARY_OPS:
-        return ("unary", attrs["op"])
-    if node.op == "hard_sigmoid":
-        return ("hard_sigmoid", float(attrs["alpha"]), float(attrs["beta"]))
-    return None
+    # Any one-operand table-lookup op of the op table: the step is its attrs in definition order.
+    if node.op not in KPU_ACTIVATIONS or (node.op == "unary" and node.attrs["op"] not in TABLE_UNARY_OPS):
+        return None
+    return (node.op, *(float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+                       for v in node.attrs.values()))
 
 
 def _pool(node: Node) -> tuple[str | None, str | None]:

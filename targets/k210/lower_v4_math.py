@@ -142,8 +142,10 @@ def emit_activation(ctx: Lowering, step: tuple, src: Buffer, out: Buffer, what: 
         program = clamp_program(Nnil().x(), *p).ret()
     elif kind == "leaky_relu":        # max(x, αx) for α <= 1, min(x, αx) above
         program = Nnil().x().x().c(p[0]).op("mul", "max" if p[0] <= 1 else "min").ret()
-    else:                             # hard_sigmoid: clamp(αx + β, 0, 1)
+    elif kind == "hard_sigmoid":      # clamp(αx + β, 0, 1)
         program = clamp_program(Nnil().x().c(p[0]).op("mul").c(p[1]).op("add"), 0.0, 1.0).ret()
+    else:
+        raise KpucError(f"{what}: kmodel v4 has no float form of the activation '{kind}' (it runs quantized)")
     emit_nnil(ctx, program, src, out)
 
 

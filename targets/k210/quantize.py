@@ -32,7 +32,7 @@ import numpy as np
 from compiler.errors import KpucError
 from compiler.ir import Graph, Node, QuantParam, Value
 from compiler.kernels import KERNELS
-from compiler.ops import has_trait, ops_with
+from compiler.ops import OPS, has_trait, ops_with
 from compiler.quantization import (
     F32,
     QuantParamU8,
@@ -425,16 +425,10 @@ class _Rewriter:
 
 
 def _step_node(name: str, params) -> tuple[str, dict]:
-    """The IR op and attrs of one kpu_conv2d activation step."""
-    if name == "clamp":
-        return "clamp", {"min": params[0], "max": params[1]}
-    if name == "leaky_relu":
-        return "leaky_relu", {"alpha": params[0]}
-    if name == "unary":
-        return "unary", {"op": params[0]}
-    if name == "hard_sigmoid":
-        return "hard_sigmoid", {"alpha": params[0], "beta": params[1]}
-    raise KpucError(f"unknown KPU activation step {name}")
+    """The IR op and attrs of one kpu_conv2d activation step (its params are the op's attrs in order)."""
+    if name not in ACTIVATION_STEPS:
+        raise KpucError(f"unknown KPU activation step {name}")
+    return name, dict(zip(OPS[name].attrs, params))
 
 
 def _float_pool(out_shape, pool: str) -> list[tuple[str, dict]]:

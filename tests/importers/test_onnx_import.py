@@ -163,6 +163,13 @@ def test_activations_pads_and_slices(tmp_path):
     check_against_onnxruntime(_model(nodes, [("x", [1, 4, 7, 6])], [("y", None)], inits, opset=14), tmp_path)
 
 
+@pytest.mark.parametrize("attrs", [{}, {"bias": 0.3, "lambd": 0.7}, {"bias": -1.0, "lambd": 0.0}])
+def test_shrink(tmp_path, attrs):
+    """The worked example of docs/architecture.md: a converter, an op definition and a kernel."""
+    nodes = [helper.make_node("Shrink", ["x"], ["y"], **attrs)]
+    check_against_onnxruntime(_model(nodes, [("x", [1, 3, 5, 5])], [("y", [1, 3, 5, 5])]), tmp_path)
+
+
 def test_static_shape_chain_folds_to_constants(tmp_path):
     """Shape -> Gather -> Unsqueeze -> Concat -> Reshape: only the reshape is left."""
     nodes = [helper.make_node("Shape", ["x"], ["shape"]),

@@ -34,6 +34,11 @@ def hard_sigmoid(ctx, x, *, alpha=0.2, beta=0.5):
     return ctx.add("hard_sigmoid", [x], alpha=float(alpha), beta=float(beta))
 
 
+@converter("Shrink")
+def shrink(ctx, x, *, bias=0.0, lambd=0.5):
+    return ctx.add("shrink", [x], bias=float(bias), lambd=float(lambd))
+
+
 @converter("HardSwish")
 def hard_swish(ctx, x):
     return ctx.unary("hard_swish", x)

@@ -46,6 +46,7 @@ def needs_shared(*relative: str) -> pytest.MarkDecorator:
 
 def require(*paths) -> None:
     """Skip the running test (or fixture) unless every path exists."""
+    __tracebackhide__ = True  # the skip is reported at the caller's line, not here
     missing = _missing(paths)
     if missing:
         pytest.skip(_reason(missing))

@@ -1,7 +1,7 @@
 """The bundled sample model (models/digits_cnn.onnx), its sample images and the script that makes them.
 
-Needs onnxruntime (the `test` extra) and scikit-learn (the `models` extra). The two training runs take
-about 10-20 s in all, so nothing here is marked slow.
+Needs onnxruntime (the `test` extra) and scikit-learn (the `models` extra). The two tests that train
+(about two CPU-minutes together, measured with BLAS threads on 2 cores) are marked slow.
 """
 from __future__ import annotations
 
@@ -116,6 +116,7 @@ def test_export_is_byte_identical(script):
     assert script.to_onnx(params).SerializeToString(deterministic=True) == ONNX_PATH.read_bytes()
 
 
+@pytest.mark.slow
 def test_training_is_deterministic(script, data, trained):
     again = script.train(data=data)
     assert list(again) == list(trained)
@@ -124,6 +125,7 @@ def test_training_is_deterministic(script, data, trained):
         np.testing.assert_array_equal(again[name], trained[name], err_msg=name)
 
 
+@pytest.mark.slow
 def test_committed_weights_come_from_the_script(script, data, trained):
     """The committed model is what the script trains (not a stale one).
 

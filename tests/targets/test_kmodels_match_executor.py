@@ -69,7 +69,13 @@ def _case(name: str, version: int) -> Case:
                 opts.get("input_std", 1.0), limit)
 
 
-@pytest.fixture(scope="module", params=[(m, v) for m in MODELS for v in (3, 4)], ids=lambda p: f"{p[0]}-v{p[1]}")
+def _slow_if_mobilenet(name: str) -> tuple:
+    """MobileNet compiles take 20-60 CPU-seconds each: outside the fast loop (`-m "not slow"`)."""
+    return (pytest.mark.slow,) if name.startswith("mobilenet") else ()
+
+
+@pytest.fixture(scope="module", params=[pytest.param((m, v), marks=_slow_if_mobilenet(m), id=f"{m}-v{v}")
+                                        for m in MODELS for v in (3, 4)])
 def case(request) -> Case:
     return _case(*request.param)
 
@@ -121,7 +127,7 @@ def test_interpreter_matches_the_quantized_executor(case):
           f"agreement {agree}/{n}")
 
 
-@pytest.mark.parametrize("name, version", [("digits", 3), ("mobilenet", 4)])
+@pytest.mark.parametrize("name, version", [("digits", 3), pytest.param("mobilenet", 4, marks=pytest.mark.slow)])
 def test_kpuc_infer_writes_what_the_quantized_executor_computes(name, version, tmp_path):
     """`kpuc infer` on the compiled file (a subprocess, the user's command) writes the executor's outputs."""
     c = _case(name, version)

@@ -334,7 +334,8 @@ MODELS = {
 }
 
 
-@pytest.fixture(scope="module", params=sorted(MODELS))
+@pytest.fixture(scope="module", params=[pytest.param(m, marks=(pytest.mark.slow,) if m.startswith("mobilenet") else ())
+                                        for m in sorted(MODELS)])
 def compiled(request):
     """(name, quantized graph, file bytes, summary, lowering, dataset samples) of a sample model."""
     from compiler.datasets import iter_dataset

@@ -412,6 +412,7 @@ def cosine(a, b) -> float:
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
+@pytest.mark.slow
 @needs(ULFFD)
 def test_ulffd_landmark_matches_ncc_within_quantization_and_is_no_bigger():
     """ncc's own command: --dataset dataset (images) --input-mean 0.5 --input-std 1, uint8, k210."""

@@ -380,6 +380,7 @@ def _mobilenet_acceptance(**options):
     return acceptance(g, q, judged)
 
 
+@pytest.mark.slow
 @needs(MOBILENET, ULFFD, DOG)
 def test_acceptance_mobilenet_v1():
     """(b) mobilenet_v1_0.25_128 calibrated on the first 10 ulffd images, judged on the other 10 + the dog,
@@ -394,6 +395,7 @@ def test_acceptance_mobilenet_v1():
     assert agreement >= 0.95 and worst_cos >= 0.99
 
 
+@pytest.mark.slow
 @needs(MOBILENET, ULFFD, DOG)
 def test_mobilenet_v1_default_flow_holds_its_accuracy():
     """The default compile (ncc's layer shapes; bias correction + GPTQ weight rounding) on the same split:

@@ -71,7 +71,7 @@ class _ConvMeans(Executor):
         name = node.output.name
         self.sums[name] = self.sums.get(name, 0.0) + y.astype(np.float64).sum(axis=(0, 2, 3))
         self.counts[name] = self.counts.get(name, 0) + y.size // y.shape[1]
-        # the rest of the float kpu_conv2d kernel (compiler/calibration.kpu_conv2d_stages: same functions)
+        # the rest of the float kpu_conv2d kernel (targets/k210/ops.py kpu_conv2d_stages: same functions)
         out = kpu_pool(apply_steps(y, a["activation"]), a["pool"])
         return (np.asarray(out).astype(node.output.dtype, copy=False),)
 

@@ -4,7 +4,7 @@ The IR's float ops mean what the float reference executor computes (float64 sums
 `dequantize_u8` means (q − zp)·(1/S). The K210 runtimes do other arithmetic in places: the SDK's
 Dequantize computes q·scale + bias (kmodel v3), float layers sum in float32 in their own loop order (both
 versions), and some layers are decomposed. `to_v3_semantics` / `to_v4_semantics` turn those nodes into
-the device ops of compiler/ops.py ("Device ops"), whose kernels (targets/k210/kernels.py) run the
+the device ops of targets/k210/ops.py, whose kernels (targets/k210/kernels.py) run the
 interpreters' own layer code, so that
 
     QuantizedExecutor(to_vN_semantics(g)) == kmodel file of g, bit for bit.

@@ -1,6 +1,6 @@
-"""Integer kernels of the quantized IR ops (targets/k210/ops.py, "Quantized ops"), bit-exact with nncase v0.2's
+"""Integer kernels of the quantized IR ops (targets/k210/ops.py), bit-exact with nncase v0.2's
 runtime and software KPU; `QuantizedExecutor` runs a graph made by `quantize_k210` with them. Also the
-device ops (targets/k210/ops.py, "Device ops"; made by targets/k210/device_semantics.py), which run the kmodel
+device ops (targets/k210/ops.py; made by targets/k210/device_semantics.py), which run the kmodel
 interpreters' own layer code, so QuantizedExecutor(Compiled.graph) computes what the file computes.
 
 Every kernel is numpy in, numpy out (no Node), registered in K210_KERNELS; the rounding helpers come from
@@ -122,7 +122,7 @@ def quantized_binary(a, b, *, op, input_a_offset=0, input_a_mul=1, input_a_shift
     return _requantize_acc(np.asarray(r), output_mul, output_shift, output_offset)
 
 
-# ---------------------------------------------------------------- device ops (targets/k210/ops.py, "Device ops")
+# ---------------------------------------------------------------- device ops (targets/k210/ops.py)
 # A kmodel runtime's own arithmetic where it differs from the ops above (targets/k210/device_semantics.py
 # makes these ops right before lowering). Each kernel builds the layer body the lowering emits and runs the
 # interpreter's own layer function (interpreter_v3.RUN_V3, interpreter_v4.OPS) on a scratch memory holding

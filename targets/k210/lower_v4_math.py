@@ -196,7 +196,7 @@ def kpu_conv2d(ctx: Lowering, node: Node) -> None:
     """A float KPU layer (legalized, not quantized: `--inference-type float`) on the CPU: a conv2d with
     the KPU's ring padding and its leading clamps fused, one node per further activation step, then the
     pool as a strided_slice (left/right_top) or a reduce_window2d over the valid taps (the KPU's float
-    meaning, compiler/kernels/kpu.py)."""
+    meaning, targets/k210/ops.py)."""
     x, w, b = node.inputs
     _need_float(node, x)
     a, out = node.attrs, node.output

@@ -1,7 +1,7 @@
 """kmodel v4 emitters for the uint8 and KPU ops (kmodel-v4.md §8.4, §8.7, §8.16-§8.19, §10).
 
 The quantizer (targets/k210/quantize.py) leaves every integer already computed in the IR: quant params
-as attrs, KPU tables and quantized weights as constants (compiler/ops.py, "Quantized ops"), so these
+as attrs, KPU tables and quantized weights as constants (targets/k210/ops.py), so these
 emitters only move numbers into bodies. What they decide is where KPU maps live (§6.2, §10.6):
 - a uint8 model input read only by KPU layers is itself a `kpu` input (the host uploads it);
 - a KPU layer reads its input from KPU RAM: the map a previous layer left there, or one `kpu_upload`

@@ -432,7 +432,7 @@ def _step_node(name: str, params) -> tuple[str, dict]:
 
 
 def _float_pool(out_shape, pool: str) -> list[tuple[str, dict]]:
-    """A KPU pool type as CPU ops with the float kpu_conv2d kernel's semantics (compiler/kernels/kpu.py)."""
+    """A KPU pool type as CPU ops with the float kpu_conv2d kernel's semantics (targets/k210/ops.py)."""
     if pool == "bypass":
         return []
     f, s = KPU_POOLS[pool]

@@ -101,6 +101,7 @@ def test_check_agrees_with_compile(model):
 
 
 @needs_models
+@pytest.mark.slow  # tallies the slow parametrized test above
 def test_agreement_tally():
     """The counts the issue's closing note quotes (runs after the parametrized test above)."""
     if len(AGREEMENT) < len(MODELS):

@@ -237,7 +237,7 @@ def _v4_softmax(graph: Graph, node: Node) -> None:
     with graph.inserting_before(node):
         m = graph.add("reduce", [x], name=f"{node.name}/max", op="max", axes=(axis,), keepdims=True)
         z = graph.add("binary", [x, m.output], name=f"{node.name}/sub", op="sub")
-        e = graph.add("unary", [z.output], name=f"{node.name}/exp", op="exp")
+        e = graph.add("exp_f32", [z.output], name=f"{node.name}/exp", kmodel=4)
         s = graph.add("reduce_f32", [e.output], name=f"{node.name}/sum", op="sum", axes=(axis,), keepdims=True,
                       kmodel=4)
         if node.attrs["log"]:
@@ -247,7 +247,13 @@ def _v4_softmax(graph: Graph, node: Node) -> None:
             _become(node, "binary", [e.output, s.output], op="div")
 
 
+def _v4_unary(graph: Graph, node: Node) -> None:
+    if node.attrs["op"] == "exp" and _is_float(node.inputs[0]):
+        _become(node, "exp_f32", kmodel=4)
+
+
 V4_REWRITES = {
+    "unary": _v4_unary,
     "reduce": _v4_reduce,
     "reduce_window2d": lambda g, n: _mean_pool(n, 4),
     "matmul": lambda g, n: _matmul(g, n, 4),

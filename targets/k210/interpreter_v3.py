@@ -19,6 +19,7 @@ from targets.k210 import kpu_layout
 from targets.k210.kmodel_v3 import KModelV3, LayerType, V3Layer
 from targets.k210.kmodel_v3_check import check_v3
 from targets.k210.kpu import carry_shift, run_kpu_layer
+from targets.k210.libm import expf
 
 F32 = np.float32
 FLT_MIN = np.finfo(np.float32).tiny
@@ -185,14 +186,14 @@ def l2_normalization(m: Machine, b) -> None:
 @runs(LayerType.Softmax)
 def softmax(m: Machine, b) -> None:
     x = m.load(b.main_mem_in_address, F32, b.channels)
-    e = np.exp(x - np.fmax.reduce(x, initial=FLT_MIN))   # the SDK seeds fmaxf with FLT_MIN
+    e = expf(x - np.fmax.reduce(x, initial=FLT_MIN))   # the SDK seeds fmaxf with FLT_MIN
     m.store(b.main_mem_out_address, e / _seq_sum(e))
 
 
 @runs(LayerType.Logistic)
 def logistic(m: Machine, b) -> None:
     x = m.load(b.main_mem_in_address, F32, b.channels)
-    m.store(b.main_mem_out_address, F32(1) / (F32(1) + np.exp(-x)))
+    m.store(b.main_mem_out_address, F32(1) / (F32(1) + expf(-x)))
 
 
 @runs(LayerType.Concatenation, LayerType.QuantizedConcatenation)

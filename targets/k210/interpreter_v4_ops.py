@@ -19,6 +19,7 @@ from targets.k210.interpreter_v4_base import (
     std_min,
     window_taps,
 )
+from targets.k210.libm import expf
 
 # ---------------------------------------------------------------- elementwise and data movement
 BINARY_F32 = {0: np.add, 1: np.subtract, 2: np.multiply, 3: np.divide, 4: std_min, 5: std_max}
@@ -53,7 +54,7 @@ def quantized_binary(b: k4.QuantizedBinary, mem: Memory):
     mem.put(b.output, np.clip(out, 0, 255).astype(np.uint8))
 
 
-UNARY_F32 = {0: np.abs, 1: np.ceil, 2: libm_f32(np.cos), 3: libm_f32(np.exp), 4: np.floor, 5: libm_f32(np.log),
+UNARY_F32 = {0: np.abs, 1: np.ceil, 2: libm_f32(np.cos), 3: expf, 4: np.floor, 5: libm_f32(np.log),
              6: np.negative, 7: lambda x: F32(1) / np.sqrt(x), 8: libm_f32(np.sin), 9: np.square}
 
 
@@ -174,7 +175,7 @@ def softmax(b: k4.Softmax, mem: Memory):
     """Per row: m = max, e = expf((x − m)·beta), sequential f32 sum, e / sum."""
     x = mem.get(b.input, F32, count=b.outer_size * b.inner_size).reshape(b.outer_size, b.inner_size)
     with np.errstate(all="ignore"):
-        e = libm_f32(np.exp)((x - x.max(axis=1, keepdims=True)) * F32(b.beta))
+        e = expf((x - x.max(axis=1, keepdims=True)) * F32(b.beta))
         total = np.cumsum(e, axis=1, dtype=F32)[:, -1:]  # sequential f32 sum, like the kernel's loop
         mem.put(b.output, e / total)
 

@@ -25,6 +25,7 @@ from compiler.registry import registrar
 from targets.k210 import interpreter_v3 as iv3, interpreter_v4 as iv4, kmodel_v4 as k4
 from targets.k210.kmodel_v3 import FIXED_BODIES, FullyConnectedBody, LayerType
 from targets.k210.kpu import POOL_TYPES, ActTable, BatchNorm, kpu_conv2d
+from targets.k210.libm import expf
 
 K210_KERNELS: dict[str, Callable] = {}
 POOL_TYPE_OF = {name: code for code, (name, _, _) in POOL_TYPES.items()}
@@ -335,6 +336,12 @@ def conv2d_f32(x, w, b, *, strides=(1, 1), padding=((0, 0), (0, 0)), dilations=(
         r[0], o, _shape4(x.shape), groups, oc, k4.Padding(*ph), k4.Padding(*pw), kh, kw, sh, sw, dh, dw,
         _value_range(fused_clamp), np.asarray(w, np.float32).reshape(-1), np.asarray(b, np.float32).reshape(-1)))
     return y.reshape(n, oc, oh, ow)
+
+
+@k210_kernel("exp_f32")
+def exp_f32(x, *, kmodel):
+    """v4: the runtime's `unary exp`, expf from the C library (the interpreter's own function)."""
+    return expf(np.asarray(x, np.float32))
 
 
 @k210_kernel("softmax_f32")

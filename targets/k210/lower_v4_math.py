@@ -161,6 +161,13 @@ def activation(ctx: Lowering, node: Node) -> None:
     emit_activation(ctx, step, ctx.buffer(x), ctx.output(node.output), node.name)
 
 
+@emitter("exp_f32")
+def exp_f32(ctx: Lowering, node: Node) -> None:
+    """The runtime's unary exp (device_semantics names it so the executor computes expf as the file does)."""
+    _need_float(node, node.inputs[0])
+    ctx.emit(k4.Unary(ctx.buffer(node.inputs[0]), ctx.output(node.output), UNARY_CODES["exp"]))
+
+
 @emitter("prelu")
 def prelu(ctx: Lowering, node: Node) -> None:
     """max(x, 0) + slope·min(x, 0): four binaries on a zero constant."""

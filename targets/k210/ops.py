@@ -57,6 +57,7 @@ matmul_f32        a: f32 [.., K], b: f32 [K, N], bias: f32 [N]   fused_clamp=(-i
                                             v4 matmul (bias + a·b in K order)
 conv2d_f32        x, w, b                   as conv2d, kmodel   v3 FullyConnected (1×1 conv of a 1×1 map);
                                             v4 conv2d (bias + x·w over (ic, ky, kx))
+exp_f32           x: f32                    kmodel            the runtime's expf (glibc's, targets/k210/libm.py): v4 unary exp
 softmax_f32       x: f32                    axis, kmodel=3 (only)     v3 Softmax per vector (max seeded with FLT_MIN,
                                             float32 exp, Σ in order)
 
@@ -325,6 +326,13 @@ def _conv2d_f32(t, a):
     _kmodel(a)
     _f32(*t)
     return OPS["conv2d"].shape(t, a)
+
+
+@define("exp_f32", "x", attrs=dict(kmodel=REQUIRED), traits={"device"})
+def _exp_f32(t, a):
+    _kmodel(a)
+    _f32(t[0])
+    return t[0]
 
 
 @define("softmax_f32", "x", attrs=dict(axis=REQUIRED, kmodel=REQUIRED), traits={"device"})

@@ -141,6 +141,11 @@ def test_split_sizes_of_rank_two_and_axis_given_as_a_list(tmp_path):
     _fails(_rewrite(path, m), "attribute axis is INTS", UnsupportedOps)
 
 
+def test_cast_to_an_unknown_data_type(tmp_path):
+    nodes = [helper.make_node("Cast", ["x"], ["y"], to=16777216)]
+    _fails(_save(tmp_path, nodes, [("x", [4])], ["y"]), "to=16777216 is not an ONNX data type", UnsupportedOps)
+
+
 def test_nan_float_attribute(tmp_path):
     nodes = [helper.make_node("LeakyRelu", ["x"], ["y"], alpha=float("nan"))]
     _fails(_save(tmp_path, nodes, [("x", [4])], ["y"]), "alpha=nan is not a finite number", UnsupportedOps)

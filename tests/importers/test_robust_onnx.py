@@ -141,6 +141,20 @@ def test_split_sizes_of_rank_two_and_axis_given_as_a_list(tmp_path):
     _fails(_rewrite(path, m), "attribute axis is INTS", UnsupportedOps)
 
 
+def test_cast_to_an_unknown_data_type(tmp_path):
+    nodes = [helper.make_node("Cast", ["x"], ["y"], to=16777216)]
+    _fails(_save(tmp_path, nodes, [("x", [4])], ["y"]), "to=16777216 is not an ONNX data type", UnsupportedOps)
+
+
+def test_axes_and_scales_of_the_wrong_rank(tmp_path):
+    nodes = [helper.make_node("Squeeze", ["x", "a"], ["y"])]
+    path = _save(tmp_path, nodes, [("x", [1, 4, 1])], ["y"], [("a", np.array([[0, 2], [0, 2]], np.int64))])
+    _fails(path, "is not one integer", UnsupportedOps)
+    nodes = [helper.make_node("Resize", ["x", "", "s"], ["y"], mode="nearest")]
+    path = _save(tmp_path, nodes, [("x", [1, 1, 2, 2])], ["y"], [("s", np.array([[1, 1], [2, 2]], np.float32))])
+    assert import_model(path).outputs[0].shape == (1, 1, 4, 4)
+
+
 def test_nan_float_attribute(tmp_path):
     nodes = [helper.make_node("LeakyRelu", ["x"], ["y"], alpha=float("nan"))]
     _fails(_save(tmp_path, nodes, [("x", [4])], ["y"]), "alpha=nan is not a finite number", UnsupportedOps)

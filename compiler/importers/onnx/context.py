@@ -159,6 +159,10 @@ class OnnxContext:
 
 def normalize_axis(axis: int, rank: int, what: str = "axis") -> int:
     """A possibly negative ONNX axis as an index in [0, rank)."""
+    if np.ndim(axis) != 0:  # an axes input of the wrong rank hands rows here
+        if np.size(axis) != 1:
+            raise NotConvertible(f"{what} {np.asarray(axis).tolist()} is not one integer")
+        axis = np.asarray(axis).reshape(())
     axis = int(axis)
     if not -rank <= axis < rank:
         raise NotConvertible(f"{what} {axis} is out of range for rank {rank}")

@@ -99,6 +99,7 @@ def resize_v11(ctx, x, roi=None, scales=None, sizes=None, *, antialias=0, axes=N
     if sizes is not None and sizes.size:
         out = _sizes_with_policy(x, axes, [int(s) for s in sizes.reshape(-1)], keep_aspect_ratio_policy)
     elif scales is not None and scales.size:
+        scales = scales.reshape(-1)
         if len(scales) != len(axes):
             raise NotConvertible(f"{len(scales)} scales for axes {axes}")
         full_scales = [1.0] * rank

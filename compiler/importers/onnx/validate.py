@@ -131,6 +131,8 @@ def check_attribute(op_type: str, a: onnx.AttributeProto) -> str | None:
     if a.type == A.FLOATS and not all(math.isfinite(f) for f in a.floats):
         return f"attribute {a.name}={list(a.floats)[:8]} holds a non-finite number"
     values = list(a.ints) if a.type == A.INTS else [a.i] if a.type == A.INT else []
+    if a.name in ("to", "output_dtype") and a.type == A.INT and a.i and a.i not in KNOWN_DTYPES:
+        return f"attribute {a.name}={a.i} is not an ONNX data type"
     if a.name in AT_LEAST_ONE and any(v < 1 for v in values):
         return f"attribute {a.name}={values} must be at least 1"
     if a.name in NON_NEGATIVE and op_type in SPATIAL_OPS and any(v < 0 for v in values):

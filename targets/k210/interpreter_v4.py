@@ -1,19 +1,7 @@
 """kmodel v4 interpreter: the run loop. Runs a `KModelV4` with the semantics of nncase v0.2.0-beta4's runtime.
 
-Reference: the runtime's PC build (src/runtime/**, src/common/include/kernels/**), with the K210 ops run
-by the software KPU (`NNCASE_TARGET_K210_SIMULATOR`); that is what produced the golden outputs.
-Memory is three byte pools (kmodel-v4.md §6.1): the constants blob, `main_mem` bytes of main memory and
-2 MiB of KPU RAM. Every op reads its operands out of the pools and writes its result back, so in-place
-reuse of buffers behaves as on the device.
-
-Bit-exactness: float32 ops compute in float32 in nncase's accumulation order (loops over kernel taps,
-vectorized over pixels and channels), integer ops in int64 with nncase's rounding helpers. The C library
-functions of `unary`/NNIL/`softmax` (expf, logf, sinf, cosf) are evaluated in float64 and rounded to
-float32: numpy's own float32 ufuncs disagree with glibc's on ~10-40 % of random inputs, this on ~0.1-1 %
-(measured); an exact match would need the reference build's libm.
-
-The pools, registry and helpers are in interpreter_v4_base.py, the ops in interpreter_v4_ops.py and
-interpreter_v4_conv.py (imported here so that `OPS` is complete).
+The semantics, pools, registry and helpers are described and kept in interpreter_v4_base.py; the ops are in
+interpreter_v4_ops.py and interpreter_v4_conv.py (imported here so that `OPS` is complete).
 """
 from __future__ import annotations
 

@@ -9,10 +9,10 @@ Memory is three byte pools (kmodel-v4.md §6.1): the constants blob, `main_mem` 
 reuse of buffers behaves as on the device.
 
 Bit-exactness: float32 ops compute in float32 in nncase's accumulation order (loops over kernel taps,
-vectorized over pixels and channels), integer ops in int64 with nncase's rounding helpers. The C library
-functions of `unary`/NNIL/`softmax` (expf, logf, sinf, cosf) are evaluated in float64 and rounded to
-float32: numpy's own float32 ufuncs disagree with glibc's on ~10-40 % of random inputs, this on ~0.1-1 %
-(measured); an exact match would need the reference build's libm.
+vectorized over pixels and channels), integer ops in int64 with nncase's rounding helpers. expf is glibc's
+own algorithm (targets/k210/libm.py, bit-exact); the other C library functions of `unary`/NNIL (logf, sinf,
+cosf, ...) are evaluated in float64 and rounded to float32, which disagrees with glibc on ~0.1 % of inputs
+(numpy's float32 ufuncs on ~10-40 %).
 
 The ops are in interpreter_v4_ops.py (elementwise, data movement, reductions, NNIL) and
 interpreter_v4_conv.py (convolutions, matmul, KPU); interpreter_v4.py holds the run loop.

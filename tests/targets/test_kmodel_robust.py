@@ -3,12 +3,12 @@ allocation (issue "Every bad input"). One test per crash class, the damage made 
 or freshly written file, then a seeded mutation loop over small real files."""
 import dataclasses
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from compiler.errors import KpucError
+from shared_data import GOLDEN, KMODELS, needs
 from targets.k210 import kmodel_v4 as k4
 from targets.k210.interpreter_v3 import run_v3
 from targets.k210.interpreter_v4 import run_v4
@@ -26,12 +26,11 @@ from targets.k210.kmodel_v3 import (
     write_v3,
 )
 
-SHARED = Path("/work/shared")
-IRIS_V3 = SHARED / "golden/iris-v3/iris.kmodel"
-IRIS_V4 = SHARED / "golden/iris-v4/iris.kmodel"
-MASK_V4 = SHARED / "kmodels/sdk_mask_detect.v4.kmodel"
-MNIST_V3 = SHARED / "kmodels/maixpy_mnist.v3.kmodel"
-pytestmark = pytest.mark.skipif(not IRIS_V3.exists(), reason="shared golden files not present")
+IRIS_V3 = GOLDEN / "iris-v3/iris.kmodel"
+IRIS_V4 = GOLDEN / "iris-v4/iris.kmodel"
+MASK_V4 = KMODELS / "sdk_mask_detect.v4.kmodel"
+MNIST_V3 = KMODELS / "maixpy_mnist.v3.kmodel"
+pytestmark = needs(IRIS_V3, IRIS_V4, MASK_V4, MNIST_V3)
 
 
 def patch(data: bytes, offset: int, record, **changes) -> bytes:

@@ -47,6 +47,10 @@ def shared_dir() -> Path:
 
 
 # ------------------------------------------------------------------ seeds
+# A v3 file starts with its version word; a v4 file with "LDMK" and then its version (kmodel-v3.md, -v4.md §3).
+KMODEL_HEADS = {"kv3": (3).to_bytes(4, "little"), "kv4": b"LDMK" + (4).to_bytes(4, "little")}
+
+
 def seed_files(fmt: str) -> list[tuple[str, bytes]]:
     """(name, bytes) of the seed models of `fmt`, small ones only (a case must run fast)."""
     shared = shared_dir()
@@ -60,7 +64,7 @@ def seed_files(fmt: str) -> list[tuple[str, bytes]]:
             if not p.is_file() or p.stat().st_size > 400_000:
                 continue
             data = p.read_bytes()
-            if fmt in ("kv3", "kv4") and (len(data) < 8 or data[4] != int(fmt[-1])):
+            if fmt in KMODEL_HEADS and not data.startswith(KMODEL_HEADS[fmt]):
                 continue
             out.append((p.name, data))
     if fmt == "onnx":

@@ -35,8 +35,9 @@ class Blocker:
     def __init__(self, op: str | None, node: str | None, reason: str, hint: str | None = None):
         self.op, self.node, self.reason, self.hint = op, node, reason, hint
 
-    def as_dict(self) -> dict:
-        return {"node": self.node, "op": self.op, "reason": self.reason}
+    def __str__(self):
+        """How a lowering error lists it: `op 'node' (reason)`, or the reason alone for the whole model."""
+        return f"{self.op} '{self.node}' ({self.reason})" if self.node is not None else self.reason
 
     def __repr__(self):
         return f"Blocker({self.op!r}, {self.node!r}, {self.reason!r})"

@@ -26,6 +26,7 @@ from targets.k210 import interpreter_v3 as iv3, interpreter_v4 as iv4, kmodel_v4
 from targets.k210.kmodel_v3 import FIXED_BODIES, FullyConnectedBody, LayerType
 from targets.k210.kpu import POOL_TYPES, ActTable, BatchNorm, kpu_conv2d
 from targets.k210.libm import expf
+from targets.k210.lower_v4_core import shape4, value_range
 
 K210_KERNELS: dict[str, Callable] = {}
 POOL_TYPE_OF = {name: code for code, (name, _, _) in POOL_TYPES.items()}
@@ -177,20 +178,6 @@ def _run_v4(operands: list[np.ndarray], out_count: int, body, out_dtype=np.float
     return mem.get(out)
 
 
-def _shape4(shape) -> tuple[int, ...]:
-    shape = tuple(int(d) for d in shape)
-    while len(shape) > 4 and shape[0] == 1:
-        shape = shape[1:]
-    if len(shape) > 4:
-        raise KpucError(f"the v4 runtime's shapes are at most 4-D, not {shape}")
-    return (1,) * (4 - len(shape)) + shape
-
-
-def _value_range(clamp) -> k4.ValueRange:
-    lo, hi = clamp
-    return k4.ValueRange(max(float(lo), -k4.FLT_MAX), min(float(hi), k4.FLT_MAX))
-
-
 def _v3_act(clamp) -> tuple[int, tuple | None]:
     """(SDK act enum, clamp still to apply): ReLU and ReLU6 are the layer's own activations."""
     clamp = tuple(map(float, clamp))
@@ -250,7 +237,7 @@ def reduce_f32(x, *, op, axes, keepdims=True, kmodel):
     codes = {"mean": 0, "min": 1, "max": 2, "sum": 3}
     init = {"mean": 0.0, "sum": 0.0, "min": k4.FLT_MAX, "max": -k4.FLT_MAX}[op]
     y = _run_v4([x.reshape(-1)], int(np.prod(keep)), lambda r, o: k4.Reduce(
-        r[0], o, codes[op], _shape4(x.shape), _shape4(keep), init))
+        r[0], o, codes[op], shape4(x.shape), shape4(keep), init))
     return y.reshape(out_shape)
 
 
@@ -278,7 +265,7 @@ def reduce_window2d_f32(x, *, op, kernel, strides=(1, 1), padding=((0, 0), (0, 0
     if op == "mean" and count_include_pad and any(p for pair in pads for p in pair):
         x = np.pad(x, ((0, 0), (0, 0), tuple(pads[0]), tuple(pads[1])))
         pads = [[0, 0], [0, 0]]
-    in_shape = _shape4(x.shape)
+    in_shape = shape4(x.shape)
     for axis, size, k, s, d, want in ((0, in_shape[2], kh, sh, dh, oh), (1, in_shape[3], kw, sw, dw, ow)):
         while k4.windowed_size(size, k, s, d, k4.Padding(*pads[axis])) < want:
             pads[axis][1] += 1
@@ -286,7 +273,7 @@ def reduce_window2d_f32(x, *, op, kernel, strides=(1, 1), padding=((0, 0), (0, 0
     init = 0.0 if op == "mean" else -k4.FLT_MAX
     y = _run_v4([x.reshape(-1)], n * c * oh * ow, lambda r, o: k4.ReduceWindow2D(
         r[0], o, codes[op], in_shape, k4.Padding(*pads[0]), k4.Padding(*pads[1]), kh, kw, sh, sw, dh, dw, init,
-        _value_range(NO_CLAMP)))
+        value_range(NO_CLAMP)))
     return y.reshape(n, c, oh, ow)
 
 
@@ -312,7 +299,7 @@ def matmul_f32(a, b, bias, *, fused_clamp=NO_CLAMP, kmodel):
         y = _fully_connected_v3(rows, np.asarray(b, np.float32).T, bias, fused_clamp)
     else:
         y = _run_v4([rows.reshape(-1), np.asarray(b, np.float32).reshape(-1)], rows.shape[0] * n, lambda r, o: k4.MatMul(
-            r[0], r[1], o, rows.shape[0], k, n, _value_range(fused_clamp), np.asarray(bias, np.float32)))
+            r[0], r[1], o, rows.shape[0], k, n, value_range(fused_clamp), np.asarray(bias, np.float32)))
     return y.reshape(a.shape[:-1] + (n,))
 
 
@@ -333,8 +320,8 @@ def conv2d_f32(x, w, b, *, strides=(1, 1), padding=((0, 0), (0, 0)), dilations=(
     (ph, pw), (sh, sw), (dh, dw) = padding, strides, dilations
     oh, ow = conv_out(h, kh, sh, dh, ph), conv_out(wd, kw, sw, dw, pw)
     y = _run_v4([x.reshape(-1)], n * oc * oh * ow, lambda r, o: k4.Conv2D(
-        r[0], o, _shape4(x.shape), groups, oc, k4.Padding(*ph), k4.Padding(*pw), kh, kw, sh, sw, dh, dw,
-        _value_range(fused_clamp), np.asarray(w, np.float32).reshape(-1), np.asarray(b, np.float32).reshape(-1)))
+        r[0], o, shape4(x.shape), groups, oc, k4.Padding(*ph), k4.Padding(*pw), kh, kw, sh, sw, dh, dw,
+        value_range(fused_clamp), np.asarray(w, np.float32).reshape(-1), np.asarray(b, np.float32).reshape(-1)))
     return y.reshape(n, oc, oh, ow)
 
 

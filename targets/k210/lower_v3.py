@@ -146,7 +146,7 @@ def lower_v3_detailed(graph: Graph) -> LoweredV3:
             problems.append(Blocker(None, None, f"output '{v.name}' is a graph {v.producer.op}, "
                                                 "not computed by any layer"))
     if problems:
-        raise CannotLower(f"kmodel v3 cannot express {len(problems)} op(s): " + "; ".join(map(_said, problems))
+        raise CannotLower(f"kmodel v3 cannot express {len(problems)} op(s): " + "; ".join(map(str, problems))
                           + ". Try --kmodel-version 4", problems, 3)
     x = _check_first_layer(ctx)
     outputs = [ctx.main(v) for v in graph.outputs]
@@ -190,10 +190,6 @@ def _check_first_layer(ctx: Lowering) -> Value:
         raise _cannot("the input feeds both a K210Conv and a CPU layer; the SDK only fills layer 0's copy of it "
                       "(kmodel-v3.md §15). Try --kmodel-version 4")
     return x
-
-
-def _said(b: Blocker) -> str:
-    return f"{b.op} '{b.node}' ({b.reason})" if b.node is not None else b.reason
 
 
 def _cannot(message: str, node: str | None = None) -> CannotLower:

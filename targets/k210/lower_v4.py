@@ -136,7 +136,7 @@ def lower_steps(graph: Graph, target: str = "k210", input_type: str = "default")
             failed.update(node.outputs)
     if problems:  # every op that stops v4, not just the first (kpuc check lists them all)
         raise CannotLower(f"kmodel v4 cannot express {len(problems)} op(s): "
-                          + "; ".join(f"{b.op} '{b.node}' ({b.reason})" for b in problems), problems, 4)
+                          + "; ".join(map(str, problems)), problems, 4)
     ctx.node = None
     return ctx
 

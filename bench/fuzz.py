@@ -286,6 +286,7 @@ def commands(fmt: str, model: Path, work: Path, rng: random.Random) -> list[str]
 class Result:
     outcome: str
     detail: str
+    rss_kib: int = 0  # the child's peak resident set (ru_maxrss)
 
 
 def run_case(argv: list[str], timeout: float, mem_bytes: int) -> Result:
@@ -316,30 +317,31 @@ def run_case(argv: list[str], timeout: float, mem_bytes: int) -> Result:
     deadline = time.monotonic() + timeout
     status = None
     while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
+        done, status, usage = os.wait4(pid, os.WNOHANG)
         if done:
             break
         time.sleep(0.01)
     else:
         os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        return Result("hang", f"no answer in {timeout:g} s")
+        _, _, usage = os.wait4(pid, 0)
+        return Result("hang", f"no answer in {timeout:g} s", usage.ru_maxrss)
+    rss = usage.ru_maxrss
     err.seek(0)
     text = err.read().decode("utf-8", "replace")
     lines = [ln for ln in text.splitlines() if ln.strip()]
     last = lines[-1] if lines else ""
     if os.WIFSIGNALED(status):
-        return Result("crash", f"signal {os.WTERMSIG(status)}")
+        return Result("crash", f"signal {os.WTERMSIG(status)}", rss)
     code = os.WEXITSTATUS(status)
     if code in (0, 1):
-        return Result("ok", "")
+        return Result("ok", "", rss)
     if code == 71 or "out of memory" in last:
-        return Result("oom", last[:200])
+        return Result("oom", last[:200], rss)
     if code == 3:
-        return Result("internal", last[:300])
+        return Result("internal", last[:300], rss)
     if code == 2 and len(lines) == 1 and lines[0].startswith("kpuc: error:"):
-        return Result("clean", last[:200])
-    return Result("crash", f"exit {code}, {len(lines)} stderr lines: {last[:200]}")
+        return Result("clean", last[:200], rss)
+    return Result("crash", f"exit {code}, {len(lines)} stderr lines: {last[:200]}", rss)
 
 
 def site_of(detail: str) -> str:
@@ -350,13 +352,15 @@ def site_of(detail: str) -> str:
 
 def campaign(fmt: str, cases: int, seed: int, timeout: float = 30.0, mem_gib: float = 2.0,
              save: Path | None = None, quiet: bool = False) -> dict:
-    """Run `cases` cases; returns {"counts": {outcome: n}, "examples": {key: (seed model, mutations, argv, detail)}}."""
+    """Run `cases` cases; returns {"counts": {outcome: n}, "examples": {key: (seed model, mutations, argv, detail)},
+    "peak_rss_kib": the largest peak RSS of any case, "slowest_s": the longest case}."""
     import cli  # noqa: F401  (warm import before forking)
     seeds = seed_files(fmt)
     if not seeds:
         raise SystemExit(f"no {fmt} seed models found (looked in {shared_dir()} and {ROOT / 'models'})")
     counts = dict.fromkeys(OUTCOMES, 0)
     examples: dict[str, tuple] = {}
+    peak_rss, slowest = 0, 0.0
     suffix = {"tflite": ".tflite", "onnx": ".onnx"}.get(fmt, ".kmodel")
     with tempfile.TemporaryDirectory(prefix="kpucfuzz") as tmp:
         for k in range(cases):
@@ -367,7 +371,10 @@ def campaign(fmt: str, cases: int, seed: int, timeout: float = 30.0, mem_gib: fl
             model = work / f"case{suffix}"
             model.write_bytes(data)
             argv = commands(fmt, model, work, rng)
+            began = time.monotonic()
             r = run_case(argv, timeout, int(mem_gib * (1 << 30)))
+            slowest = max(slowest, time.monotonic() - began)
+            peak_rss = max(peak_rss, r.rss_kib)
             counts[r.outcome] += 1
             if r.outcome not in ("ok", "clean"):
                 key = f"{r.outcome}: {site_of(r.detail) if r.outcome == 'internal' else r.detail[:80]}"
@@ -379,7 +386,7 @@ def campaign(fmt: str, cases: int, seed: int, timeout: float = 30.0, mem_gib: fl
                     if not quiet:
                         print(f"  case {k}: {key}\n    {name} {labels} {' '.join(argv[:1])}\n    {r.detail}", flush=True)
             _rmtree(work)
-    return {"counts": counts, "examples": examples}
+    return {"counts": counts, "examples": examples, "peak_rss_kib": peak_rss, "slowest_s": slowest}
 
 
 def _rmtree(path: Path) -> None:
@@ -401,6 +408,7 @@ def main() -> None:
     start = time.monotonic()
     res = campaign(a.format, a.cases, seed, a.timeout, a.mem_gib, a.save)
     print(f"{time.monotonic() - start:.0f} s: " + ", ".join(f"{k} {v}" for k, v in res["counts"].items()))
+    print(f"peak RSS of any case {res['peak_rss_kib'] / 1024:.0f} MiB, slowest case {res['slowest_s']:.1f} s")
     for key, (name, labels, argv, detail, k) in res["examples"].items():
         print(f"{key}\n    case {k}: {name} {labels}: kpuc {' '.join(argv)}\n    {detail}")
 

@@ -146,6 +146,13 @@ def test_cast_to_an_unknown_data_type(tmp_path):
     _fails(_save(tmp_path, nodes, [("x", [4])], ["y"]), "to=16777216 is not an ONNX data type", UnsupportedOps)
 
 
+@pytest.mark.parametrize("code,name", [(0, "UNDEFINED"), (8, "STRING")])
+def test_cast_to_a_type_with_no_array_form(tmp_path, code, name):
+    """UNDEFINED is in the enum but has no numpy type: the fuzzer found it once as an internal error."""
+    nodes = [helper.make_node("Cast", ["x"], ["y"], to=code)]
+    _fails(_save(tmp_path, nodes, [("x", [4])], ["y"]), name, UnsupportedOps)
+
+
 def test_axes_and_scales_of_the_wrong_rank(tmp_path):
     nodes = [helper.make_node("Squeeze", ["x", "a"], ["y"])]
     path = _save(tmp_path, nodes, [("x", [1, 4, 1])], ["y"], [("a", np.array([[0, 2], [0, 2]], np.int64))])

@@ -16,6 +16,7 @@ import inspect
 from collections.abc import Callable
 
 import numpy as np
+import onnx
 
 import compiler.kernels.all  # noqa: F401  (fills KERNELS, used for folding)
 from compiler.errors import KpucError
@@ -79,6 +80,16 @@ def _short(v) -> str:
 # are computed in float32; int64 index and shape tensors in int32.
 RUNTIME_DTYPES = {"float32": "float32", "float16": "float32", "float64": "float32", "bfloat16": "float32",
                   "uint8": "uint8", "int32": "int32", "int64": "int32"}
+
+
+def numpy_dtype(code: int, what: str) -> str:
+    """The numpy dtype name of an ONNX TensorProto type code; an unknown or unrepresentable code is a model error."""
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(code)).name
+    except (KeyError, TypeError, ValueError):
+        known = code in onnx.TensorProto.DataType.values()
+        name = onnx.TensorProto.DataType.Name(code) if known else f"unknown type code {code}"
+        raise NotConvertible(f"{what}: {name} is not a supported tensor type") from None
 
 
 def graph_array(arr) -> np.ndarray:

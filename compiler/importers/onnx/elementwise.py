@@ -1,10 +1,9 @@
 """Elementwise ONNX ops: arithmetic, unary math, variadic Max/Min/Sum/Mean, Identity and Cast."""
 from __future__ import annotations
 
-import numpy as np
 import onnx
 
-from compiler.importers.onnx.context import RUNTIME_DTYPES, NotConvertible, converter, graph_array
+from compiler.importers.onnx.context import RUNTIME_DTYPES, NotConvertible, converter, graph_array, numpy_dtype
 
 BINARY = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Pow": "pow"}
 UNARY = {"Abs": "abs", "Ceil": "ceil", "Cos": "cos", "Exp": "exp", "Floor": "floor", "Log": "log",
@@ -46,7 +45,7 @@ def cast(ctx, x, *, to, saturate=1, round_mode="up"):
 
     `saturate` and `round_mode` only concern float8 targets, which are rejected.
     """
-    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(to)).name
+    dtype = numpy_dtype(to, "Cast to")
     if x.is_constant and dtype in ("float32", "float16", "float64", "int64", "int32", "int16", "int8",
                                    "uint8", "uint16", "uint32", "uint64", "bool"):
         return ctx.const(graph_array(x.data.astype(dtype)))

@@ -6,9 +6,8 @@ that post-training quantization starts from.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 
-from compiler.importers.onnx.context import NotConvertible, converter, normalize_axis
+from compiler.importers.onnx.context import NotConvertible, converter, normalize_axis, numpy_dtype
 
 INTEGER_DTYPES = ("uint8", "int8")
 
@@ -32,7 +31,7 @@ def _params(ctx, x, scale, zero_point, axis, block_size, default_dtype):
 
 
 def _onnx_dtype_name(output_dtype):
-    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(output_dtype)).name if output_dtype else None
+    return numpy_dtype(output_dtype, "output_dtype") if output_dtype else None
 
 
 @converter("QuantizeLinear", since=10)

@@ -18,14 +18,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
 import numpy as np
 
 from compiler.errors import KpucError
 from compiler.ops import OPS, infer_types
 from compiler.types import TensorType
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,8 @@ class Graph:
 
     def nx(self) -> nx.MultiDiGraph:
         """The data-flow graph for algorithms: nodes by name, one edge per operand slot."""
+        import networkx as nx  # here, not at the top: `kpuc infer` on a kmodel never needs it (start-up time)
+
         g = nx.MultiDiGraph()
         g.add_nodes_from(n.name for n in self.nodes)
         for n in self.nodes:
@@ -247,6 +251,8 @@ class Graph:
 
     def toposort(self) -> None:
         """Reorder `nodes` topologically, stable with respect to the current order."""
+        import networkx as nx
+
         order = {n.name: i for i, n in enumerate(self.nodes)}
         by_name = {n.name: n for n in self.nodes}
         names = nx.lexicographical_topological_sort(self.nx(), key=order.__getitem__)
@@ -254,6 +260,8 @@ class Graph:
 
     def validate(self) -> None:
         """Check ownership, names, topological order, cycles, dangling values, attributes and shapes."""
+        import networkx as nx
+
         problems = []
         if not nx.is_directed_acyclic_graph(self.nx()):
             problems.append("the graph has a cycle: " + str(nx.find_cycle(self.nx())))

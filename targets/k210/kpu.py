@@ -216,29 +216,47 @@ def conv_acc(x: np.ndarray, w: np.ndarray, *, depthwise: bool, pad_value: int,
              arg_x: int, shr_x: int, arg_w: int, shr_w: int, arg_add: int) -> np.ndarray:
     """int64 [OC, H, W]: S_xw + ((arg_x·S_x) >> shr_x) + ((arg_w·S_w) >> shr_w) + arg_add·N (kpu.md §5.1).
 
-    Stride 1, "same": 3x3 reads a one-pixel ring of `pad_value`. The tap sums run in float64 BLAS, exact
-    because every partial sum is an integer below 2^53 (≤ 1024·9·255·65535 ≈ 1.5e11)."""
+    Stride 1, "same": 3x3 reads a one-pixel ring of `pad_value`. The tap sums run in float BLAS, exact
+    because every partial sum is an integer below the float's 2^24 or 2^53 (at most 1024·9·255·65535
+    ≈ 1.5e11): float32 when the largest possible sum of this layer stays below 2^24, else float64."""
     ic, h, wd = x.shape
     oc, k = w.shape[0], w.shape[-1]
     p = k // 2
-    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (p, p), (p, p)), constant_values=float(pad_value))
-    wf = np.asarray(w, np.float64)
-    s_xw = np.zeros((oc, h * wd) if not depthwise else (oc, h, wd), np.float64)
-    s_x = np.zeros((ic, h, wd) if depthwise else (h, wd), np.float64)
-    for ky in range(k):
-        for kx in range(k):
-            tap = xp[:, ky:ky + h, kx:kx + wd]
-            if depthwise:
+    w64 = np.asarray(w, np.int64)
+    taps = (1 if depthwise else ic) * k * k
+    biggest = max(int(np.max(x, initial=0)), pad_value if k > 1 else 0) * int(np.abs(w64).reshape(oc, -1).sum(1).max())
+    ftype = np.float32 if biggest < 1 << 24 and 255 * taps < 1 << 24 else np.float64
+    xf = np.asarray(x, ftype)
+    if p:
+        xf = np.pad(xf, ((0, 0), (p, p), (p, p)), constant_values=ftype(pad_value))
+    wf = w64.astype(ftype)
+    if depthwise:
+        s_xw = np.zeros((oc, h, wd), ftype)
+        s_x = np.zeros((ic, h, wd), ftype)
+        for ky in range(k):
+            for kx in range(k):
+                tap = xf[:, ky:ky + h, kx:kx + wd]
                 s_xw += wf[:, 0, ky, kx][:, None, None] * tap
                 s_x += tap
-            else:
-                s_xw += wf[:, :, ky, kx] @ tap.reshape(ic, -1)
-                s_x += tap.sum(axis=0)
-    s_xw = s_xw.reshape(oc, h, wd).astype(np.int64)
+        s_xw = s_xw.astype(np.int64)
+    else:
+        if k == 1:
+            cols = xf.reshape(ic, h * wd)
+        else:   # im2col, rows ordered (ky, kx, ic) to match the weights transposed below
+            cols = np.empty((k, k, ic, h, wd), ftype)
+            for ky in range(k):
+                for kx in range(k):
+                    cols[ky, kx] = xf[:, ky:ky + h, kx:kx + wd]
+            cols = cols.reshape(k * k * ic, h * wd)
+        s_xw = (wf.transpose(0, 2, 3, 1).reshape(oc, -1) @ cols).reshape(oc, h, wd).astype(np.int64)
+        s_x = np.ones(cols.shape[0], ftype) @ cols
+        s_x = s_x.reshape(h, wd)
     s_x = s_x.astype(np.int64)
-    s_w = np.asarray(w, np.int64).reshape(oc, -1).sum(axis=1)[:, None, None]
+    s_w = w64.reshape(oc, -1).sum(axis=1)[:, None, None]
     n = 1 if depthwise else ic
-    return s_xw + ((np.int64(arg_x) * s_x) >> shr_x) + ((np.int64(arg_w) * s_w) >> shr_w) + np.int64(arg_add) * n
+    s_xw += (np.int64(arg_x) * s_x) >> shr_x
+    s_xw += ((np.int64(arg_w) * s_w) >> shr_w) + np.int64(arg_add) * n
+    return s_xw
 
 
 def batch_norm(acc: np.ndarray, bn: BatchNorm) -> np.ndarray:
@@ -254,11 +272,44 @@ def activate(v: np.ndarray, act: ActTable) -> np.ndarray:
     Segment = the highest index i with v > x_start[i]. If none qualifies (v <= every x_start; unreachable
     with nncase's segment 0 at -2^35) nncase dereferences past its table; we use segment 0."""
     xs, ym, sh, ya = (np.asarray(a, np.int64) for a in (act.x_start, act.y_mul, act.shift_number, act.y_add))
-    seg = np.zeros(v.shape, np.intp)
-    for i in range(16):
-        seg[v > xs[i]] = i
-    y = carry_shift_banker((v - xs[seg]) * ym[seg], sh[seg]) + ya[seg]
-    return np.clip(y, 0, 255).astype(np.uint8)
+    if (np.diff(xs) >= 0).all():   # every real table: then the segment is a binary search
+        seg = np.searchsorted(xs, v, side="left")
+        seg -= 1
+        np.maximum(seg, 0, out=seg)
+    else:
+        seg = np.zeros(v.shape, np.intp)
+        for i in range(16):
+            seg[v > xs[i]] = i
+    t = v - xs[seg]
+    t *= ym[seg]
+    used = np.bincount(seg.ravel(), minlength=16) > 0
+    if (sh[used] <= 62).all():
+        odd = np.minimum(sh, 1)        # shift 0 passes t through: no half, no odd-bit carry
+        half = (odd << np.maximum(sh - 1, 0)) - odd
+        y = _banker_shift(t, sh[seg], half[seg], odd[seg])
+    else:
+        y = carry_shift_banker(t, sh[seg])
+    y += ya[seg]
+    np.clip(y, 0, 255, out=y)
+    return y.astype(np.uint8)
+
+
+def _banker_shift(t: np.ndarray, s: np.ndarray, half_m1: np.ndarray, odd: np.ndarray) -> np.ndarray:
+    """`carry_shift_banker` for shifts 0..62 in fewer passes. With q = t >> s, f the low s bits and
+    h = 2^(s-1), the carry c = [f > h or (f == h and q odd)] is (f + h - 1 + (q & 1)) >> s, and nncase adds
+    sign(t)·c. The caller gives half_m1 = h - 1 and odd = 1, or 0 and 0 where s = 0 (then c = 0).
+    Overwrites t."""
+    q = t >> s
+    f = t - (q << s)
+    f += half_m1
+    q_odd = q & odd
+    f += q_odd
+    f >>= s
+    t >>= 63
+    t |= 1
+    f *= t
+    f += q
+    return f
 
 
 def pool(y: np.ndarray, pool_type: int) -> np.ndarray:

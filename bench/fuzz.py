@@ -344,6 +344,24 @@ def run_case(argv: list[str], timeout: float, mem_bytes: int) -> Result:
     return Result("crash", f"exit {code}, {len(lines)} stderr lines: {last[:200]}", rss)
 
 
+def warm_imports() -> None:
+    """Import in the parent what the commands import lazily, so each forked case starts warm (without
+    this, every case pays kpuc's whole start-up again: most of its time)."""
+    import cli  # noqa: F401
+    import compiler.datasets  # noqa: F401
+    import compiler.executor  # noqa: F401
+    import compiler.importers  # noqa: F401
+    import compiler.importers.onnx  # noqa: F401
+    import compiler.importers.tflite  # noqa: F401
+    import compiler.pipeline  # noqa: F401
+    import compiler.progress  # noqa: F401
+    import targets.k210.check  # noqa: F401
+    import targets.k210.kmodel  # noqa: F401
+    import targets.k210.target  # noqa: F401
+    from targets import get_target
+    get_target("k210")
+
+
 def site_of(detail: str) -> str:
     """The `Type at file:line` of an internal error line (the grouping key)."""
     head = detail.removeprefix("kpuc: internal error: ")
@@ -354,7 +372,7 @@ def campaign(fmt: str, cases: int, seed: int, timeout: float = 30.0, mem_gib: fl
              save: Path | None = None, quiet: bool = False) -> dict:
     """Run `cases` cases; returns {"counts": {outcome: n}, "examples": {key: (seed model, mutations, argv, detail)},
     "peak_rss_kib": the largest peak RSS of any case, "slowest_s": the longest case}."""
-    import cli  # noqa: F401  (warm import before forking)
+    warm_imports()
     seeds = seed_files(fmt)
     if not seeds:
         raise SystemExit(f"no {fmt} seed models found (looked in {shared_dir()} and {ROOT / 'models'})")

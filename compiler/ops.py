@@ -60,7 +60,7 @@ dequantize        x                         scale, zero_point, axis=None
 cast              x                         dtype
 
 Target ops register into the same table: the K210's float KPU layer, quantized and device ops are in
-targets/k210/ops.py (`import targets.k210` registers them).
+targets/k210/ops.py (`import targets.k210.ops` registers them).
 
 Each op is one `OpDef` in `OPS`: its operands, its attributes with their defaults (`Graph.add` fills
 them in, so code reads `attrs["strides"]`, never a default), its shape rule and its traits (TRAITS),

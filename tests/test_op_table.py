@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import compiler.kernels.all  # noqa: F401  (fills KERNELS)
-import targets.k210  # noqa: F401  (registers the K210 ops)
+import targets.k210.ops  # noqa: F401  (registers the K210 ops)
 from compiler.errors import KpucError
 from compiler.ir import Graph, TensorType
 from compiler.kernels import KERNELS

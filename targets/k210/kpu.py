@@ -259,6 +259,9 @@ def conv_acc(x: np.ndarray, w: np.ndarray, *, depthwise: bool, pad_value: int,
     return s_xw
 
 
+_CHUNK_VALUES = 1 << 18
+
+
 def batch_norm(acc: np.ndarray, bn: BatchNorm) -> np.ndarray:
     """((acc·norm_mul) >> norm_shift) + norm_add per output channel (kpu.md §5.2), int64."""
     per_channel = (slice(None),) + (None,) * (acc.ndim - 1)
@@ -349,7 +352,14 @@ def kpu_conv2d(x: np.ndarray, w: np.ndarray, bn: BatchNorm, act: ActTable, *, de
         raise KpucError(f"KPU weights {w.shape} do not match {x.shape[0]} input channels")
     acc = conv_acc(x, w, depthwise=depthwise, pad_value=pad_value, arg_x=arg_x, shr_x=shr_x,
                    arg_w=arg_w, shr_w=shr_w, arg_add=arg_add)
-    return pool(activate(batch_norm(acc, bn), act), pool_type)
+    # Batch norm and activation a few channels at a time: their int64 temporaries stay small (peak RSS).
+    y = np.empty(acc.shape, np.uint8)
+    step = max(1, _CHUNK_VALUES // max(1, acc[0].size))
+    for c in range(0, acc.shape[0], step):
+        part = slice(c, c + step)
+        y[part] = activate(batch_norm(acc[part], BatchNorm(bn.norm_mul[part], bn.norm_add[part], bn.norm_shift[part])),
+                           act)
+    return pool(y, pool_type)
 
 
 def run_kpu_layer(args, x: np.ndarray, w: np.ndarray, bn: BatchNorm, act: ActTable) -> np.ndarray:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from compiler.calibration import calibrate
 from compiler.ir import Graph
+from targets.k210 import ops  # noqa: F401  (registers the K210 ops in the op table)
 from targets.k210.device_semantics import to_v3_semantics, to_v4_semantics
 from targets.k210.legalize import LEGALIZE_K210, legalize_k210
 from targets.k210.lower_v3 import compile_v3

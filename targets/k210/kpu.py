@@ -259,7 +259,7 @@ def conv_acc(x: np.ndarray, w: np.ndarray, *, depthwise: bool, pad_value: int,
     return s_xw
 
 
-_CHUNK_VALUES = 1 << 18
+_CHUNK_VALUES = 1 << 16
 
 
 def batch_norm(acc: np.ndarray, bn: BatchNorm) -> np.ndarray:

@@ -62,18 +62,33 @@ def model_ranges(graph: Graph) -> dict[str, Range]:
 
 def probe_samples(graph: Graph, ranges: Mapping[str, Range], count: int = PROBE_SAMPLES,
                   seed: int = PROBE_SEED) -> list[dict[str, np.ndarray]]:
-    """Seeded uniform inputs over each input's model range ([0, 1] without one): they only measure the
-    values the model gives no scale for (a conv's output before a non-clamp activation, legalization's
-    helpers); every value with a model range keeps it."""
+    """Seeded smooth random inputs over each input's model range ([0, 1] without one): a coarse random
+    grid, bilinearly enlarged, plus a little pixel noise, so that image-like inputs drive the layers
+    (white noise would not). They measure what the model gives no scale for (a conv's output before a
+    non-clamp activation, legalization's helpers); every value with a model range keeps it."""
     rng = np.random.default_rng(seed)
     samples = []
     for _ in range(count):
         feeds = {}
         for v in graph.inputs:
             lo, hi = ranges.get(v.producer.name, (0.0, 1.0))
-            feeds[v.name] = rng.uniform(lo, hi, v.shape).astype(v.dtype)
+            feeds[v.name] = (lo + (hi - lo) * _smooth_field(rng, v.shape)).astype(v.dtype)
         samples.append(feeds)
     return samples
+
+
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Values in [0, 1] varying slowly along the last two axes (a 5x5 grid per map, bilinear)."""
+    if len(shape) < 2:
+        return rng.uniform(0, 1, shape)
+    h, w = shape[-2:]
+    grid = rng.uniform(0, 1, shape[:-2] + (5, 5))
+    ys, xs = np.linspace(0, 4, h), np.linspace(0, 4, w)
+    y0, x0 = np.minimum(ys.astype(int), 3), np.minimum(xs.astype(int), 3)
+    fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
+    g = lambda dy, dx: grid[..., (y0 + dy)[:, None], (x0 + dx)[None, :]]  # noqa: E731
+    field = g(0, 0) * (1 - fy) * (1 - fx) + g(1, 0) * fy * (1 - fx) + g(0, 1) * (1 - fy) * fx + g(1, 1) * fy * fx
+    return np.clip(field + rng.normal(0, 0.03, shape), 0, 1)
 
 
 def with_model_ranges(graph: Graph, measured: dict[str, Range], source: Mapping[str, Range],

@@ -55,12 +55,25 @@ def is_prequantized(graph: Graph) -> bool:
     return bool(quantized_values(graph)) or any(is_hybrid(n) for n in graph.nodes)
 
 
-def quantize_dynamic(x: np.ndarray) -> np.ndarray:
-    """TFLite SymmetricQuantizeFloats per batch: codes = round(x * 127 / max|x|), back to real."""
+def quantize_dynamic(x: np.ndarray, asymmetric: bool = False) -> np.ndarray:
+    """TFLite's on-the-fly int8 quantization of a hybrid layer's input, per batch, back to real:
+    SymmetricQuantizeFloats (codes = round(x * 127 / max|x|)), or for per-channel weights
+    AsymmetricQuantizeFloats (the range [min(x, 0), max(x, 0)] on -128..127 with a nudged zero point)."""
     a = np.asarray(x, np.float64)
-    peak = np.abs(a).reshape(a.shape[0], -1).max(axis=1).reshape((-1,) + (1,) * (a.ndim - 1))
-    peak = np.where(peak == 0, 1.0, peak)
-    return round_half_away(a * (127.0 / peak)) * (peak / 127.0)
+    flat = a.reshape(a.shape[0], -1)
+    shape = (-1,) + (1,) * (a.ndim - 1)
+    if not asymmetric:
+        peak = np.abs(flat).max(axis=1).reshape(shape)
+        peak = np.where(peak == 0, 1.0, peak)
+        return round_half_away(a * (127.0 / peak)) * (peak / 127.0)
+    lo, hi = np.minimum(flat.min(axis=1), 0.0), np.maximum(flat.max(axis=1), 0.0)
+    scale = np.where(hi > lo, (hi - lo) / 255.0, 1.0)
+    from_min, from_max = -128 - lo / scale, 127 - hi / scale
+    zero = np.where(-128 + np.abs(lo / scale) < 127 + np.abs(hi / scale), from_min, from_max)
+    zero = np.clip(round_half_away(zero), -128, 127).reshape(shape)
+    scale = scale.reshape(shape)
+    codes = np.clip(round_half_away(zero + a / scale), -128, 127)
+    return (codes - zero) * scale
 
 
 def code_min(graph: Graph) -> int:
@@ -217,7 +230,7 @@ class GridExecutor(Executor):
         # graph inputs arrive as float32: back to exact codes, saturated like the model's input tensor
         args = [self.snap(v, a, saturate=True) if v.producer.op == "input" else a for v, a in zip(node.inputs, args)]
         if is_hybrid(node):
-            args[0] = quantize_dynamic(args[0])
+            args[0] = quantize_dynamic(args[0], asymmetric=node.inputs[1].quant.axis is not None)
         out_q = _per_tensor(node.output) if len(node.outputs) == 1 else None
         if out_q is not None and node.inputs and node.inputs[0] in self.acc_scale:
             args[0] = self.requantize(args[0], self.acc_scale[node.inputs[0]], out_q)

@@ -264,21 +264,19 @@ def is_kmodel(path: str, input_format: str | None) -> bool:
 
 
 class GraphRunner:
-    """Runs a .tflite/.onnx model with the float reference executor."""
+    """Runs a .tflite/.onnx model with the float reference executor; a pre-quantized model's values
+    are kept on its own grids (compiler/model_quant.py)."""
 
     def __init__(self, model, input_format, dump_ir):
         from compiler.executor import Executor
         from compiler.importers import import_model
+        from compiler.model_quant import GridExecutor, is_prequantized
         self.graph = import_model(model, input_format)
         write_ir_dump(self.graph, dump_ir, "import")
-        if len(self.graph.inputs) != 1:
-            raise KpucError(f"{model}: infer feeds one input, the model has {len(self.graph.inputs)} "
-                            f"({', '.join(v.name for v in self.graph.inputs)})")
-        self.input_shape, self.input_dtype = self.graph.inputs[0].shape, "float32"
-        self.executor = Executor(self.graph)
+        self.executor = (GridExecutor if is_prequantized(self.graph) else Executor)(self.graph)
 
-    def __call__(self, x):
-        out = self.executor.run({self.graph.inputs[0].name: x})
+    def __call__(self, feeds: dict):
+        out = self.executor.run(feeds)
         return [out[v.name] for v in self.graph.outputs]
 
 
@@ -312,19 +310,25 @@ def infer(model, outdir, dataset, dataset_format, input_mean, input_std, input_f
     """Run MODEL (.tflite, .onnx or .kmodel) on every file of --dataset.
 
     Writes OUTDIR/<sample>.out<i>.bin: raw float32, NCHW, one file per output."""
-    from compiler.datasets import iter_dataset, list_files
+    from compiler.datasets import count_samples, iter_dataset, iter_feeds, list_files
     from compiler.progress import progress
     if not Path(model).is_file():
         raise KpucError(f"{model}: no such model file")
     run = KModelRunner(model) if is_kmodel(model, input_format) else GraphRunner(model, input_format, dump_ir)
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
-    samples = iter_dataset(dataset, run.input_shape, format=dataset_format, dtype=run.input_dtype,
-                           mean=input_mean, std=input_std)
+    if isinstance(run, GraphRunner):  # one entry per graph input (compiler/datasets.py)
+        samples = ((s.stem, s.feeds) for s in iter_feeds(dataset, run.graph.inputs, format=dataset_format,
+                                                         mean=input_mean, std=input_std))
+        total = count_samples(dataset, run.graph.inputs)
+    else:
+        samples = ((s.stem, s.data) for s in iter_dataset(dataset, run.input_shape, format=dataset_format,
+                                                          dtype=run.input_dtype, mean=input_mean, std=input_std))
+        total = len(list_files(dataset))
     count = n_out = 0
-    for sample in progress(samples, total=len(list_files(dataset)), label="infer"):
-        results = run(sample.data)
-        target = out / sample.stem
+    for stem, data in progress(samples, total=total, label="infer"):
+        results = run(data)
+        target = out / stem
         target.parent.mkdir(parents=True, exist_ok=True)
         for i, r in enumerate(results):
             write_atomic(target.with_name(f"{target.name}.out{i}.bin"), np.ascontiguousarray(r, dtype="<f4").tobytes())

@@ -5,10 +5,14 @@
 - `raw`: each file is exactly the input tensor as little-endian float32 (or the input's own dtype,
   uint8 for a uint8 kmodel); `.npy` files are read with numpy.
 Files are taken from a directory recursively, in sorted order, so runs are reproducible.
+
+A model with several inputs takes one entry per input and sample (`iter_feeds`): either a sub-folder
+per input, named like the input ('/' and ':' in the name may be written '_'), whose k-th files form
+sample k; or one .npz per sample holding an array per input name. An .npz also feeds a single input.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,3 +98,91 @@ def iter_dataset(dataset: str | Path, shape: tuple[int, ...], *, format: str = "
         else:
             data = load_raw(path, shape, dtype)
         yield Sample(path, stem, data)
+
+
+@dataclass(frozen=True)
+class FeedSample:
+    stem: str
+    feeds: dict[str, np.ndarray]   # input name -> array shaped like that input
+
+
+def _folder_name(name: str) -> str:
+    return name.replace("/", "_").replace(":", "_")
+
+
+def _input_folders(root: Path, names: list[str]) -> list[Path] | None:
+    """The sub-folder of each input, or None when `root` is not laid out that way."""
+    if not root.is_dir():
+        return None
+    folders = []
+    for name in names:
+        found = [root / n for n in dict.fromkeys((name, _folder_name(name))) if (root / n).is_dir()]
+        if not found:
+            return None
+        folders.append(found[0])
+    return folders
+
+
+def _load_npz(path: Path, inputs) -> dict[str, np.ndarray]:
+    with np.load(path) as npz:
+        missing = [v.name for v in inputs if v.name not in npz.files]
+        if missing:
+            raise KpucError(f"dataset file {path}: no array for input(s) {', '.join(missing)} "
+                            f"(it holds {', '.join(npz.files) or 'nothing'})")
+        feeds = {}
+        for v in inputs:
+            a = npz[v.name]
+            if a.size != int(np.prod(v.shape)):
+                raise KpucError(f"dataset file {path}: '{v.name}' has {a.size} values, the input {list(v.shape)} "
+                                f"needs {int(np.prod(v.shape))}")
+            feeds[v.name] = a.reshape(v.shape).astype(v.dtype)
+        return feeds
+
+
+def iter_feeds(dataset: str | Path, inputs: Sequence, *, format: str = "image", mean: float = 0.0,
+               std: float = 1.0) -> Iterator[FeedSample]:
+    """One FeedSample per sample for a model whose graph inputs are `inputs` (Values: name, shape, dtype).
+
+    One input: every file (images, raw, .npy, or an .npz holding the input by name). Several inputs:
+    a sub-folder per input name, or one .npz per sample (see the module docstring)."""
+    if format not in ("image", "raw"):
+        raise KpucError(f"unknown dataset format '{format}' (image or raw)")
+    if std == 0:
+        raise KpucError("--input-std must not be 0")
+    root = Path(dataset)
+    names = [v.name for v in inputs]
+    folders = _input_folders(root, names) if len(inputs) > 1 else None
+    if folders is not None:
+        per_input = [list(iter_dataset(f, v.shape, format=format, dtype=v.dtype, mean=mean, std=std))
+                     for f, v in zip(folders, inputs)]
+        counts = {len(p) for p in per_input}
+        if len(counts) != 1:
+            raise KpucError(f"dataset {root}: the input folders hold different numbers of files "
+                            + ", ".join(f"{f.name}: {len(p)}" for f, p in zip(folders, per_input)))
+        for samples in zip(*per_input):
+            yield FeedSample(samples[0].stem, {v.name: s.data for v, s in zip(inputs, samples)})
+        return
+    files = list_files(root)
+    if len(inputs) > 1 and not all(p.suffix == ".npz" for p in files):
+        raise KpucError(f"dataset {root}: the model has {len(inputs)} inputs ({', '.join(names)}); give a "
+                        "sub-folder per input name or one .npz per sample keyed by input name")
+    for path in files:
+        stem = (path.relative_to(root) if root.is_dir() else Path(path.name)).with_suffix("").as_posix()
+        if path.suffix == ".npz":
+            yield FeedSample(stem, _load_npz(path, inputs))
+        else:
+            v = inputs[0]
+            data = load_image(path, v.shape, mean, std, v.dtype) if format == "image" else load_raw(path, v.shape, v.dtype)
+            yield FeedSample(stem, {v.name: data})
+
+
+def count_samples(dataset: str | Path, inputs: Sequence) -> int:
+    """How many samples iter_feeds yields (for progress bars)."""
+    folders = _input_folders(Path(dataset), [v.name for v in inputs]) if len(inputs) > 1 else None
+    return len(list_files(folders[0] if folders else dataset))
+
+
+def load_feeds(dataset: str | Path, inputs: Sequence, **kw) -> list:
+    """Calibration samples: the input array for a one-input model, else {input name: array} per sample."""
+    samples = [s.feeds for s in iter_feeds(dataset, inputs, **kw)]
+    return [s[inputs[0].name] for s in samples] if len(inputs) == 1 else samples

@@ -10,7 +10,7 @@ until a whole round changes nothing. Everything after it belongs to a `Target` o
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from compiler.errors import KpucError
@@ -81,6 +81,7 @@ class CompileOptions:
     bias_correction: bool = True         # kpuc: per-channel KPU norm_add correction on the calibration data
     weight_rounding: bool = True         # kpuc: data-aware (GPTQ) rounding of the KPU weight codes
     split_activations: int = 0           # kpuc: first N KPU layers' outputs as two offset uint8 copies (~9 bits)
+    model_ranges: tuple = ()             # ((node name, (min, max)), ...): a pre-quantized model's own ranges
     lint: bool = False
 
 
@@ -147,17 +148,21 @@ def quantize(prepared: Prepared, opts: CompileOptions, target: Target, *, dump: 
              samples: list | None = None) -> Graph:
     """Fill `prepared.legalized` and `prepared.quantized`: the target legalizes the float graph (in place),
     calibrates on the dataset (or `samples`) and quantizes to uint8. Returns the quantized graph."""
-    from compiler.datasets import iter_dataset
+    from compiler.datasets import load_feeds
+    from compiler.model_quant import is_prequantized, model_ranges, probe_samples
     graph = prepared.float_graph
     if not opts.dataset and samples is None:
-        raise KpucError("--inference-type uint8 needs a calibration --dataset (or use --inference-type float)")
-    if len(graph.inputs) != 1:
-        raise KpucError(f"calibration feeds one input; the model has {len(graph.inputs)}")
+        if not is_prequantized(graph):
+            raise KpucError("--inference-type uint8 needs a calibration --dataset (or use --inference-type float)")
+        # a pre-quantized model brings its own ranges; smooth random probe images drive bias correction
+        # (20/20 top-1 on person_detect); data-aware weight rounding needs real data, so it is off
+        source = model_ranges(graph)
+        samples = probe_samples(graph, source)
+        opts = replace(opts, model_ranges=tuple(sorted(source.items())), weight_rounding=False)
     if samples is None:
         mean = 0.0 if opts.input_mean is None else opts.input_mean
         std = 1.0 if opts.input_std is None else opts.input_std
-        samples = [s.data for s in iter_dataset(opts.dataset, graph.inputs[0].shape, format=opts.dataset_format,
-                                                mean=mean, std=std)]
+        samples = load_feeds(opts.dataset, graph.inputs, format=opts.dataset_format, mean=mean, std=std)
     prepared.legalized = target.prepare_for_quantization(graph, opts, samples, dump=dump)
     prepared.quantized = target.quantize(prepared.legalized, opts, samples, dump=dump)
     return prepared.quantized

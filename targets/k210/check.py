@@ -412,16 +412,17 @@ def _kpu_ram_limit() -> int:
 
 def _calibration_inputs(path: Path, opts: CheckOptions) -> tuple[list, dict]:
     """The dataset's inputs (errors in it are bad input: exit 2), or seeded synthetic ones."""
-    from compiler.datasets import iter_dataset
+    from compiler.datasets import load_feeds
     from compiler.importers import import_model
-    shape = import_model(path, opts.input_format).inputs[0].shape
+    inputs = import_model(path, opts.input_format).inputs
     if opts.dataset:
         mean = 0.0 if opts.input_mean is None else opts.input_mean
         std = 1.0 if opts.input_std is None else opts.input_std
-        samples = [s.data for s in iter_dataset(opts.dataset, shape, format=opts.dataset_format, mean=mean, std=std)]
+        samples = load_feeds(opts.dataset, inputs, format=opts.dataset_format, mean=mean, std=std)
         return samples, {"source": "dataset", "dataset": str(opts.dataset), "samples": len(samples), "seed": None,
                          "note": f"calibrated on {len(samples)} input(s) of {opts.dataset}"}
-    samples = synthetic_samples(shape, mean=opts.input_mean, std=opts.input_std)
+    per_input = [synthetic_samples(v.shape, mean=opts.input_mean, std=opts.input_std) for v in inputs]
+    samples = per_input[0] if len(inputs) == 1 else [{v.name: a for v, a in zip(inputs, s)} for s in zip(*per_input)]
     return samples, {"source": "synthetic", "dataset": None, "samples": len(samples), "seed": SYNTHETIC_SEED,
                      "note": SYNTHETIC_NOTE.format(n=len(samples), seed=SYNTHETIC_SEED)}
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from compiler.calibration import calibrate
+from compiler.calibration import broadcast_ranges, calibrate
 from compiler.ir import Graph
+from compiler.model_quant import with_model_ranges
 from targets.k210 import ops  # noqa: F401  (registers the K210 ops in the op table)
 from targets.k210.device_semantics import to_v3_semantics, to_v4_semantics
 from targets.k210.legalize import LEGALIZE_K210, legalize_k210
 from targets.k210.lower_v3 import compile_v3
 from targets.k210.lower_v4 import compile_v4
+from targets.k210.ops import conv_key
 from targets.k210.passes.mark_small_outputs_float import mark_small_outputs_float
 from targets.k210.quantize import quantize_k210
 
@@ -88,7 +90,12 @@ class K210:
 
 
 def _calibrated(graph: Graph, opts, samples: list) -> dict:
-    return calibrate(graph, samples, method=opts.calibrate_method, input_mean=opts.input_mean, input_std=opts.input_std)
+    ranges = calibrate(graph, samples, method=opts.calibrate_method, input_mean=opts.input_mean,
+                       input_std=opts.input_std)
+    if opts.model_ranges:  # a pre-quantized model compiled without --dataset: its own ranges win
+        ranges = with_model_ranges(graph, ranges, dict(opts.model_ranges), conv_key)
+        broadcast_ranges(graph, ranges)
+    return ranges
 
 
 def _stage(dump: Dump, graph: Graph, name: str) -> None:

@@ -147,6 +147,11 @@ def _tensor(t, index: int, buffers: list, path: Path) -> TensorInfo:
     q = info.quant
     if q is not None and not np.all(np.isfinite(np.asarray(q.scale, np.float64))):
         raise MalformedModel(f"{path}: tensor '{name}' has a non-finite quantization scale {q.scale}")
+    if q is not None and q.axis is not None and q.axis >= len(shape):
+        # TFLite Micro's int8 depthwise biases are 1-D but copy the weights' quantized_dimension (3)
+        if len(shape) != 1 or shape[0] != len(q.scale):
+            raise MalformedModel(f"{path}: tensor '{name}' {list(shape)} is quantized along axis {q.axis}")
+        info.quant = QuantParam(q.scale, q.zero_point, 0)
     return info
 
 

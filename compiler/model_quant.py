@@ -1,0 +1,281 @@
+"""What a pre-quantized model (int8/uint8 TFLite, ONNX QDQ) says about its own numbers.
+
+The importers keep each quantized tensor's scale and zero point as `Value.quant` on the float graph,
+and the generic passes carry it along. Two uses:
+- `GridExecutor` (`kpuc infer`): runs the float graph with every such value rounded to its grid, so the
+  result follows the model's integer arithmetic (TFLite: int32 accumulators of exact int8 products,
+  requantized to the output's grid and saturated by the epilogue clamps the importer adds) to within
+  one step: the float32 accumulation and round-half-even where TFLite's fixed-point multiplier rounds
+  half away from zero only move ties.
+- hybrid (dynamic-range) models, float activations into convs with int8 weights: TFLite quantizes
+  the activation on the fly (`quantize_dynamic`), which `GridExecutor` does too (the DS-CNN keyword
+  spotter differed from LiteRT by 0.6-3% per layer for lack of it);
+- `model_ranges(graph)` (`kpuc compile` without --dataset): the float interval each quantized value's
+  256 codes cover, so the K210's uint8 grid is the model's own grid shifted.
+The code range is the model's: int8 (-128..127) when any activation zero point is negative, else uint8
+(0..255); TFLite int8 models put ReLU outputs at -128, uint8 models never have a negative zero point.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from compiler.errors import KpucError
+from compiler.executor import Executor
+from compiler.ir import Graph, Node, QuantParam, Value
+from compiler.kernels import KERNELS
+from compiler.quantization import Range
+
+PROBE_SAMPLES = 8      # random inputs that measure what the model's scales do not cover
+PROBE_SEED = 0
+
+
+def _per_tensor(v: Value) -> QuantParam | None:
+    q = v.quant
+    return q if q is not None and q.axis is None and not v.is_constant and v.dtype == "float32" else None
+
+
+def quantized_values(graph: Graph) -> list[Value]:
+    """Every non-constant float value the model quantizes per tensor, in graph order."""
+    return [v for n in graph.nodes for v in n.outputs if _per_tensor(v) is not None]
+
+
+def is_hybrid(node: Node) -> bool:
+    """A conv or matmul with quantized constant weights on a float activation: TFLite's hybrid
+    (dynamic-range) kernels quantize that activation on the fly."""
+    if node.op not in ("conv2d", "matmul") or len(node.inputs) < 2:
+        return False
+    x, w = node.inputs[:2]
+    return w.is_constant and w.quant is not None and _per_tensor(x) is None and x.dtype == "float32"
+
+
+def is_prequantized(graph: Graph) -> bool:
+    """True when the model carries its own activation scales (an int8/uint8 model) or hybrid layers."""
+    return bool(quantized_values(graph)) or any(is_hybrid(n) for n in graph.nodes)
+
+
+def quantize_dynamic(x: np.ndarray, asymmetric: bool = False) -> np.ndarray:
+    """TFLite's on-the-fly int8 quantization of a hybrid layer's input, per batch, back to real:
+    SymmetricQuantizeFloats (codes = round(x * 127 / max|x|)), or for per-channel weights
+    AsymmetricQuantizeFloats (the range [min(x, 0), max(x, 0)] on -128..127 with a nudged zero point)."""
+    a = np.asarray(x, np.float64)
+    flat = a.reshape(a.shape[0], -1)
+    shape = (-1,) + (1,) * (a.ndim - 1)
+    if not asymmetric:
+        peak = np.abs(flat).max(axis=1).reshape(shape)
+        peak = np.where(peak == 0, 1.0, peak)
+        return round_half_away(a * (127.0 / peak)) * (peak / 127.0)
+    lo, hi = np.minimum(flat.min(axis=1), 0.0), np.maximum(flat.max(axis=1), 0.0)
+    scale = np.where(hi > lo, (hi - lo) / 255.0, 1.0)
+    from_min, from_max = -128 - lo / scale, 127 - hi / scale
+    zero = np.where(-128 + np.abs(lo / scale) < 127 + np.abs(hi / scale), from_min, from_max)
+    zero = np.clip(round_half_away(zero), -128, 127).reshape(shape)
+    scale = scale.reshape(shape)
+    codes = np.clip(round_half_away(zero + a / scale), -128, 127)
+    return (codes - zero) * scale
+
+
+def code_min(graph: Graph) -> int:
+    """-128 for an int8 model, 0 for a uint8 one (see the module docstring)."""
+    return -128 if any(np.asarray(v.quant.zero_point).min() < 0 for v in quantized_values(graph)) else 0
+
+
+def quant_range(q: QuantParam, lowest: int) -> Range:
+    """The float interval covered by the 256 codes lowest..lowest+255 of `q`."""
+    return float((lowest - q.zero_point) * q.scale), float((lowest + 255 - q.zero_point) * q.scale)
+
+
+def model_ranges(graph: Graph) -> dict[str, Range]:
+    """{node name: range} of every node whose (single) output the model quantizes."""
+    lowest = code_min(graph)
+    return {v.producer.name: quant_range(v.quant, lowest) for v in quantized_values(graph)
+            if len(v.producer.outputs) == 1}
+
+
+def probe_samples(graph: Graph, ranges: Mapping[str, Range], count: int = PROBE_SAMPLES,
+                  seed: int = PROBE_SEED) -> list[dict[str, np.ndarray]]:
+    """Seeded smooth random inputs over each input's model range ([0, 1] without one): a coarse random
+    grid, bilinearly enlarged, plus a little pixel noise, so that image-like inputs drive the layers
+    (white noise would not). They measure what the model gives no scale for (a conv's output before a
+    non-clamp activation, legalization's helpers); every value with a model range keeps it."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(count):
+        feeds = {}
+        for v in graph.inputs:
+            lo, hi = ranges.get(v.producer.name, (0.0, 1.0))
+            feeds[v.name] = (lo + (hi - lo) * _smooth_field(rng, v.shape)).astype(v.dtype)
+        samples.append(feeds)
+    return samples
+
+
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Values in [0, 1] varying slowly along the last two axes (a 5x5 grid per map, bilinear)."""
+    if len(shape) < 2:
+        return rng.uniform(0, 1, shape)
+    h, w = shape[-2:]
+    grid = rng.uniform(0, 1, shape[:-2] + (5, 5))
+    ys, xs = np.linspace(0, 4, h), np.linspace(0, 4, w)
+    y0, x0 = np.minimum(ys.astype(int), 3), np.minimum(xs.astype(int), 3)
+    fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
+    g = lambda dy, dx: grid[..., (y0 + dy)[:, None], (x0 + dx)[None, :]]  # noqa: E731
+    field = g(0, 0) * (1 - fy) * (1 - fx) + g(1, 0) * fy * (1 - fx) + g(0, 1) * (1 - fy) * fx + g(1, 1) * fy * fx
+    return np.clip(field + rng.normal(0, 0.03, shape), 0, 1)
+
+
+def with_model_ranges(graph: Graph, measured: dict[str, Range], source: Mapping[str, Range],
+                      conv_key=None) -> dict[str, Range]:
+    """`measured` (calibration keys of the legalized `graph`) with every value the model quantizes set
+    to the model's range. A node is matched by its own name or, once rewritten by legalization, by
+    meta["source"] when it is the only node rewritten from that source (partial sums of a split conv
+    keep their measured ranges). `conv_key(name)` names a KPU layer's conv stage, which also takes the
+    model range when the layer's activation is only clamps (the stage is then the layer's output)."""
+    ranges = dict(measured)
+    sources = [n.meta.get("source") for n in graph.nodes]
+    for node, src in zip(graph.nodes, sources):
+        if len(node.outputs) != 1 or node.op in ("constant",):
+            continue
+        r = source.get(node.name) if node.name in source else None
+        if r is None and src in source and sources.count(src) == 1:
+            r = source[src]
+        if r is None:
+            continue
+        ranges[node.output.name] = r
+        if conv_key is not None and node.op == "kpu_conv2d" and _only_clamps(node):
+            ranges[conv_key(node.output.name)] = r
+    return ranges
+
+
+def _only_clamps(node: Node) -> bool:
+    return all(step[0] == "clamp" for step in node.attrs["activation"])
+
+
+def round_half_away(t: np.ndarray) -> np.ndarray:
+    """Round to the nearest integer, ties away from zero (TFLite's fixed-point rounding). A value within
+    1e-9 of a tie counts as one: float64 sums of exact products land a hair off an integer tie."""
+    a = np.abs(t)
+    return np.sign(t) * np.floor(a + 0.5 + 1e-9 * np.maximum(a, 1.0))
+
+
+def quantize_multiplier(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """TFLite QuantizeMultiplier: m = q * 2^(shift - 31), q a Q31 integer in [2^30, 2^31) (0 for m = 0)."""
+    frac, shift = np.frexp(np.asarray(m, np.float64))
+    q = np.floor(frac * 2.0 ** 31 + 0.5).astype(np.int64)       # std::round of a positive value
+    carry = q == 1 << 31
+    q, shift = np.where(carry, q // 2, q), np.where(carry, shift + 1, shift)
+    tiny = shift < -31
+    return np.where(tiny, 0, q), np.where(tiny, 0, shift).astype(np.int64)
+
+
+def multiply_by_quantized_multiplier(x: np.ndarray, q: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """TFLite MultiplyByQuantizedMultiplier (the double-rounding reference): a rounding doubling high
+    multiply by q, then a rounding (half away from zero) right shift."""
+    x = np.asarray(x, np.int64) << np.maximum(shift, 0)
+    right = np.maximum(-shift, 0)
+    ab = x * q
+    nudged = ab + np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
+    high = np.where(nudged >= 0, nudged >> 31, -((-nudged) >> 31))          # C division: toward zero
+    mask = (np.int64(1) << right) - 1
+    threshold = (mask >> 1) + (high < 0)
+    return (high >> right) + ((high & mask) > threshold)
+
+
+class GridExecutor(Executor):
+    """The float executor in float64 with every value the model quantizes on its grid, like the model's
+    integer kernels (TFLite reference): a conv or matmul of quantized operands yields its int32
+    accumulator (times the accumulator scale), which the op making the next quantized value requantizes
+    with TFLite's fixed-point multiplier before its own work (the fused-activation clamp); every other
+    quantized value is rounded to its grid, ties away from zero. Graph inputs are saturated to the
+    model's code range; quantized constants are rebuilt from their codes (the importer's float32
+    dequantization is 6e-8 off). Float ops (softmax, sigmoid...) stay within one step of TFLite's
+    integer approximations."""
+
+    def __init__(self, graph: Graph, kernels: Mapping = KERNELS):
+        super().__init__(graph, kernels)
+        self.lowest = code_min(graph)
+        self.acc_scale: dict[Value, np.ndarray] = {}
+
+    def snap(self, v: Value, a: np.ndarray, *, saturate: bool = False) -> np.ndarray:
+        a = np.asarray(a)
+        if not np.issubdtype(a.dtype, np.floating):
+            return a
+        q = _per_tensor(v)
+        if q is None:
+            return a.astype(np.float64)
+        scale = float(q.scale)
+        codes = round_half_away(a.astype(np.float64) / scale)
+        if saturate:
+            codes = np.clip(codes, self.lowest - q.zero_point, self.lowest + 255 - q.zero_point)
+        return codes * scale
+
+    def requantize(self, a: np.ndarray, acc_scale: np.ndarray, q: QuantParam) -> np.ndarray:
+        """TFLite's requantization of an accumulator (given as real = acc * acc_scale) to `q`'s grid."""
+        acc = np.rint(a / acc_scale).astype(np.int64)
+        mul, shift = quantize_multiplier(acc_scale / np.float64(q.scale))
+        return multiply_by_quantized_multiplier(acc, mul, shift).astype(np.float64) * float(q.scale)
+
+    def run(self, feeds, *, keep_all: bool = False):
+        self.acc_scale.clear()
+        out = super().run(feeds, keep_all=keep_all)
+        return {k: a.astype(np.float32) if a.dtype == np.float64 else a for k, a in out.items()}
+
+    def run_node(self, node: Node, args: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+        if node.op == "constant":
+            v = node.output
+            return (_codes_times_scale(v) if v.quant is not None and v.dtype == "float32" else v.data,)
+        fn = self.kernels.get(node.op)
+        if fn is None:
+            raise KpucError(f"{node.name}: no kernel for op '{node.op}'")
+        # graph inputs arrive as float32: back to exact codes, saturated like the model's input tensor
+        args = [self.snap(v, a, saturate=True) if v.producer.op == "input" else a for v, a in zip(node.inputs, args)]
+        if is_hybrid(node):
+            args[0] = quantize_dynamic(args[0], asymmetric=node.inputs[1].quant.axis is not None)
+        out_q = _per_tensor(node.output) if len(node.outputs) == 1 else None
+        if out_q is not None and node.inputs and node.inputs[0] in self.acc_scale:
+            args[0] = self.requantize(args[0], self.acc_scale[node.inputs[0]], out_q)
+        try:
+            out = fn(*args, **node.attrs)
+        except Exception as e:
+            raise KpucError(f"{node.name} ({node.op}) failed: {type(e).__name__}: {e}") from e
+        out = out if isinstance(out, tuple) else (out,)
+        scale = self._accumulator_scale(node)
+        if scale is not None:
+            if out_q is None:
+                self.acc_scale[node.output] = scale
+                return (np.asarray(out[0], np.float64),)
+            return (self.snap(node.output, self.requantize(out[0], scale, out_q)),)
+        return tuple(self.snap(v, r) if v.dtype == "float32" else np.asarray(r, v.dtype)
+                     for v, r in zip(node.outputs, out))
+
+    def _accumulator_scale(self, node: Node) -> np.ndarray | None:
+        """s_x * s_w (per output channel, shaped to broadcast) when `node` accumulates quantized codes;
+        a bias added to an accumulator keeps it one."""
+        if node.op == "binary" and node.attrs["op"] == "add" and node.inputs[0] in self.acc_scale \
+                and node.inputs[1].is_constant:
+            return self.acc_scale[node.inputs[0]]
+        if node.op not in ("conv2d", "matmul") or len(node.inputs) < 2:
+            return None
+        x, w = node.inputs[:2]
+        qx, qw = _per_tensor(x), w.quant
+        if qx is None or qw is None or not w.is_constant or (node.op == "conv2d" and node.attrs["fused_clamp"] != (
+                -np.inf, np.inf)):
+            return None
+        scale = float(qx.scale) * np.asarray(qw.scale, np.float64)
+        if qw.axis is None:
+            return np.asarray(scale)
+        channel_axis = 1 if node.op == "conv2d" else node.output.type.rank - 1
+        shape = [1] * node.output.type.rank
+        shape[channel_axis] = -1
+        return scale.reshape(shape)
+
+
+def _codes_times_scale(v: Value) -> np.ndarray:
+    """A dequantized constant recomputed in float64 from its codes."""
+    q = v.quant
+    scale = np.asarray(q.scale, np.float64)
+    if q.axis is not None:
+        shape = [1] * v.type.rank
+        shape[q.axis] = -1
+        scale = scale.reshape(shape)
+    return np.rint(v.data.astype(np.float64) / scale) * scale

@@ -1,0 +1,139 @@
+"""Pre-quantized and hybrid TFLite models, built here, against LiteRT's reference kernels:
+`kpuc infer`'s GridExecutor within one int8 step (raw codes), compile without --dataset, and the
+DS-CNN pattern (hybrid int8-weight conv 10x4 stride 2 SAME, 25x5 average pool) at float tolerance."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_tflite_ops import RELU, RELU6, SAME, VALID, Op, T, build, opts
+
+from compiler.importers import import_model
+from compiler.model_quant import GridExecutor, is_prequantized
+
+R = np.random.default_rng(7)
+
+
+def _litert(model: bytes, feeds: list[np.ndarray]) -> list[np.ndarray]:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    it = Interpreter(model_content=model, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    it.allocate_tensors()
+    for d, a in zip(it.get_input_details(), feeds):
+        it.set_tensor(d["index"], a)
+    it.invoke()
+    return [it.get_tensor(d["index"]) for d in it.get_output_details()]
+
+
+def _int8_classifier() -> bytes:
+    """int8 in -> conv 3x3 s2 SAME ReLU6 (per-channel) -> depthwise 3x3 ReLU (per-channel) -> avg pool
+    -> fully connected (per-tensor) -> int8 logits, all with TFLite's int8 conventions."""
+    s_x, s_a, s_b, s_p, s_y = 0.02, 0.025, 0.03, 0.03, 0.1
+    w1s, w2s, w3s = R.uniform(0.002, 0.01, 8), R.uniform(0.01, 0.05, 8), 0.01
+    w1 = R.integers(-127, 128, (8, 3, 3, 3)).astype(np.int8)
+    w2 = R.integers(-127, 128, (1, 3, 3, 8)).astype(np.int8)
+    w3 = R.integers(-127, 128, (5, 8)).astype(np.int8)
+    b1 = R.integers(-2000, 2000, 8).astype(np.int32)
+    b2 = R.integers(-300, 300, 8).astype(np.int32)
+    b3 = R.integers(-500, 500, 5).astype(np.int32)
+    tensors = [
+        T("x", (1, 16, 20, 3), "int8", scale=(s_x,), zero_point=(-3,)),
+        T("w1", w1.shape, "int8", w1, scale=tuple(w1s), zero_point=(0,) * 8, axis=0),
+        T("b1", (8,), "int32", b1, scale=tuple(s_x * w1s), zero_point=(0,) * 8, axis=0),
+        T("a", (1, 8, 10, 8), "int8", scale=(s_a,), zero_point=(-128,)),
+        T("w2", w2.shape, "int8", w2, scale=tuple(w2s), zero_point=(0,) * 8, axis=3),
+        T("b2", (8,), "int32", b2, scale=tuple(s_a * w2s), zero_point=(0,) * 8, axis=0),
+        T("b", (1, 8, 10, 8), "int8", scale=(s_b,), zero_point=(-128,)),
+        T("p", (1, 1, 1, 8), "int8", scale=(s_p,), zero_point=(-128,)),
+        T("f", (1, 8), "int8", scale=(s_p,), zero_point=(-128,)),
+        T("shape", (2,), "int32", np.array([1, 8], np.int32)),
+        T("w3", w3.shape, "int8", w3, scale=(w3s,), zero_point=(0,)),
+        T("b3", (5,), "int32", b3, scale=(s_p * w3s,), zero_point=(0,)),
+        T("y", (1, 5), "int8", scale=(s_y,), zero_point=(4,)),
+    ]
+    ops = [
+        Op("CONV_2D", ["x", "w1", "b1"], ["a"], opts("Conv2DOptions", Padding=SAME, StrideH=2, StrideW=2,
+                                                    FusedActivationFunction=RELU6)),
+        Op("DEPTHWISE_CONV_2D", ["a", "w2", "b2"], ["b"], opts("DepthwiseConv2DOptions", Padding=SAME, StrideH=1,
+                                                              StrideW=1, DepthMultiplier=1, FusedActivationFunction=RELU)),
+        Op("AVERAGE_POOL_2D", ["b"], ["p"], opts("Pool2DOptions", Padding=VALID, StrideH=1, StrideW=1,
+                                                 FilterHeight=8, FilterWidth=10)),
+        Op("RESHAPE", ["p", "shape"], ["f"]),
+        Op("FULLY_CONNECTED", ["f", "w3", "b3"], ["y"], opts("FullyConnectedOptions")),
+    ]
+    return build(tensors, ops, ["x"], ["y"])
+
+
+def test_int8_model_infer_within_one_step_of_litert(tmp_path):
+    model = _int8_classifier()
+    path = tmp_path / "int8.tflite"
+    path.write_bytes(model)
+    graph = import_model(path)
+    assert is_prequantized(graph)
+    q_in, q_out = graph.inputs[0].quant, graph.outputs[0].quant
+    run = GridExecutor(graph)
+    worst = []
+    for seed in range(4):
+        xq = np.random.default_rng(seed).integers(-128, 128, (1, 16, 20, 3)).astype(np.int8)
+        (expected,) = _litert(model, [xq])
+        x = ((xq.astype(np.float32) - q_in.zero_point) * q_in.scale).transpose(0, 3, 1, 2)
+        got = run.run([x])[graph.outputs[0].name]
+        codes = np.rint(got / q_out.scale).astype(int) + q_out.zero_point
+        worst.append(int(np.abs(codes - expected.astype(int)).max()))
+        assert expected.std() > 0  # the test model is not saturated
+    assert max(worst) <= 1, worst
+
+
+def test_int8_model_compiles_without_dataset_on_its_own_ranges(tmp_path):
+    from compiler.pipeline import CompileOptions, compile_model
+    from targets import get_target
+    path = tmp_path / "int8.tflite"
+    path.write_bytes(_int8_classifier())
+    result = compile_model(path, CompileOptions(output_quantize_threshold=0), get_target("k210"))
+    assert result.summary["kpu_ops"] >= 2        # both convs on the KPU
+    quant = [n.meta["kpu_quant"] for n in result.graph.nodes if "kpu_quant" in n.meta]
+    # the first layer's output grid is the model's own (int8 zero point -128 -> uint8 0, scale 0.025)
+    assert quant and quant[0]["output"].zero_point == 0
+    assert abs(1 / quant[0]["output"].scale - 0.025) < 1e-6
+
+
+def test_float_model_without_dataset_still_needs_one(tmp_path):
+    from compiler.errors import KpucError
+    from compiler.pipeline import CompileOptions, compile_model
+    from targets import get_target
+    w = R.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    model = build([T("x", (1, 8, 8, 3)), T("w", w.shape, data=w), T("b", (4,), data=np.zeros(4, np.float32)),
+                   T("y", (1, 8, 8, 4))],
+                  [Op("CONV_2D", ["x", "w", "b"], ["y"], opts("Conv2DOptions", Padding=SAME, StrideH=1, StrideW=1))],
+                  ["x"], ["y"])
+    path = tmp_path / "f.tflite"
+    path.write_bytes(model)
+    with pytest.raises(KpucError, match="needs a calibration --dataset"):
+        compile_model(path, CompileOptions(), get_target("k210"))
+
+
+def test_ds_cnn_hybrid_pattern_matches_litert(tmp_path):
+    """DS-CNN's first layer: int8 weights on a float input (TFLite quantizes the input on the fly),
+    10x4 kernel, stride 2, SAME on 49x10, then a depthwise and the 25x5 average pool."""
+    w1 = R.integers(-127, 128, (16, 10, 4, 1)).astype(np.int8)
+    w2 = R.integers(-127, 128, (1, 3, 3, 16)).astype(np.int8)
+    tensors = [T("x", (1, 49, 10, 1)),
+               T("w1", w1.shape, "int8", w1, scale=(0.01,), zero_point=(0,)),
+               T("b1", (16,), data=R.standard_normal(16).astype(np.float32)),
+               T("a", (1, 25, 5, 16)),
+               T("w2", w2.shape, "int8", w2, scale=tuple(R.uniform(0.005, 0.02, 16)), zero_point=(0,) * 16, axis=3),
+               T("b2", (16,), data=R.standard_normal(16).astype(np.float32)),
+               T("c", (1, 25, 5, 16)), T("y", (1, 1, 1, 16))]
+    ops = [Op("CONV_2D", ["x", "w1", "b1"], ["a"], opts("Conv2DOptions", Padding=SAME, StrideH=2, StrideW=2,
+                                                       FusedActivationFunction=RELU)),
+           Op("DEPTHWISE_CONV_2D", ["a", "w2", "b2"], ["c"], opts("DepthwiseConv2DOptions", Padding=SAME, StrideH=1,
+                                                                 StrideW=1, DepthMultiplier=1, FusedActivationFunction=RELU)),
+           Op("AVERAGE_POOL_2D", ["c"], ["y"], opts("Pool2DOptions", Padding=VALID, StrideH=25, StrideW=5,
+                                                    FilterHeight=25, FilterWidth=5))]
+    model = build(tensors, ops, ["x"], ["y"])
+    path = tmp_path / "hybrid.tflite"
+    path.write_bytes(model)
+    x = np.random.default_rng(1).standard_normal((1, 49, 10, 1)).astype(np.float32) * 3
+    (expected,) = _litert(model, [x])
+    graph = import_model(path)
+    assert is_prequantized(graph)
+    got = GridExecutor(graph).run([x.transpose(0, 3, 1, 2)])[graph.outputs[0].name].transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())

@@ -142,13 +142,21 @@ class Record(Struct):
         self.name, self.fields = name, tuple(fields.split())
         if len(struct.unpack(fmt, bytes(struct.calcsize(fmt)))) != len(self.fields):
             raise ValueError(f"record {name}: format {fmt!r} does not match {len(self.fields)} fields")
-        record = self
-
-        def write(value, w: Writer, ctx=None) -> None:
-            w.write(record.pack(value))
-
-        self.type = cls or dataclasses.make_dataclass(name, self.fields, frozen=True, namespace={"write": write})
+        self._type = cls
         super().__init__(fmt, lambda t: self.type(*t), lambda v: tuple(getattr(v, f) for f in self.fields))
+
+    @property
+    def type(self) -> type:
+        """The record's class, made on first use: a file uses a few of the many layer kinds, and making a
+        dataclass costs about a millisecond of start-up each."""
+        if self._type is None:
+            record = self
+
+            def write(value, w: Writer, ctx=None) -> None:
+                w.write(record.pack(value))
+
+            self._type = dataclasses.make_dataclass(self.name, self.fields, frozen=True, namespace={"write": write})
+        return self._type
 
     def make(self, **values):
         """Build a record; missing fields default to 0."""

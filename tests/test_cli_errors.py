@@ -211,3 +211,25 @@ def test_killed_compile_leaves_no_partial_or_temp_file(tmp_path):
             assert data == reference.read_bytes()
             target.write_bytes(b"previous kmodel, must survive")
     assert runs >= 20
+
+
+@pytest.mark.parametrize("command", ["check", "compile"])
+def test_a_tensor_no_k210_can_hold_is_refused_before_calibration(run, tmp_path, command):
+    """A fuzzed ConvTranspose stride (2 x 2^20) makes a 25M-value tensor: it once ran calibration for
+    minutes (a fuzz hang), and a float compile wrote a kmodel no K210 can load. Both must refuse it as not
+    fitting before any calibration, naming the tensor and the limit."""
+    nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["c"], kernel_shape=[2, 2], strides=[2, 1 << 20]),
+             helper.make_node("Sigmoid", ["c"], ["y"])]
+    w = helper.make_tensor("w", TensorProto.FLOAT, [2, 1, 2, 2], [0.5] * 8)
+    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    model = tmp_path / "big.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), model)
+    if command == "check":
+        r = run("check", model)
+        assert r.returncode == 1 and "8,388,608 bytes of SRAM" in r.stdout and "tensor 'c'" in r.stdout
+    else:
+        r = run("compile", model, tmp_path / "big.kmodel", "--inference-type", "float")
+        line = one_error_line(r)
+        assert "tensor 'c'" in line and "8,388,608" in line
+        assert not (tmp_path / "big.kmodel").exists()

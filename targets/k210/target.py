@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from compiler.calibration import broadcast_ranges, calibrate
+from compiler.errors import DoesNotFit, printable
 from compiler.ir import Graph
 from compiler.model_quant import with_model_ranges
 from targets.k210 import ops  # noqa: F401  (registers the K210 ops in the op table)
@@ -84,12 +85,29 @@ class K210:
 
     def lower(self, graph: Graph, opts) -> tuple[bytes, dict]:
         """The kmodel bytes and summary of a device graph; raises CannotLower listing every blocker."""
+        refuse_tensors_too_big_for_any_k210(graph)   # a float compile gets here without calibrating
         if opts.kmodel_version == 3:
             return compile_v3(graph)
         return compile_v4(graph, target=self.name, input_type=opts.input_type)
 
 
+# The K210 has 8 MiB of SRAM in all (6 MiB main + 2 MiB KPU): a tensor with more values than that cannot be held
+# even as uint8, so such a model is refused before calibration spends minutes running it.
+K210_SRAM_BYTES = 8 * 1024 * 1024
+
+
+def refuse_tensors_too_big_for_any_k210(graph: Graph) -> None:
+    """DoesNotFit naming the first computed tensor with more values than the chip's SRAM has bytes."""
+    for node in graph.nodes:
+        for v in node.outputs:
+            if not v.is_constant and v.type.size > K210_SRAM_BYTES:
+                raise DoesNotFit(f"tensor '{printable(v.name)}' of {node.op} '{printable(node.name)}' holds "
+                                 f"{v.type.size:,} values: more than the K210's {K210_SRAM_BYTES:,} bytes of "
+                                 "SRAM can hold even as uint8", step=node.name)
+
+
 def _calibrated(graph: Graph, opts, samples: list) -> dict:
+    refuse_tensors_too_big_for_any_k210(graph)
     ranges = calibrate(graph, samples, method=opts.calibrate_method, input_mean=opts.input_mean,
                        input_std=opts.input_std)
     if opts.model_ranges:  # a pre-quantized model compiled without --dataset: its own ranges win

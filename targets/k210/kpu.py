@@ -275,16 +275,39 @@ def activate(v: np.ndarray, act: ActTable) -> np.ndarray:
     Segment = the highest index i with v > x_start[i]. If none qualifies (v <= every x_start; unreachable
     with nncase's segment 0 at -2^35) nncase dereferences past its table; we use segment 0."""
     xs, ym, sh, ya = (np.asarray(a, np.int64) for a in (act.x_start, act.y_mul, act.shift_number, act.y_add))
-    if (np.diff(xs) >= 0).all():   # every real table: then the segment is a binary search
-        seg = np.searchsorted(xs, v, side="left")
-        seg -= 1
-        np.maximum(seg, 0, out=seg)
+    if v.size == 0 or not (np.diff(xs) >= 0).all():
+        return _activate_any_table(v, xs, ym, sh, ya)
+    # Real tables are sorted and a layer's values reach a few segments, which mostly share one shift (a
+    # segment with y_mul 0 gives t = 0 whatever its shift): then the shift is a scalar and the segment a few
+    # comparisons, far fewer passes over the values than the general form.
+    lo, hi = (max(int(np.searchsorted(xs, b, side="left")) - 1, 0) for b in (v.min(), v.max()))
+    shifts = {int(sh[i]) for i in range(lo, hi + 1) if ym[i] != 0}
+    if len(shifts) > 1 or max(shifts, default=0) > 62:
+        return _activate_any_table(v, xs, ym, sh, ya)
+    shift = shifts.pop() if shifts else 0
+    if lo == hi:
+        t = v - xs[lo]
+        t *= ym[lo]
+        y = _banker_scalar(t, shift)
+        y += ya[lo]
     else:
-        seg = np.zeros(v.shape, np.intp)
-        for i in range(16):
-            seg[v > xs[i]] = i
-    t = v - xs[seg]
-    t *= ym[seg]
+        seg = (v > xs[lo + 1]).astype(np.intp)   # the segment, counted from lo
+        for i in range(lo + 2, hi + 1):
+            seg += v > xs[i]
+        t = v - xs[lo:hi + 1][seg]
+        t *= ym[lo:hi + 1][seg]
+        y = _banker_scalar(t, shift)
+        y += ya[lo:hi + 1][seg]
+    np.clip(y, 0, 255, out=y)
+    return y.astype(np.uint8)
+
+
+def _activate_any_table(v, xs, ym, sh, ya) -> np.ndarray:
+    """`activate` for any table (unsorted x_start, per-segment shifts, shifts past 62)."""
+    seg = np.zeros(v.shape, np.intp)
+    for i in range(16):
+        seg[v > xs[i]] = i
+    t = (v - xs[seg]) * ym[seg]
     used = np.bincount(seg.ravel(), minlength=16) > 0
     if (sh[used] <= 62).all():
         odd = np.minimum(sh, 1)        # shift 0 passes t through: no half, no odd-bit carry
@@ -295,6 +318,23 @@ def activate(v: np.ndarray, act: ActTable) -> np.ndarray:
     y += ya[seg]
     np.clip(y, 0, 255, out=y)
     return y.astype(np.uint8)
+
+
+def _banker_scalar(t: np.ndarray, s: int) -> np.ndarray:
+    """`_banker_shift` with one shift 0..62 for all values; the sign is applied as (c ^ m) - m, m = t >> 63.
+    Overwrites t."""
+    if s == 0:
+        return t
+    q = t >> s
+    f = t & ((1 << s) - 1)
+    f += (1 << (s - 1)) - 1
+    f += q & 1
+    f >>= s
+    t >>= 63
+    f ^= t
+    f -= t
+    f += q
+    return f
 
 
 def _banker_shift(t: np.ndarray, s: np.ndarray, half_m1: np.ndarray, odd: np.ndarray) -> np.ndarray:

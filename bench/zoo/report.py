@@ -20,10 +20,15 @@ def parity_ok(res: dict) -> bool | None:
     return p["rel"] <= FLOAT_TOLERANCE
 
 
+def _op_label(op: str) -> str:
+    # the importer reports a model input it cannot take (dynamic dims) as the pseudo-op "input"
+    return "input (dynamic dims)" if op == "input" else op
+
+
 def _import_cell(res: dict) -> str:
     if res.get("import_ok"):
         return "ok"
-    ops = sorted({u["op"] for u in res.get("unsupported") or []})
+    ops = sorted({_op_label(u["op"]) for u in res.get("unsupported") or []})
     return "no: " + ", ".join(ops) if ops else "no: " + _short(res.get("import_error", ""))
 
 
@@ -131,8 +136,8 @@ def failures(results: list[dict]) -> list[str]:
     import_errors = []
     for r in results:
         for u in r.get("unsupported") or []:
-            unsupported[u["op"]].append(r["name"])
-            reasons.setdefault(u["op"], u.get("reason", ""))
+            unsupported[_op_label(u["op"])].append(r["name"])
+            reasons.setdefault(_op_label(u["op"]), u.get("reason", ""))
         if not r.get("import_ok") and not r.get("unsupported"):
             import_errors.append(f"`{r['name']}`: {_short(r.get('import_error', ''), 200)}")
     blockers = defaultdict(set)

@@ -37,9 +37,6 @@ sys.path.insert(0, str(HERE))
 from fetch import cache_dir, load_manifest, model_path  # noqa: E402
 from report import print_table, write_docs  # noqa: E402
 
-FLOAT_TOLERANCE = 1e-4   # relative to the output's largest magnitude
-QUANT_TOLERANCE = 1.0    # quantization steps of the output
-
 
 def _limit_memory(gigabytes: float):
     def apply():

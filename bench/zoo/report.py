@@ -77,7 +77,7 @@ def rows(entries: list[dict], results: list[dict]) -> list[list[str]]:
     out = []
     for res in results:
         e = by_name[res["name"]]
-        kind = "quant" if res.get("quantized") else "float"
+        kind = {True: "quant", False: "float"}.get(res.get("quantized"), "?")  # "?": the framework refused it
         out.append([res["name"], e["format"], kind, e["task"], _import_cell(res), _parity_cell(res),
                     _version_cell(res, "4"), _version_cell(res, "3"), _kmodel_cell(res)])
     return out
@@ -136,7 +136,8 @@ def failures(results: list[dict]) -> list[str]:
     import_errors = []
     for r in results:
         for u in r.get("unsupported") or []:
-            unsupported[_op_label(u["op"])].append(r["name"])
+            if r["name"] not in unsupported[_op_label(u["op"])]:
+                unsupported[_op_label(u["op"])].append(r["name"])
             reasons.setdefault(_op_label(u["op"]), u.get("reason", ""))
         if not r.get("import_ok") and not r.get("unsupported"):
             import_errors.append(f"`{r['name']}`: {_short(r.get('import_error', ''), 200)}")

@@ -1,0 +1,113 @@
+"""Run one zoo model in its own framework (LiteRT or onnxruntime) on seeded random inputs.
+
+    python bench/zoo/reference.py NAME OUT.npz [--calibration N]
+
+Runs as a child of sweep.py, so a runtime that crashes or hangs cannot stop the sweep. Writes an .npz
+with the parity sample (`in<i>`), the framework's outputs (`out<i>`, as the framework returns them),
+N calibration samples (`cal<k>_in<i>`) and `meta` (JSON: input/output names, dtypes, quantization).
+Inputs are uniform in the manifest's `input.range` for float inputs; a quantized (int8/uint8) input
+gets uniform codes over its whole range.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fetch import load_manifest, model_path  # noqa: E402
+
+SEED = 20240612
+
+
+def _random(shape, dtype: str, value_range, rng: np.random.Generator) -> np.ndarray:
+    if dtype in ("int8", "uint8", "int16"):
+        info = np.iinfo(dtype)
+        return rng.integers(info.min, info.max, size=shape, endpoint=True).astype(dtype)
+    low, high = value_range
+    return rng.uniform(low, high, size=shape).astype(dtype)
+
+
+def _tflite_session(path: Path, shapes: dict):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    try:
+        # the reference kernels: what the issue's parity figures are measured against
+        interp = Interpreter(str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    except (RuntimeError, ValueError):
+        interp = Interpreter(str(path))
+    for d in interp.get_input_details():
+        if d["name"] in shapes:
+            interp.resize_tensor_input(d["index"], shapes[d["name"]])
+    interp.allocate_tensors()
+    ins = interp.get_input_details()
+    outs = interp.get_output_details()
+
+    def quant(d):
+        scale, zero_point = d["quantization"]
+        return [float(scale), int(zero_point)] if scale else None
+
+    meta = dict(layout="nhwc",
+                inputs=[dict(name=d["name"], shape=[int(s) for s in d["shape"]], dtype=np.dtype(d["dtype"]).name,
+                             quant=quant(d)) for d in ins],
+                outputs=[dict(name=d["name"], dtype=np.dtype(d["dtype"]).name, quant=quant(d)) for d in outs])
+
+    def run(arrays):
+        for d, a in zip(ins, arrays):
+            interp.set_tensor(d["index"], a)
+        interp.invoke()
+        return [interp.get_tensor(d["index"]) for d in outs]
+    return meta, run
+
+
+def _onnx_session(path: Path, shapes: dict):
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    dtypes = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int8)": "int8",
+              "tensor(int64)": "int64", "tensor(int32)": "int32"}
+
+    def static(i):
+        if i.name in shapes:
+            return list(shapes[i.name])
+        dims = [d if isinstance(d, int) and d > 0 else None for d in i.shape]
+        if any(d is None for d in dims[1:]):
+            raise SystemExit(f"input {i.name} has symbolic dims {i.shape}: give input_shapes in the manifest")
+        return [1 if d is None else d for d in dims]
+    meta = dict(layout="nchw",
+                inputs=[dict(name=i.name, shape=static(i), dtype=dtypes.get(i.type, i.type), quant=None)
+                        for i in sess.get_inputs()],
+                outputs=[dict(name=o.name, dtype=dtypes.get(o.type, o.type), quant=None) for o in sess.get_outputs()])
+
+    def run(arrays):
+        return sess.run(None, {i["name"]: a for i, a in zip(meta["inputs"], arrays)})
+    return meta, run
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("name")
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--calibration", type=int, default=3)
+    args = ap.parse_args(argv)
+    entry = next(e for e in load_manifest() if e["name"] == args.name)
+    path = model_path(entry)
+    shapes = entry.get("input_shapes", {})
+    meta, run = (_tflite_session if entry["format"] == "tflite" else _onnx_session)(path, shapes)
+    value_range = entry["input"]["range"]
+    rng = np.random.default_rng(SEED)
+    sample = [_random(i["shape"], i["dtype"], value_range, rng) for i in meta["inputs"]]
+    arrays = {f"in{k}": a for k, a in enumerate(sample)}
+    arrays.update({f"out{k}": np.asarray(o) for k, o in enumerate(run(sample))})
+    for c in range(args.calibration):
+        for k, i in enumerate(meta["inputs"]):
+            arrays[f"cal{c}_in{k}"] = _random(i["shape"], i["dtype"], value_range, rng)
+    np.savez(args.out, meta=np.array(json.dumps(meta)), **arrays)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

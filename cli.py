@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 # Running a kmodel is many small matmuls (one per KPU layer): OpenBLAS's threads spin longer than they save
@@ -390,6 +391,8 @@ def main(argv: list[str] | None = None) -> None:
     verbose = lambda: VERBOSE["on"] or "-v" in argv or "--verbose" in argv  # noqa: E731
     MODEL["path"] = None
     remove_temp_files_on_signals()
+    if not verbose():   # numpy's overflow/divide warnings are not a user's business: one line or none
+        warnings.simplefilter("ignore", RuntimeWarning)
     try:
         rv = cli.main(args=argv, prog_name="kpuc", standalone_mode=False)
     except click.exceptions.Exit as e:

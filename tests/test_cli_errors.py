@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -233,3 +234,40 @@ def test_a_tensor_no_k210_can_hold_is_refused_before_calibration(run, tmp_path, 
         line = one_error_line(r)
         assert "tensor 'c'" in line and "8,388,608" in line
         assert not (tmp_path / "big.kmodel").exists()
+
+
+def _save_onnx(path, nodes, inits, shape=(1, 2, 4, 4)):
+    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return path
+
+
+def test_a_bias_beyond_the_kpu_batch_norm_is_a_model_error(run, tmp_path):
+    """A fuzzed bias of -2.8e38 once overflowed an int64 inside quantization (exit 3)."""
+    w = helper.make_tensor("w", TensorProto.FLOAT, [2, 2, 3, 3], [0.1] * 36)
+    b = helper.make_tensor("b", TensorProto.FLOAT, [2], [0.5, -2.8e38])
+    model = _save_onnx(tmp_path / "bias.onnx", [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+                                                helper.make_node("Relu", ["c"], ["y"])], [w, b], (1, 2, 8, 8))
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        np.save(data / f"s{i}.npy", np.random.default_rng(i).random((1, 2, 8, 8), np.float32))
+    line = one_error_line(run("compile", model, tmp_path / "bias.kmodel", "--dataset", data, "--dataset-format", "raw"))
+    assert "output channel 1" in line and "norm_add" in line
+    r = run("check", model)
+    assert r.returncode == 1 and "norm_add" in r.stdout
+
+
+def test_an_empty_tensor_is_refused_for_the_k210(run, tmp_path):
+    """A fuzzed Slice start made a (1, 2, 0, 8) tensor: kpuc wrote a kmodel its own reader refused, and the
+    v3 lowering printed a numpy warning (three stderr lines)."""
+    inits = [helper.make_tensor("st", TensorProto.INT64, [1], [1 << 39]), helper.make_tensor("en", TensorProto.INT64, [1], [9]),
+             helper.make_tensor("ax", TensorProto.INT64, [1], [2])]
+    model = _save_onnx(tmp_path / "empty.onnx", [helper.make_node("Slice", ["x", "st", "en", "ax"], ["y"])], inits)
+    for version in ("3", "4"):
+        line = one_error_line(run("compile", model, tmp_path / "e.kmodel", "--inference-type", "float",
+                                  "--kmodel-version", version))
+        assert "is empty (shape (1, 2, 0, 4))" in line
+    r = run("check", model)
+    assert r.returncode == 1 and "cannot hold an empty tensor" in r.stdout and not r.stderr

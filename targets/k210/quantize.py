@@ -137,7 +137,11 @@ def kpu_batch_norm(bias: np.ndarray, scales: np.ndarray, iq: QuantParamU8, wq: Q
     table = np.zeros((len(bias), 3), np.int64)
     for oc, (b, s) in enumerate(zip(np.asarray(bias, F32), scales)):
         ch = fixed_mul(F32(float(so) * post / float(s)), 22, BN_SHIFT_MAX, True)
-        table[oc] = (ch.rounded, ch.shift, int(round_half_away_from_zero(np.float64(float(b) * s_act_in))))
+        add = round_half_away_from_zero(np.float64(float(b) * s_act_in))
+        if not abs(add) < 1 << 31:   # also NaN and inf (a damaged bias)
+            raise KpucError(f"output channel {oc}: bias {float(b):.6g} is {add:.4g} in batch-norm units, beyond "
+                            "the KPU's signed 32-bit norm_add")
+        table[oc] = (ch.rounded, ch.shift, int(add))
     return table, s_act_in
 
 
@@ -302,7 +306,10 @@ class _Rewriter:
         iq = self.param(x)
         yq = get_quant_param(self.ranges[conv_key(v.name)])
         zq = get_quant_param(self.ranges[v.name])
-        layer = quantize_kpu_layer(w.data, b.data, node.attrs["activation"], iq, yq, zq)
+        try:
+            layer = quantize_kpu_layer(w.data, b.data, node.attrs["activation"], iq, yq, zq)
+        except KpucError as e:
+            raise KpucError(f"kpu_conv2d '{node.name}': {e}") from None
         consts = [self.g.const(layer.weights, name=f"{v.name}_q/weights", quant=layer.weights_q.to_ir()),
                   self.g.const(layer.bn, name=f"{v.name}_q/bn"), self.g.const(layer.act, name=f"{v.name}_q/act")]
         new = self._add("kpu_conv2d_q", [self.get_u8(x, iq), *consts], name=f"{v.name}_q",

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from compiler.calibration import broadcast_ranges, calibrate
-from compiler.errors import DoesNotFit, printable
+from compiler.errors import DoesNotFit, KpucError, printable
 from compiler.ir import Graph
 from compiler.model_quant import with_model_ranges
 from targets.k210 import ops  # noqa: F401  (registers the K210 ops in the op table)
@@ -85,7 +85,7 @@ class K210:
 
     def lower(self, graph: Graph, opts) -> tuple[bytes, dict]:
         """The kmodel bytes and summary of a device graph; raises CannotLower listing every blocker."""
-        refuse_tensors_too_big_for_any_k210(graph)   # a float compile gets here without calibrating
+        refuse_tensors_no_k210_can_hold(graph)   # a float compile gets here without calibrating
         if opts.kmodel_version == 3:
             return compile_v3(graph)
         return compile_v4(graph, target=self.name, input_type=opts.input_type)
@@ -96,18 +96,23 @@ class K210:
 K210_SRAM_BYTES = 8 * 1024 * 1024
 
 
-def refuse_tensors_too_big_for_any_k210(graph: Graph) -> None:
-    """DoesNotFit naming the first computed tensor with more values than the chip's SRAM has bytes."""
+def refuse_tensors_no_k210_can_hold(graph: Graph) -> None:
+    """Raise for the first computed tensor that is empty (the runtimes have no zero extents) or has more
+    values than the chip's SRAM has bytes (DoesNotFit)."""
     for node in graph.nodes:
         for v in node.outputs:
-            if not v.is_constant and v.type.size > K210_SRAM_BYTES:
-                raise DoesNotFit(f"tensor '{printable(v.name)}' of {node.op} '{printable(node.name)}' holds "
-                                 f"{v.type.size:,} values: more than the K210's {K210_SRAM_BYTES:,} bytes of "
-                                 "SRAM can hold even as uint8", step=node.name)
+            if v.is_constant:
+                continue
+            where = f"tensor '{printable(v.name)}' of {node.op} '{printable(node.name)}'"
+            if v.type.size == 0:
+                raise KpucError(f"{where} is empty (shape {v.shape}): the K210 runtimes cannot hold an empty tensor")
+            if v.type.size > K210_SRAM_BYTES:
+                raise DoesNotFit(f"{where} holds {v.type.size:,} values: more than the K210's {K210_SRAM_BYTES:,} "
+                                 "bytes of SRAM can hold even as uint8", step=node.name)
 
 
 def _calibrated(graph: Graph, opts, samples: list) -> dict:
-    refuse_tensors_too_big_for_any_k210(graph)
+    refuse_tensors_no_k210_can_hold(graph)
     ranges = calibrate(graph, samples, method=opts.calibrate_method, input_mean=opts.input_mean,
                        input_std=opts.input_std)
     if opts.model_ranges:  # a pre-quantized model compiled without --dataset: its own ranges win

@@ -82,6 +82,8 @@ class CompileOptions:
     weight_rounding: bool = True         # kpuc: data-aware (GPTQ) rounding of the KPU weight codes
     split_activations: int = 0           # kpuc: first N KPU layers' outputs as two offset uint8 copies (~9 bits)
     lint: bool = False
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()   # --input-shape pins (compiler/importers/options.py)
+    output_tensors: tuple[str, ...] = ()                        # --output-tensors: cut the graph there
 
 
 @dataclass
@@ -136,7 +138,7 @@ def prepare_float(path, opts: CompileOptions, *, dump: Dump = None) -> Prepared:
     from compiler.importers import import_model
     if opts.inference_type not in ("uint8", "float"):
         raise KpucError(f"unknown inference type '{opts.inference_type}' (uint8 or float)")
-    graph = import_model(path, opts.input_format)
+    graph = import_model(path, opts.input_format, input_shapes=opts.input_shapes, output_tensors=opts.output_tensors)
     stage(dump, graph, "import")
     optimize_generic(graph, lint=opts.lint, dump=dump)
     stage(dump, graph, "generic")

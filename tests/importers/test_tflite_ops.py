@@ -33,6 +33,7 @@ class T:
     scale: tuple = ()
     zero_point: tuple = ()
     axis: int = 0
+    signature: tuple | None = None   # shape_signature (-1 = dynamic dim)
 
 
 @dataclass
@@ -93,6 +94,7 @@ def build(tensors: list[T], ops: list[Op], inputs: list[str], outputs: list[str]
     toffs = []
     for t, buf in zip(tensors, tensor_buffer):
         name, shape = b.CreateString(t.name), b.CreateNumpyVector(np.asarray(t.shape, np.int32))
+        signature = b.CreateNumpyVector(np.asarray(t.signature, np.int32)) if t.signature else None
         quant = None
         if t.scale:
             scale = b.CreateNumpyVector(np.asarray(t.scale, np.float32))
@@ -104,6 +106,8 @@ def build(tensors: list[T], ops: list[Op], inputs: list[str], outputs: list[str]
             quant = Q.QuantizationParametersEnd(b)
         Tn.TensorStart(b)
         Tn.TensorAddShape(b, shape)
+        if signature is not None:
+            Tn.TensorAddShapeSignature(b, signature)
         Tn.TensorAddType(b, TYPES[t.dtype])
         Tn.TensorAddBuffer(b, buf)
         Tn.TensorAddName(b, name)

@@ -36,6 +36,19 @@ class TensorInfo:
     data: np.ndarray | None = None    # constant contents in the file's dtype and shape
     buffer: int = 0
     sparse: bool = False
+    # shape_signature: -1 marks a dynamic dim (TF2 exports), whose entry in `shape` is a placeholder 1
+    signature: tuple[int, ...] | None = None
+
+    @property
+    def declared(self) -> tuple[int, ...]:
+        """The shape with -1 for every dynamic dim."""
+        return self.signature if self.signature is not None else self.shape
+
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        """Whether a computed shape agrees with the file: equal, or equal in every static dim."""
+        if self.signature is None:
+            return tuple(shape) == self.shape
+        return len(shape) == len(self.signature) and all(d < 0 or d == e for d, e in zip(self.signature, shape))
 
 
 @dataclass
@@ -133,7 +146,7 @@ def _tensor(t, index: int, buffers: list, path: Path) -> TensorInfo:
     check_elements(shape, f"tensor '{name}'")
     dtype = DTYPES.get(t.Type(), f"tflite_type_{t.Type()}")
     info = TensorInfo(index, name, shape, dtype, _quant(t.Quantization()), buffer=t.Buffer(),
-                      sparse=t.Sparsity() is not None)
+                      sparse=t.Sparsity() is not None, signature=_signature(t, shape))
     raw = buffers[t.Buffer()] if t.Buffer() < len(buffers) else None
     if raw is not None and dtype in DTYPES.values() and not info.sparse:
         count = int(np.prod(shape, dtype=np.int64))
@@ -148,6 +161,14 @@ def _tensor(t, index: int, buffers: list, path: Path) -> TensorInfo:
     if q is not None and not np.all(np.isfinite(np.asarray(q.scale, np.float64))):
         raise MalformedModel(f"{path}: tensor '{name}' has a non-finite quantization scale {q.scale}")
     return info
+
+
+def _signature(t, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """shape_signature when it marks dynamic dims (-1) of a tensor of the same rank, else None."""
+    sig = tuple(int(d) for d in _ints(t.ShapeSignatureAsNumpy()))
+    if len(sig) != len(shape) or -1 not in sig:
+        return None
+    return sig
 
 
 def _quant(q) -> QuantParam | None:

@@ -47,7 +47,7 @@ def reshape(ctx: TFLiteContext, op: OpInfo):
     elif op.options is not None and op.options.NewShapeLength() > 0:
         shape = op.options.NewShapeAsNumpy()
     else:  # the shape is computed at run time; the file still records the static result
-        shape = ctx.tensor(op.outputs[0]).shape
+        shape = ctx.tensor(op.outputs[0]).declared
     _reshape(ctx, op, resolve_shape(shape, x.type.size))
 
 

@@ -28,6 +28,7 @@ from targets.k210.constraints import kpu_pool_type, why_not_kpu, why_not_kpu_lay
 from targets.k210.kmodel import describe_kmodel, read_kmodel
 from targets.k210.kpu_layout import KPU_RAM_BYTES, KPU_ROW_BYTES, kpu_rows
 from targets.k210.legalize import cpu_fallbacks
+from targets.k210.ops import HOST_ONLY
 from targets.k210.passes.mark_small_outputs_float import mark_small_outputs_float
 from targets.k210.target import K210
 
@@ -279,7 +280,8 @@ def _blockers(error: KpucError, graph: Graph) -> list[dict]:
     rows = []
     for b in blockers:
         node = b.node if b.op is not None or b.node in ops else None
-        rows.append({"node": node, "op": b.op if b.op is not None else ops.get(node), "reason": b.reason})
+        op = b.op if b.op is not None else ops.get(node)
+        rows.append({"node": node, "op": op, "reason": HOST_ONLY.get(op, b.reason)})
     return rows
 
 

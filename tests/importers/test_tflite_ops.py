@@ -16,7 +16,7 @@ from compiler.executor import run_graph
 from compiler.importers import import_model, summarize_model
 from shared_data import MOBILENET, needs
 
-TYPES = {"float32": 0, "float16": 1, "int32": 2, "uint8": 3, "int64": 4, "int8": 9}
+TYPES = {"float32": 0, "float16": 1, "int32": 2, "uint8": 3, "int64": 4, "bool": 6, "int8": 9}
 CODES = {name: code for code, name in BUILTIN_OPCODE2NAME.items()}
 RELU, RELU_N1_TO_1, RELU6, TANH = 1, 2, 3, 4
 SAME, VALID = 0, 1

@@ -47,6 +47,7 @@ from compiler.importers.onnx import (  # noqa: F401,E402
     constant,
     conv,
     elementwise,
+    logic,
     pool,
     quant,
     reduce,

@@ -50,7 +50,7 @@ from compiler.importers.options import (
     raise_unpinned,
     unknown_tensor,
 )
-from compiler.importers.tflite import activation, conv, elementwise, pool, quant, reduce, resize, shape, spatial  # noqa: F401
+from compiler.importers.tflite import activation, conv, elementwise, logic, pool, quant, reduce, resize, shape, spatial  # noqa: F401
 from compiler.importers.tflite.context import (
     CONVERTERS,
     KNOWN_DTYPES,

@@ -21,6 +21,7 @@ from passes.fold_batch_norm_into_conv2d import fold_batch_norm_into_conv2d
 from passes.fold_constants import fold_constants
 from passes.fold_pad_into_conv2d import fold_pad_into_conv2d
 from passes.fold_reshapes import fold_reshapes
+from passes.fold_space_to_batch_into_conv2d import fold_space_to_batch_into_conv2d
 from passes.fold_transposes import fold_transposes
 from passes.fuse_clamp import fuse_clamp
 from passes.fuse_leaky_relu import fuse_leaky_relu
@@ -33,6 +34,7 @@ GENERIC = [
     eliminate_identity,           # no-op nodes out of the way of the fusions
     fold_transposes,              # TFLite NHWC<->NCHW pairs cancel; producer and consumer become adjacent
     fold_reshapes,                # squeeze/flatten chains and size-1 transposes become one reshape or none
+    fold_space_to_batch_into_conv2d,  # TF's atrous lowering back into one dilated conv, once transposes are gone
     fuse_leaky_relu,              # max(x, a*x) -> leaky_relu before anything fuses the max or the mul
     fold_batch_norm_into_conv2d,  # before fuse_clamp: a batch norm cannot fold through a fused clamp
     batch_norm_to_mul_add,        # only the batch norms no conv absorbed

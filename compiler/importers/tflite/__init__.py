@@ -109,9 +109,9 @@ def _declare_outputs(ctx: TFLiteContext) -> None:
 
 def _convert_op(ctx: TFLiteContext, op: OpInfo) -> str | None:
     """Run the converter of `op`; returns why it failed, or None."""
-    if op.custom:
-        return "custom operator (not a TFLite builtin)"
     fn = CONVERTERS.get(op.op_type)
+    if op.custom and fn is None:
+        return "custom operator (not a TFLite builtin)"
     if fn is None:
         return f"no converter for TFLite op {op.op_type}"
     first = len(ctx.graph.nodes)

@@ -16,6 +16,7 @@ from tflite.utils import BUILTIN_OPCODE2NAME
 
 from compiler.errors import KpucError, MalformedModel, printable
 from compiler.importers.limits import check_elements
+from compiler.importers.tflite.sparsity import densify
 from compiler.ir import QuantParam
 
 # tflite.TensorType -> numpy dtype name
@@ -59,6 +60,7 @@ class OpInfo:
     inputs: tuple[int, ...]           # tensor indices, -1 = optional input left out
     outputs: tuple[int, ...]
     options: object | None            # the builtin options table (Conv2DOptions, ...) or None
+    custom_options: bytes = b""       # a custom op's own option bytes (their layout is the op's)
 
 
 @dataclass
@@ -104,7 +106,9 @@ def _parse(path: Path, buf: bytes) -> ModelData:
         outs = tuple(int(t) for t in _ints(op.OutputsAsNumpy()))
         if any(t >= len(tensors) for t in ins + outs) or any(t < -1 for t in ins) or any(t < 0 for t in outs):
             raise MalformedModel(f"{path}: operator {i} ({name}) refers to a tensor that does not exist")
-        ops.append(OpInfo(i, name, custom, ins, outs, _options(op)))
+        raw = op.CustomOptionsAsNumpy() if custom else None
+        ops.append(OpInfo(i, name, custom, ins, outs, _options(op),
+                          raw.tobytes() if isinstance(raw, np.ndarray) else b""))
     inputs = [int(t) for t in _ints(sg.InputsAsNumpy())]
     outputs = [int(t) for t in _ints(sg.OutputsAsNumpy())]
     if any(not 0 <= t < len(tensors) for t in inputs + outputs):
@@ -148,7 +152,11 @@ def _tensor(t, index: int, buffers: list, path: Path) -> TensorInfo:
     info = TensorInfo(index, name, shape, dtype, _quant(t.Quantization()), buffer=t.Buffer(),
                       sparse=t.Sparsity() is not None, signature=_signature(t, shape))
     raw = buffers[t.Buffer()] if t.Buffer() < len(buffers) else None
-    if raw is not None and dtype in DTYPES.values() and not info.sparse:
+    if raw is not None and dtype in DTYPES.values() and info.sparse:
+        info.data = densify(np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype),
+                            t.Sparsity(), shape, name)
+        info.sparse = False
+    elif raw is not None and dtype in DTYPES.values():
         count = int(np.prod(shape, dtype=np.int64))
         itemsize = np.dtype(dtype).itemsize
         if len(raw) != count * itemsize:

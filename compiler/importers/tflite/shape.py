@@ -211,6 +211,15 @@ def shape(ctx: TFLiteContext, op: OpInfo):
                                     name=t.name))
 
 
+@converter("DENSIFY")
+def densify(ctx: TFLiteContext, op: OpInfo):
+    """The reader already made the sparse constant dense (compiler/importers/tflite/sparsity.py)."""
+    x = ctx.input(op, 0)
+    if not x.is_constant:
+        raise KpucError(f"DENSIFY of '{x.name}', which is not a constant")
+    ctx.alias(op, 0, x)
+
+
 @converter("CAST")
 def cast(ctx: TFLiteContext, op: OpInfo):
     dtype = ir_dtype(ctx.tensor(op.outputs[0]))

@@ -184,3 +184,18 @@ def test_symbolic_dims_are_pinned_on_the_command_line(tmp_path):
     assert doc["ir_inputs"][0]["shape"] == [1, 3, 8, 6] and doc["ir_outputs"][0]["shape"] == [1, 4, 48]
     assert "--input-shape" in one_line_error(kpuc("info", path, "--input-shape", "x=1,3,8"))
     assert "--input-shape" in one_line_error(kpuc("info", path, "--input-shape", "x=1;3"))
+
+
+def test_infer_takes_the_pin_and_the_cut_and_matches_onnxruntime(tmp_path):
+    import onnxruntime as ort
+    path = _detector(tmp_path, spatial=("H", "W"))
+    x = np.random.default_rng(5).standard_normal((1, 3, 6, 5)).astype(np.float32)
+    (tmp_path / "data").mkdir()
+    x.tofile(tmp_path / "data" / "a.bin")
+    r = kpuc("infer", path, tmp_path / "out", "--dataset", tmp_path / "data", "--dataset-format", "raw",
+             "--input-shape", "x=1,3,6,5", "--output-tensors", "scores")
+    assert r.returncode == 0, r.stderr
+    model = onnx.load(str(path))
+    model.graph.output.append(helper.make_tensor_value_info("scores", TensorProto.FLOAT, None))
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["scores"], {"x": x})[0]
+    np.testing.assert_allclose(np.fromfile(tmp_path / "out" / "a.out0.bin", np.float32), want.ravel(), rtol=1e-5, atol=1e-6)

@@ -61,6 +61,28 @@ def _model_arg(f):
     return click.argument("model", type=click.Path(dir_okay=False), callback=remember)(f)
 
 
+def _import_options(f):
+    """--input-shape NAME=D0,D1,... (repeatable) and --output-tensors NAME,... (compiler/importers/options.py)."""
+    def shapes(ctx, param, value):
+        from compiler.importers.options import parse_input_shape
+        try:
+            return tuple(parse_input_shape(v) for v in value)
+        except KpucError as e:
+            raise click.BadParameter(str(e)) from e
+
+    def names(ctx, param, value):
+        from compiler.importers.options import parse_output_tensors
+        try:
+            return parse_output_tensors(value) if value else ()
+        except KpucError as e:
+            raise click.BadParameter(str(e)) from e
+    f = click.option("--output-tensors", callback=names, metavar="NAME,...",
+                     help="Cut the graph at these tensors (they become the outputs), e.g. before detection "
+                          "post-processing the host runs.")(f)
+    return click.option("--input-shape", multiple=True, callback=shapes, metavar="NAME=D0,D1,...",
+                        help="Pin the dynamic dims of input NAME (the file's own layout); repeatable.")(f)
+
+
 def _verbose_option(f):
     def set_verbose(ctx, param, value):
         VERBOSE["on"] = VERBOSE["on"] or value
@@ -96,14 +118,15 @@ def write_ir_dump(graph, folder: str | None, stage: str) -> None:
 @click.option("-i", "--input-format", type=click.Choice(["tflite", "onnx"]), help="Guessed from the extension.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option("--dump-ir", type=click.Path(file_okay=False), help="Write the imported graph as Graphviz .dot.")
+@_import_options
 @_verbose_option
-def info(model, input_format, as_json, dump_ir):
+def info(model, input_format, as_json, dump_ir, input_shape, output_tensors):
     """Inputs, outputs, op histogram, parameter count and unsupported ops of MODEL."""
     from compiler.importers import import_model, summarize_model
-    summary = summarize_model(model, input_format)
+    summary = summarize_model(model, input_format, input_shapes=input_shape, output_tensors=output_tensors)
     graph = None
     if not summary.unsupported:
-        graph = import_model(model, input_format)
+        graph = import_model(model, input_format, input_shapes=input_shape, output_tensors=output_tensors)
         write_ir_dump(graph, dump_ir, "import")
     if as_json:
         doc = {
@@ -114,6 +137,7 @@ def info(model, input_format, as_json, dump_ir):
             "ir_outputs": [{"name": v.name, "shape": list(v.shape), "dtype": v.dtype} for v in graph.outputs] if graph else None,
             "ops": summary.op_histogram, "parameters": summary.parameters,
             "unsupported": [{"op": p.op_type, "node": p.node, "reason": p.reason} for p in summary.unsupported],
+            "suggested_output_tensors": list(summary.cut_suggestion) or None,
         }
         click.echo(json.dumps(doc, indent=2))
     else:
@@ -135,6 +159,9 @@ def info(model, input_format, as_json, dump_ir):
         click.echo("unsupported: " + ("none" if not summary.unsupported else str(len(summary.unsupported))))
         for p in summary.unsupported:
             click.echo(f"  {p.op_type:24} {p.node}: {p.reason}")
+        if summary.cut_suggestion:
+            click.echo("suggestion: only post-processing the host runs anyway blocks the model; cut before it with "
+                       f"--output-tensors {','.join(summary.cut_suggestion)}")
     if summary.unsupported:
         raise UnsupportedOps(summary.unsupported)
 
@@ -171,11 +198,12 @@ def info(model, input_format, as_json, dump_ir):
               help="Carry the first N KPU layers' outputs as two uint8 copies half a step apart (about 9-bit "
                    "activations where 8-bit noise hurts most; costs KPU RAM and weights; changes ncc's layer shapes).")
 @click.option("--dump-ir", type=click.Path(file_okay=False), help="Write the IR after each stage as Graphviz .dot.")
+@_import_options
 @_verbose_option
 def compile_(model, output, input_format, output_format, target, kmodel_version, dataset, dataset_format,
              inference_type, input_type, input_mean, input_std, calibrate_method, weights_quantize_threshold,
              output_quantize_threshold, no_quantized_binary, no_bias_correction, no_weight_rounding, split_activations,
-             dump_ir):
+             dump_ir, input_shape, output_tensors):
     """Compile MODEL (.tflite or .onnx) into a kmodel file OUTPUT for the K210."""
     from compiler.pipeline import CompileOptions, compile_model
     from targets import get_target
@@ -191,7 +219,7 @@ def compile_(model, output, input_format, output_format, target, kmodel_version,
                           output_quantize_threshold=output_quantize_threshold,
                           quantized_binary=not no_quantized_binary, bias_correction=not no_bias_correction,
                           weight_rounding=not no_weight_rounding, split_activations=split_activations,
-                          lint=VERBOSE["on"])
+                          lint=VERBOSE["on"], input_shapes=input_shape, output_tensors=output_tensors)
     dump = (lambda graph, stage: write_ir_dump(graph, dump_ir, stage)) if dump_ir or VERBOSE["on"] else None
     result = compile_model(model, opts, get_target(target), dump=dump)
     write_atomic(Path(output), result.kmodel)
@@ -234,9 +262,10 @@ class FirmwareBudget(click.ParamType):
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--firmware", type=FirmwareBudget(), default="c-sdk", show_default=True,
               help="Main-memory budget: c-sdk 6 MiB, maixpy-mini 3.5 MiB, maixpy-full 2 MiB, or bytes.")
+@_import_options
 @_verbose_option
 def check(model, input_format, kmodel_version, dataset, dataset_format, input_mean, input_std,
-          weights_quantize_threshold, output_quantize_threshold, fmt, firmware):
+          weights_quantize_threshold, output_quantize_threshold, fmt, firmware, input_shape, output_tensors):
     """Will MODEL run on the K210? Placement of every op, KPU RAM, main memory, v3/v4, all problems.
 
     Exit status: 0 it fits (at least one requested kmodel version), 1 it does not fit or has
@@ -248,7 +277,8 @@ def check(model, input_format, kmodel_version, dataset, dataset_format, input_me
     opts = CheckOptions(input_format=input_format, versions=versions, dataset=dataset, dataset_format=dataset_format,
                         input_mean=input_mean, input_std=input_std, firmware=firmware,
                         weights_quantize_threshold=weights_quantize_threshold,
-                        output_quantize_threshold=output_quantize_threshold)
+                        output_quantize_threshold=output_quantize_threshold, input_shapes=input_shape,
+                        output_tensors=output_tensors)
     doc = check_model(model, opts).doc
     if fmt == "json":
         click.echo(json.dumps(doc, indent=2))
@@ -268,11 +298,11 @@ class GraphRunner:
     """Runs a .tflite/.onnx model with the float reference executor; a pre-quantized model's values
     are kept on its own grids (compiler/model_quant.py)."""
 
-    def __init__(self, model, input_format, dump_ir):
+    def __init__(self, model, input_format, dump_ir, import_options: dict):
         from compiler.executor import Executor
         from compiler.importers import import_model
         from compiler.model_quant import GridExecutor, is_prequantized
-        self.graph = import_model(model, input_format)
+        self.graph = import_model(model, input_format, **import_options)
         write_ir_dump(self.graph, dump_ir, "import")
         self.executor = (GridExecutor if is_prequantized(self.graph) else Executor)(self.graph)
 
@@ -306,8 +336,10 @@ class KModelRunner:
 @click.option("--input-std", type=FiniteFloat(nonzero=True), default=1.0, show_default=True)
 @click.option("-i", "--input-format", type=click.Choice(["tflite", "onnx"]), help="Guessed from the extension.")
 @click.option("--dump-ir", type=click.Path(file_okay=False), help="Write the graph as Graphviz .dot.")
+@_import_options
 @_verbose_option
-def infer(model, outdir, dataset, dataset_format, input_mean, input_std, input_format, dump_ir):
+def infer(model, outdir, dataset, dataset_format, input_mean, input_std, input_format, dump_ir, input_shape,
+          output_tensors):
     """Run MODEL (.tflite, .onnx or .kmodel) on every file of --dataset.
 
     Writes OUTDIR/<sample>.out<i>.bin: raw float32, NCHW, one file per output."""
@@ -315,7 +347,10 @@ def infer(model, outdir, dataset, dataset_format, input_mean, input_std, input_f
     from compiler.progress import progress
     if not Path(model).is_file():
         raise KpucError(f"{model}: no such model file")
-    run = KModelRunner(model) if is_kmodel(model, input_format) else GraphRunner(model, input_format, dump_ir)
+    if is_kmodel(model, input_format) and (input_shape or output_tensors):
+        raise KpucError(f"{model}: --input-shape and --output-tensors apply to .tflite/.onnx models, not kmodels")
+    run = KModelRunner(model) if is_kmodel(model, input_format) else \
+        GraphRunner(model, input_format, dump_ir, dict(input_shapes=input_shape, output_tensors=output_tensors))
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(run, GraphRunner):  # one entry per graph input (compiler/datasets.py)

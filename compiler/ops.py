@@ -55,6 +55,13 @@ depth_to_space    x                         block, mode=DCR|CRD
 space_to_batch    x                         block=(bh,bw), pads=((t,b),(l,r))   TF semantics on NCHW
 batch_to_space    x                         block=(bh,bw), crops=((t,b),(l,r))
 gather            x, indices                axis              numpy.take
+compare           a, b (numpy broadcast)    op: equal not_equal less less_equal greater greater_equal -> bool
+logical           a, b: bool (broadcast)    op: and or xor                                          -> bool
+logical_not       x: bool                   -                                                       -> bool
+where             cond: bool, x, y          -                 numpy.where with broadcasting (Where, SELECT_V2)
+floor_div         a, b (broadcast)          -                 floor(a / b); integers floor exactly
+mod               a, b (broadcast)          fmod=False        a - floor(a / b) * b with b's sign (np.mod), or
+                                                              C fmod with a's sign when fmod (ONNX Mod)
 quantize          x                         scale, zero_point, dtype=uint8, axis=None  round half to even
 dequantize        x                         scale, zero_point, axis=None
 cast              x                         dtype
@@ -80,6 +87,8 @@ from compiler.errors import KpucError
 from compiler.registry import registrar
 from compiler.types import TensorType
 
+COMPARE_OPS = "equal not_equal less less_equal greater greater_equal".split()
+LOGICAL_OPS = "and or xor".split()
 UNARY_OPS = ("abs ceil cos exp floor log neg round rsqrt sin sqrt square sigmoid tanh hard_swish "
              "reciprocal erf softplus sign").split()
 BINARY_OPS = "add sub mul div min max pow squared_difference".split()
@@ -451,3 +460,29 @@ def _gather(t, a):
     ax = a["axis"]
     shape = t[0].shape
     return TensorType(shape[:ax] + t[1].shape + shape[ax + 1:], t[0].dtype)
+
+
+# ------------------------------------------------------------------ comparison and selection
+# No traits: they make or take bool tensors, which nothing quantizes or moves transposes through.
+@define("compare", "a b", attrs=dict(op=REQUIRED))
+@define("logical", "a b", attrs=dict(op=REQUIRED))
+def _compare(t, a):
+    need(a["op"] in COMPARE_OPS + LOGICAL_OPS, f"unknown comparison or logical op {a['op']}")
+    return TensorType(broadcast(t[0].shape, t[1].shape), "bool")
+
+
+@define("logical_not", "x")
+def _logical_not(t, a):
+    return TensorType(t[0].shape, "bool")
+
+
+@define("where", "cond x y")
+def _where(t, a):
+    need(t[1].dtype == t[2].dtype, f"where selects between {t[1].dtype} and {t[2].dtype}")
+    return TensorType(broadcast(t[0].shape, t[1].shape, t[2].shape), t[1].dtype)
+
+
+@define("floor_div", "a b")
+@define("mod", "a b", attrs=dict(fmod=False))
+def _floor_binary(t, a):
+    return TensorType(broadcast(t[0].shape, t[1].shape), t[0].dtype)

@@ -21,6 +21,7 @@ from passes.fold_batch_norm_into_conv2d import fold_batch_norm_into_conv2d
 from passes.fold_constants import fold_constants
 from passes.fold_pad_into_conv2d import fold_pad_into_conv2d
 from passes.fold_reshapes import fold_reshapes
+from passes.fold_space_to_batch_into_conv2d import fold_space_to_batch_into_conv2d
 from passes.fold_transposes import fold_transposes
 from passes.fuse_clamp import fuse_clamp
 from passes.fuse_leaky_relu import fuse_leaky_relu
@@ -33,6 +34,7 @@ GENERIC = [
     eliminate_identity,           # no-op nodes out of the way of the fusions
     fold_transposes,              # TFLite NHWC<->NCHW pairs cancel; producer and consumer become adjacent
     fold_reshapes,                # squeeze/flatten chains and size-1 transposes become one reshape or none
+    fold_space_to_batch_into_conv2d,  # TF's atrous lowering back into one dilated conv, once transposes are gone
     fuse_leaky_relu,              # max(x, a*x) -> leaky_relu before anything fuses the max or the mul
     fold_batch_norm_into_conv2d,  # before fuse_clamp: a batch norm cannot fold through a fused clamp
     batch_norm_to_mul_add,        # only the batch norms no conv absorbed
@@ -83,6 +85,8 @@ class CompileOptions:
     split_activations: int = 0           # kpuc: first N KPU layers' outputs as two offset uint8 copies (~9 bits)
     model_ranges: tuple = ()             # ((node name, (min, max)), ...): a pre-quantized model's own ranges
     lint: bool = False
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()   # --input-shape pins (compiler/importers/options.py)
+    output_tensors: tuple[str, ...] = ()                        # --output-tensors: cut the graph there
 
 
 @dataclass
@@ -137,7 +141,7 @@ def prepare_float(path, opts: CompileOptions, *, dump: Dump = None) -> Prepared:
     from compiler.importers import import_model
     if opts.inference_type not in ("uint8", "float"):
         raise KpucError(f"unknown inference type '{opts.inference_type}' (uint8 or float)")
-    graph = import_model(path, opts.input_format)
+    graph = import_model(path, opts.input_format, input_shapes=opts.input_shapes, output_tensors=opts.output_tensors)
     stage(dump, graph, "import")
     optimize_generic(graph, lint=opts.lint, dump=dump)
     stage(dump, graph, "generic")

@@ -139,3 +139,63 @@ def test_compile_then_infer_the_sample_kmodel(tmp_path):
     correct = sum(int(np.fromfile(tmp_path / "o" / f"{p.stem}.out0.bin", np.float32).argmax())
                   == int(p.stem.split("_")[0].removeprefix("digit")) for p in images)
     assert correct >= 0.9 * len(images)
+
+
+def _detector(tmp_path, spatial=(4, 4)):
+    """Conv -> reshapes -> sigmoid -> NonMaxSuppression, input x [N, 3, *spatial] (symbolic dims allowed)."""
+    rng = np.random.default_rng(0)
+    init = {"w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "b": np.zeros(4, np.float32),
+            "box_shape": np.array([1, -1, 4], np.int64), "score_shape": np.array([1, 4, -1], np.int64),
+            "max_out": np.array([5], np.int64), "iou": np.array([0.5], np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["feat"], pads=[1, 1, 1, 1]),
+             helper.make_node("Reshape", ["feat", "box_shape"], ["boxes"]),
+             helper.make_node("Reshape", ["feat", "score_shape"], ["logits"]),
+             helper.make_node("Sigmoid", ["logits"], ["scores"]),
+             helper.make_node("NonMaxSuppression", ["boxes", "scores", "max_out", "iou"], ["selected"])]
+    graph = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, *spatial])],
+                              [helper.make_tensor_value_info("selected", TensorProto.INT64, None)],
+                              [onnx.numpy_helper.from_array(a, n) for n, a in init.items()])
+    path = tmp_path / "det.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+    return path
+
+
+def test_info_and_check_suggest_the_cut_and_take_it(tmp_path):
+    path = _detector(tmp_path)
+    r = kpuc("info", path)
+    assert r.returncode == 2 and "--output-tensors boxes,scores" in r.stdout, r.stdout
+    doc = json.loads(kpuc("check", path, "--format", "json").stdout)
+    assert doc["verdict"] == "unsupported" and "--output-tensors boxes,scores" in doc["unsupported"][0]["hint"]
+    r = kpuc("info", path, "--output-tensors", "boxes,scores", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [o["name"] for o in json.loads(r.stdout)["ir_outputs"]] == ["boxes", "scores"]
+    r = kpuc("compile", path, tmp_path / "det.kmodel", "--inference-type", "float", "--output-tensors", "boxes,scores")
+    assert r.returncode == 0, r.stderr
+    assert "no tensor 'box'" in one_line_error(kpuc("info", path, "--output-tensors", "box"))
+
+
+def test_symbolic_dims_are_pinned_on_the_command_line(tmp_path):
+    path = _detector(tmp_path, spatial=("H", "W"))
+    line = one_line_error(kpuc("info", path, "--output-tensors", "scores"))
+    assert "'x' [N,3,H,W]: dim 2 (H), dim 3 (W)" in line and "--input-shape x=1,3,N,N" in line
+    r = kpuc("info", path, "--output-tensors", "scores", "--input-shape", "x=1,3,8,6", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["ir_inputs"][0]["shape"] == [1, 3, 8, 6] and doc["ir_outputs"][0]["shape"] == [1, 4, 48]
+    assert "--input-shape" in one_line_error(kpuc("info", path, "--input-shape", "x=1,3,8"))
+    assert "--input-shape" in one_line_error(kpuc("info", path, "--input-shape", "x=1;3"))
+
+
+def test_infer_takes_the_pin_and_the_cut_and_matches_onnxruntime(tmp_path):
+    import onnxruntime as ort
+    path = _detector(tmp_path, spatial=("H", "W"))
+    x = np.random.default_rng(5).standard_normal((1, 3, 6, 5)).astype(np.float32)
+    (tmp_path / "data").mkdir()
+    x.tofile(tmp_path / "data" / "a.bin")
+    r = kpuc("infer", path, tmp_path / "out", "--dataset", tmp_path / "data", "--dataset-format", "raw",
+             "--input-shape", "x=1,3,6,5", "--output-tensors", "scores")
+    assert r.returncode == 0, r.stderr
+    model = onnx.load(str(path))
+    model.graph.output.append(helper.make_tensor_value_info("scores", TensorProto.FLOAT, None))
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["scores"], {"x": x})[0]
+    np.testing.assert_allclose(np.fromfile(tmp_path / "out" / "a.out0.bin", np.float32), want.ravel(), rtol=1e-5, atol=1e-6)

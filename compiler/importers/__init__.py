@@ -4,6 +4,8 @@
 attribute it could not translate (op type, node name, reason), or `MalformedModel`.
 `summarize_model(path)` reads what the file itself says (inputs, outputs, op histogram, parameter
 count) and the same list of unsupported ops, without failing on them: `kpuc info` prints it.
+Both take the user's `input_shapes` (pins for dynamic dims) and `output_tensors` (where to cut the graph);
+compiler/importers/options.py says what they mean.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 
 from compiler.errors import KpucError, MalformedModel, UnsupportedOps
 from compiler.importers.common import SourceSummary, checked_graph  # noqa: F401  (re-exported)
+from compiler.importers.options import ImportOptions
 from compiler.ir import Graph
 
 FORMATS = {".tflite": "tflite", ".onnx": "onnx"}
@@ -37,26 +40,29 @@ def _module(fmt: str):
     return mod
 
 
-def import_model(path: str | Path, format: str | None = None) -> Graph:
-    """Translate a model file into a validated IR graph."""
+def import_model(path: str | Path, format: str | None = None, *, input_shapes=(), output_tensors=()) -> Graph:
+    """Translate a model file into a validated IR graph (input dims pinned, cut at `output_tensors`)."""
     path = Path(path)
     if not path.is_file():
         raise KpucError(f"{path}: no such model file")
     with naming_the_file(path):
-        graph = _module(guess_format(path, format)).import_model(path)
+        options = ImportOptions(tuple(input_shapes), tuple(output_tensors))
+        graph = _module(guess_format(path, format)).import_model(path, options)
         if not graph.inputs:  # compile, check and infer all feed input 0
             raise MalformedModel("the model has no inputs (every declared input is a constant initializer, "
                                  "or none is declared); kpuc compiles models that take an input")
         return graph
 
 
-def summarize_model(path: str | Path, format: str | None = None) -> SourceSummary:
+def summarize_model(path: str | Path, format: str | None = None, *, input_shapes=(),
+                    output_tensors=()) -> SourceSummary:
     """The file's own inputs, outputs and op histogram, plus everything we cannot translate."""
     path = Path(path)
     if not path.is_file():
         raise KpucError(f"{path}: no such model file")
     with naming_the_file(path):
-        return _module(guess_format(path, format)).summarize_model(path)
+        options = ImportOptions(tuple(input_shapes), tuple(output_tensors))
+        return _module(guess_format(path, format)).summarize_model(path, options)
 
 
 @contextmanager

@@ -16,6 +16,7 @@ class SourceSummary:
     op_histogram: dict[str, int]                         # source op type -> count, sorted by name
     parameters: int                                      # elements in constant weight tensors
     unsupported: list[Unsupported] = field(default_factory=list)
+    cut_suggestion: tuple[str, ...] = ()                 # --output-tensors that leave out the post-processing
 
 
 def checked_graph(graph: Graph, problems: list[Unsupported]) -> Graph:

@@ -1,4 +1,4 @@
 """Imports every kernel family so that KERNELS is complete."""
-from compiler.kernels import conv, elementwise, pool, resize, shape  # noqa: F401
+from compiler.kernels import conv, elementwise, logic, pool, resize, shape  # noqa: F401
 
-__all__ = ["conv", "elementwise", "pool", "resize", "shape"]
+__all__ = ["conv", "elementwise", "logic", "pool", "resize", "shape"]

@@ -22,12 +22,13 @@ import numpy as np
 from compiler.errors import Blocker, CannotLower, KpucError, UnsupportedOps
 from compiler.ir import Graph, Node
 from compiler.pipeline import CompileOptions, optimize_generic, prepare_float, quantize
-from targets.k210.check_hints import compile_hint, cpu_hint, unsupported_hint
+from targets.k210.check_hints import compile_hint, cpu_hint, cut_hint, unsupported_hint
 from targets.k210.check_text import format_text  # noqa: F401  (the terminal rendering, re-exported)
 from targets.k210.constraints import kpu_pool_type, why_not_kpu, why_not_kpu_layer
 from targets.k210.kmodel import describe_kmodel, read_kmodel
 from targets.k210.kpu_layout import KPU_RAM_BYTES, KPU_ROW_BYTES, kpu_rows
 from targets.k210.legalize import cpu_fallbacks
+from targets.k210.ops import HOST_ONLY
 from targets.k210.passes.mark_small_outputs_float import mark_small_outputs_float
 from targets.k210.target import K210
 
@@ -66,6 +67,13 @@ class CheckOptions:
     firmware: str = "c-sdk"
     weights_quantize_threshold: float = 64.0
     output_quantize_threshold: int = 1024
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    output_tensors: tuple[str, ...] = ()
+
+    @property
+    def import_options(self) -> dict:
+        """The importer's keyword arguments: pinned input shapes and the output cut."""
+        return dict(input_shapes=self.input_shapes, output_tensors=self.output_tensors)
 
     def compile_options(self, version: int = 4):
         """The CompileOptions `kpuc compile` would get. On synthetic inputs the data-aware refinements
@@ -73,7 +81,7 @@ class CheckOptions:
         kw = dict(input_format=self.input_format, kmodel_version=version, dataset=self.dataset,
                   dataset_format=self.dataset_format, input_mean=self.input_mean, input_std=self.input_std,
                   weights_quantize_threshold=self.weights_quantize_threshold,
-                  output_quantize_threshold=self.output_quantize_threshold)
+                  output_quantize_threshold=self.output_quantize_threshold, **self.import_options)
         if not self.dataset:
             kw.update(bias_correction=False, weight_rounding=False)
         return CompileOptions(**{k: v for k, v in kw.items() if k in CompileOptions.__dataclass_fields__})
@@ -272,7 +280,8 @@ def _blockers(error: KpucError, graph: Graph) -> list[dict]:
     rows = []
     for b in blockers:
         node = b.node if b.op is not None or b.node in ops else None
-        rows.append({"node": node, "op": b.op if b.op is not None else ops.get(node), "reason": b.reason})
+        op = b.op if b.op is not None else ops.get(node)
+        rows.append({"node": node, "op": op, "reason": HOST_ONLY.get(op, b.reason)})
     return rows
 
 
@@ -301,7 +310,7 @@ def check_model(path, opts: CheckOptions = CheckOptions()) -> CheckResult:
     budget_name, budget, budget_note = firmware_budget(opts.firmware)
     if not set(opts.versions) <= {3, 4} or not opts.versions:
         raise KpucError(f"--kmodel-version: 3, 4 or both, not {opts.versions}")
-    summary = summarize_model(path, opts.input_format)
+    summary = summarize_model(path, opts.input_format, **opts.import_options)
     doc = {
         "schema_version": SCHEMA_VERSION, "kpuc_version": _kpuc_version(), "model": str(path),
         "format": summary.format,
@@ -315,8 +324,12 @@ def check_model(path, opts: CheckOptions = CheckOptions()) -> CheckResult:
     }
     result = CheckResult(doc)
     if summary.unsupported:
+        cut = ",".join(summary.cut_suggestion)
         doc["unsupported"] = [{"op": p.op_type, "node": p.node, "reason": p.reason,
-                               "hint": unsupported_hint(p.op_type, summary.format)} for p in summary.unsupported]
+                               "hint": cut_hint(cut) if cut else unsupported_hint(p.op_type, summary.format)}
+                              for p in summary.unsupported]
+        if cut:
+            doc["notes"].append(f"only post-processing the host runs anyway blocks the model: {cut_hint(cut)}")
         for u in doc["unsupported"]:
             _problem(doc, "error", "unsupported", list(opts.versions), u["node"], u["op"],
                      f"{u['op']} '{u['node']}': {u['reason']}", u["hint"])
@@ -393,7 +406,8 @@ def check_model(path, opts: CheckOptions = CheckOptions()) -> CheckResult:
 def _legalize_only(path: Path, copts, target: K210) -> Graph:
     """The legalized float graph, when the compile stops before building it (e.g. two inputs)."""
     from compiler.importers import import_model
-    graph = optimize_generic(import_model(path, copts.input_format))
+    graph = optimize_generic(import_model(path, copts.input_format, input_shapes=copts.input_shapes,
+                                          output_tensors=copts.output_tensors))
     mark_small_outputs_float(graph, copts.output_quantize_threshold)
     return target.legalize(graph)
 
@@ -414,7 +428,7 @@ def _calibration_inputs(path: Path, opts: CheckOptions) -> tuple[list, dict]:
     """The dataset's inputs (errors in it are bad input: exit 2), or seeded synthetic ones."""
     from compiler.datasets import load_feeds
     from compiler.importers import import_model
-    inputs = import_model(path, opts.input_format).inputs
+    inputs = import_model(path, opts.input_format, **opts.import_options).inputs
     if opts.dataset:
         mean = 0.0 if opts.input_mean is None else opts.input_mean
         std = 1.0 if opts.input_std is None else opts.input_std

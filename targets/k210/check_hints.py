@@ -65,6 +65,12 @@ UNSUPPORTED_HINTS = {
 }
 
 
+def cut_hint(output_tensors: str) -> str:
+    """Advice when post-processing is all that blocks a model: where to cut it off."""
+    return (f"cut the graph before the post-processing with --output-tensors {output_tensors} "
+            "and run that part on the host (MaixPy or C)")
+
+
 def _key(op_type: str) -> str:
     return re.sub(r"[^A-Z0-9]", "", op_type.upper())
 

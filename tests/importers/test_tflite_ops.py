@@ -16,7 +16,7 @@ from compiler.executor import run_graph
 from compiler.importers import import_model, summarize_model
 from shared_data import MOBILENET, needs
 
-TYPES = {"float32": 0, "float16": 1, "int32": 2, "uint8": 3, "int64": 4, "int8": 9}
+TYPES = {"float32": 0, "float16": 1, "int32": 2, "uint8": 3, "int64": 4, "bool": 6, "int8": 9}
 CODES = {name: code for code, name in BUILTIN_OPCODE2NAME.items()}
 RELU, RELU_N1_TO_1, RELU6, TANH = 1, 2, 3, 4
 SAME, VALID = 0, 1
@@ -33,6 +33,10 @@ class T:
     scale: tuple = ()
     zero_point: tuple = ()
     axis: int = 0
+    signature: tuple | None = None   # shape_signature (-1 = dynamic dim)
+    # (traversal_order, block_map, [(format 0 DENSE | 1 SPARSE_CSR, dense_size, segments, indices)]);
+    # `data` then holds only the stored values
+    sparsity: tuple | None = None
 
 
 @dataclass
@@ -71,6 +75,40 @@ def _table(b, name, fields):
     return getattr(mod, f"{name}End")(b)
 
 
+def _int_vector(b, values):
+    mod = _mod("Int32Vector")
+    vec = b.CreateNumpyVector(np.asarray(values, np.int32))
+    mod.Int32VectorStart(b)
+    mod.Int32VectorAddValues(b, vec)
+    return mod.Int32VectorEnd(b)
+
+
+def _sparsity(b, order, block_map, dims):
+    D, S = _mod("DimensionMetadata"), _mod("SparsityParameters")
+    metas = []
+    for fmt, size, segments, indices in dims:
+        seg = _int_vector(b, segments) if fmt else None
+        idx = _int_vector(b, indices) if fmt else None
+        D.DimensionMetadataStart(b)
+        D.DimensionMetadataAddFormat(b, fmt)
+        D.DimensionMetadataAddDenseSize(b, size)
+        if fmt:
+            D.DimensionMetadataAddArraySegmentsType(b, 1)
+            D.DimensionMetadataAddArraySegments(b, seg)
+            D.DimensionMetadataAddArrayIndicesType(b, 1)
+            D.DimensionMetadataAddArrayIndices(b, idx)
+        metas.append(D.DimensionMetadataEnd(b))
+    order_vec = b.CreateNumpyVector(np.asarray(order, np.int32))
+    block_vec = b.CreateNumpyVector(np.asarray(block_map, np.int32)) if block_map else None
+    meta_vec = _offsets(b, metas)
+    S.SparsityParametersStart(b)
+    S.SparsityParametersAddTraversalOrder(b, order_vec)
+    if block_vec is not None:
+        S.SparsityParametersAddBlockMap(b, block_vec)
+    S.SparsityParametersAddDimMetadata(b, meta_vec)
+    return S.SparsityParametersEnd(b)
+
+
 def build(tensors: list[T], ops: list[Op], inputs: list[str], outputs: list[str]) -> bytes:
     """Serialize a one-subgraph TFLite model; ops refer to tensors by name ('' = optional input)."""
     b = flatbuffers.Builder(1024)
@@ -93,6 +131,8 @@ def build(tensors: list[T], ops: list[Op], inputs: list[str], outputs: list[str]
     toffs = []
     for t, buf in zip(tensors, tensor_buffer):
         name, shape = b.CreateString(t.name), b.CreateNumpyVector(np.asarray(t.shape, np.int32))
+        signature = b.CreateNumpyVector(np.asarray(t.signature, np.int32)) if t.signature else None
+        sparsity = _sparsity(b, *t.sparsity) if t.sparsity else None
         quant = None
         if t.scale:
             scale = b.CreateNumpyVector(np.asarray(t.scale, np.float32))
@@ -104,6 +144,10 @@ def build(tensors: list[T], ops: list[Op], inputs: list[str], outputs: list[str]
             quant = Q.QuantizationParametersEnd(b)
         Tn.TensorStart(b)
         Tn.TensorAddShape(b, shape)
+        if signature is not None:
+            Tn.TensorAddShapeSignature(b, signature)
+        if sparsity is not None:
+            Tn.TensorAddSparsity(b, sparsity)
         Tn.TensorAddType(b, TYPES[t.dtype])
         Tn.TensorAddBuffer(b, buf)
         Tn.TensorAddName(b, name)
@@ -115,12 +159,15 @@ def build(tensors: list[T], ops: list[Op], inputs: list[str], outputs: list[str]
     ooffs = []
     for op in ops:
         opts = _table(b, *op.options) if op.options else None
+        custom = _bytes(b, op.extra["custom_options"]) if "custom_options" in op.extra else None
         ins = b.CreateNumpyVector(np.asarray([index[n] if n else -1 for n in op.inputs], np.int32))
         outs = b.CreateNumpyVector(np.asarray([index[n] for n in op.outputs], np.int32))
         O.OperatorStart(b)
         O.OperatorAddOpcodeIndex(b, codes.index(op.code))
         O.OperatorAddInputs(b, ins)
         O.OperatorAddOutputs(b, outs)
+        if custom is not None:
+            O.OperatorAddCustomOptions(b, custom)
         if opts is not None:
             O.OperatorAddBuiltinOptionsType(b, getattr(BuiltinOptions, op.options[0]))
             O.OperatorAddBuiltinOptions(b, opts)

@@ -7,7 +7,9 @@ name once its converter returns (helpers inside it are `<name>_<op>`).
 
 Reading. Initializers become constants (float16/float64 narrowed to float32); external data is read
 only from files inside the model's own folder. The graph's inputs are the ONNX inputs that no
-initializer covers; a dynamic batch dimension is read as 1, any other dynamic dimension is an error.
+initializer covers; a dynamic batch dimension is read as 1, any other dynamic dimension must be pinned
+with --input-shape (compiler/importers/options.py), and one error lists every dim left unpinned.
+`--output-tensors` cuts the node list before conversion (`cut_model`).
 Nodes whose inputs are all constant fold at import (`OnnxContext.add`), so static shape chains
 (Shape -> Gather -> Concat -> Reshape) leave only constants behind, which dead-code elimination drops.
 
@@ -45,6 +47,7 @@ from compiler.importers.onnx import (  # noqa: F401,E402
     constant,
     conv,
     elementwise,
+    logic,
     pool,
     quant,
     reduce,
@@ -70,25 +73,39 @@ from compiler.importers.onnx.validate import (  # noqa: F401
     opset_of,
     validate_graph,
 )
+from compiler.importers.options import (
+    NO_OPTIONS,
+    BadInputShape,
+    ImportOptions,
+    SourceOp,
+    UnpinnedInputs,
+    check_pins_known,
+    cut_suggestion,
+    ops_to_keep,
+    pinned_shape,
+    raise_unpinned,
+    unknown_tensor,
+)
 from compiler.ir import Graph, TensorType, Value
 
 
-def import_model(path: str | Path) -> Graph:
+def import_model(path: str | Path, options: ImportOptions = NO_OPTIONS) -> Graph:
     """Translate an ONNX file into a validated IR graph, or raise UnsupportedOps listing every problem."""
     path = Path(path)
-    return checked_graph(*_convert(_load(path), path.parent))
+    return checked_graph(*_convert(cut_model(_load(path), options.output_tensors), path.parent, options))
 
 
-def summarize_model(path: str | Path) -> SourceSummary:
-    """The file's inputs, outputs, op histogram and parameter count, plus every unsupported op."""
+def summarize_model(path: str | Path, options: ImportOptions = NO_OPTIONS) -> SourceSummary:
+    """The file's inputs, outputs, op histogram and parameter count (after the cut), plus every
+    unsupported op and, when only post-processing blocks the model, the cut that leaves it out."""
     path = Path(path)
-    model = _load(path)
+    model = cut_model(_load(path), options.output_tensors)
     g = model.graph
     inits = {t.name for t in g.initializer}
     ops = Counter(n.op_type if n.domain in DEFAULT_DOMAINS else f"{n.domain}.{n.op_type}" for n in g.node)
     try:
-        _, problems = _convert(model, path.parent)
-    except MalformedModel:
+        _, problems = _convert(model, path.parent, options)
+    except (MalformedModel, UnpinnedInputs, BadInputShape):
         raise
     except KpucError as e:  # an opset or external-data location we refuse: the whole model is the problem
         problems = [Unsupported("model", path.name, str(e))]
@@ -98,7 +115,35 @@ def summarize_model(path: str | Path) -> SourceSummary:
         outputs=[_declared(vi) for vi in g.output],
         op_histogram=dict(sorted(ops.items())),
         parameters=sum(math.prod(t.dims) for t in g.initializer),
-        unsupported=problems)
+        unsupported=problems,
+        cut_suggestion=cut_suggestion(_source_ops(g), problems, inits))
+
+
+def _source_ops(g: onnx.GraphProto) -> list[SourceOp]:
+    """The nodes as the cut sees them, named as their problems name them."""
+    return [SourceOp(n.op_type, n.name or next((o for o in n.output if o), n.op_type), tuple(n.input),
+                     tuple(n.output)) for n in g.node]
+
+
+def cut_model(model: onnx.ModelProto, output_tensors: tuple[str, ...]) -> onnx.ModelProto:
+    """The model (changed in place) with `output_tensors` as its outputs and only the nodes they need."""
+    if not output_tensors:
+        return model
+    g = model.graph
+    known = [vi.name for vi in g.input] + [o for n in g.node for o in n.output if o]
+    for name in output_tensors:
+        if name not in known:
+            raise unknown_tensor(name, known)
+    keep = ops_to_keep(_source_ops(g), output_tensors)
+    nodes = [g.node[k] for k in keep]
+    infos = {vi.name: vi for vi in [*g.value_info, *g.output, *g.input]}
+    outputs = [infos.get(n) or onnx.helper.make_empty_tensor_value_info(n) for n in output_tensors]
+    outputs = [onnx.ValueInfoProto.FromString(vi.SerializeToString()) for vi in outputs]
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.output[:]
+    g.output.extend(outputs)
+    return model
 
 
 def supported_ops() -> list[str]:
@@ -156,21 +201,30 @@ def _declared(vi: onnx.ValueInfoProto) -> tuple[str, tuple[int, ...], str]:
     return vi.name, shape, dtype
 
 
-def _input_type(vi: onnx.ValueInfoProto) -> TensorType:
-    """The IR type of a graph input; raises NotConvertible for what the device cannot take."""
+def _input_shapes(g: onnx.GraphProto, inits: set[str], options: ImportOptions) -> dict[str, tuple[int, ...]]:
+    """Input name -> its shape with the pins applied; raises one error for every dynamic dim left."""
+    inputs = [vi for vi in g.input if vi.name not in inits]
+    check_pins_known(options, [vi.name for vi in inputs])
+    shapes, missing = {}, {}
+    for vi in inputs:
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
+            continue                                  # _input_type reports it
+        declared = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim)
+        labels = tuple(printable(d.dim_param) for d in tt.shape.dim)
+        shapes[vi.name], unpinned = pinned_shape(vi.name, declared, options, labels)
+        if unpinned:
+            missing[vi.name] = (declared, labels, unpinned)
+    raise_unpinned(missing)
+    return shapes
+
+
+def _input_type(vi: onnx.ValueInfoProto, shape: tuple[int, ...] | None) -> TensorType:
+    """The IR type of a graph input of (pinned) `shape`; raises NotConvertible for what the device cannot take."""
     if not vi.type.HasField("tensor_type"):
         raise NotConvertible("only tensor inputs are supported")
-    tt = vi.type.tensor_type
-    if not tt.HasField("shape"):
+    if shape is None:
         raise NotConvertible("the input has no declared shape")
-    shape = []
-    for axis, d in enumerate(tt.shape.dim):
-        if d.HasField("dim_value"):
-            shape.append(d.dim_value)
-        elif axis == 0:
-            shape.append(1)  # a dynamic batch: the K210 runs one image at a time
-        else:
-            raise NotConvertible(f"dimension {axis} is dynamic ('{d.dim_param}'); kpuc needs static shapes")
     check_elements(shape, f"input '{printable(vi.name)}'")
     _, _, dtype = _declared(vi)
     if dtype not in RUNTIME_DTYPES:
@@ -179,9 +233,11 @@ def _input_type(vi: onnx.ValueInfoProto) -> TensorType:
 
 
 # ------------------------------------------------------------------ the read loop
-def _convert(model: onnx.ModelProto, model_dir: Path) -> tuple[Graph, list[Unsupported]]:
+def _convert(model: onnx.ModelProto, model_dir: Path,
+             options: ImportOptions = NO_OPTIONS) -> tuple[Graph, list[Unsupported]]:
     """Build the graph; returns it with the list of problems (the graph is incomplete if any)."""
     g = model.graph
+    shapes = _input_shapes(g, {t.name for t in g.initializer}, options)
     graph = Graph()
     ctx = OnnxContext(graph, opset_of(model))
     values: dict[str, Value | None] = {}  # ONNX tensor name -> Value; None: its producer failed
@@ -192,7 +248,7 @@ def _convert(model: onnx.ModelProto, model_dir: Path) -> tuple[Graph, list[Unsup
         if vi.name in values:
             continue
         try:
-            values[vi.name] = graph.input(vi.name, _input_type(vi))
+            values[vi.name] = graph.input(vi.name, _input_type(vi, shapes.get(vi.name)))
         except NotConvertible as e:
             problems.append(Unsupported("input", vi.name, str(e)))
             values[vi.name] = None

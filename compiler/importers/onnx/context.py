@@ -79,7 +79,7 @@ def _short(v) -> str:
 # Tensors that run on the device are float32, uint8 or int32 (STYLE 5). Wider or narrower floats
 # are computed in float32; int64 index and shape tensors in int32.
 RUNTIME_DTYPES = {"float32": "float32", "float16": "float32", "float64": "float32", "bfloat16": "float32",
-                  "uint8": "uint8", "int32": "int32", "int64": "int32"}
+                  "uint8": "uint8", "int32": "int32", "int64": "int32", "bool": "bool"}
 
 
 def numpy_dtype(code: int, what: str) -> str:

@@ -19,6 +19,11 @@ fused ReLU6, only outputs in [0, 6].
 Quantized models import as float graphs: constant weights are dequantized to float32 once, and every
 Value whose TFLite tensor has a scale keeps it as `quant` (per-channel with the axis in IR layout).
 
+Dynamic dims (`shape_signature` -1, placeholder 1s in `shape`): inputs take their pinned shape
+(compiler/importers/options.py; a dynamic batch is 1) and every other tensor the shape its converter
+computes, which must agree with the file in every static dim. `--output-tensors` cuts the op list
+before conversion (`cut_model`), so ops past the cut are neither converted nor reported.
+
 Unsupported ops are collected: an op without converter, or whose converter raises, is recorded as
 `Unsupported(op type, first output tensor name, reason)` and its outputs become placeholders of the
 file's shapes, so later ops still convert and report their own problems. `import_model` raises one
@@ -27,13 +32,25 @@ file's shapes, so later ops still convert and report their own problems. `import
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from compiler.errors import KpucError, Unsupported
 from compiler.importers.common import SourceSummary, checked_graph
-from compiler.importers.tflite import activation, conv, elementwise, pool, quant, reduce, resize, shape, spatial  # noqa: F401
+from compiler.importers.options import (
+    NO_OPTIONS,
+    ImportOptions,
+    SourceOp,
+    check_pins_known,
+    cut_suggestion,
+    ops_to_keep,
+    pinned_shape,
+    raise_unpinned,
+    unknown_tensor,
+)
+from compiler.importers.tflite import activation, conv, elementwise, logic, pool, quant, reduce, resize, shape, spatial  # noqa: F401
 from compiler.importers.tflite.context import (
     CONVERTERS,
     KNOWN_DTYPES,
@@ -48,21 +65,34 @@ from compiler.ir import Graph, Node, TensorType, Value
 
 
 # ------------------------------------------------------------------ the read loop
-def _declare_inputs(ctx: TFLiteContext, problems: list[Unsupported]) -> None:
+def input_shapes(model: ModelData, options: ImportOptions) -> dict[int, tuple[int, ...]]:
+    """Tensor index -> the (NHWC) shape each graph input gets; raises for dynamic dims left unpinned."""
+    check_pins_known(options, [model.tensors[i].name for i in model.inputs])
+    shapes, missing = {}, {}
+    for index in model.inputs:
+        t = model.tensors[index]
+        shapes[index], unpinned = pinned_shape(t.name, t.declared, options)
+        if unpinned:
+            missing[t.name] = (t.declared, (), unpinned)
+    raise_unpinned(missing)
+    return shapes
+
+
+def _declare_inputs(ctx: TFLiteContext, shapes: dict[int, tuple[int, ...]], problems: list[Unsupported]) -> None:
     for index in ctx.model.inputs:
-        t = ctx.tensor(index)
+        t, dims = ctx.tensor(index), shapes[index]
         if t.dtype not in KNOWN_DTYPES:
             problems.append(Unsupported("input", t.name, f"graph input of type {t.dtype}"))
             ctx.placeholder(index)
             continue
-        if len(t.shape) == 4:
-            v = ctx.graph.input(t.name, TensorType([t.shape[p] for p in TO_NCHW], ir_dtype(t)),
+        if len(dims) == 4:
+            v = ctx.graph.input(t.name, TensorType([dims[p] for p in TO_NCHW], ir_dtype(t)),
                                 quant=permute_quant(t.quant, TO_NCHW))
             nhwc = ctx.add("transpose", [v], name=f"{t.name}_nhwc", perm=TO_NHWC)
             nhwc.quant = t.quant
             ctx.values[index] = nhwc
         else:
-            ctx.values[index] = ctx.graph.input(t.name, TensorType(t.shape, ir_dtype(t)), quant=t.quant)
+            ctx.values[index] = ctx.graph.input(t.name, TensorType(dims, ir_dtype(t)), quant=t.quant)
 
 
 def _declare_outputs(ctx: TFLiteContext) -> None:
@@ -79,9 +109,9 @@ def _declare_outputs(ctx: TFLiteContext) -> None:
 
 def _convert_op(ctx: TFLiteContext, op: OpInfo) -> str | None:
     """Run the converter of `op`; returns why it failed, or None."""
-    if op.custom:
-        return "custom operator (not a TFLite builtin)"
     fn = CONVERTERS.get(op.op_type)
+    if op.custom and fn is None:
+        return "custom operator (not a TFLite builtin)"
     if fn is None:
         return f"no converter for TFLite op {op.op_type}"
     first = len(ctx.graph.nodes)
@@ -91,9 +121,9 @@ def _convert_op(ctx: TFLiteContext, op: OpInfo) -> str | None:
             t = ctx.tensor(index)
             if index not in ctx.values:
                 raise KpucError(f"the converter left output {k} ('{t.name}') unbound")
-            if ctx.values[index].shape != t.shape:
+            if not t.fits(ctx.values[index].shape):
                 raise KpucError(f"output '{t.name}' would have shape {ctx.values[index].shape}, "
-                                f"the model says {t.shape}")
+                                f"the model says {t.declared}")
     except Exception as e:  # a converter bug must not hide the other ops' problems either
         for index in op.outputs:
             ctx.values.pop(index, None)
@@ -131,10 +161,10 @@ def _fold_constants(ctx: TFLiteContext, op: OpInfo, new_nodes: list[Node]) -> No
             ctx.values[index] = ctx.const(env[v], name=ctx.tensor(index).name, quant=v.quant)
 
 
-def convert(model: ModelData) -> tuple[Graph, list[Unsupported]]:
+def convert(model: ModelData, options: ImportOptions = NO_OPTIONS) -> tuple[Graph, list[Unsupported]]:
     """Translate every op of the main subgraph; returns the (unvalidated) graph and all problems."""
     ctx, problems = TFLiteContext(model), []
-    _declare_inputs(ctx, problems)
+    _declare_inputs(ctx, input_shapes(model, options), problems)
     for op in model.ops:
         reason = _convert_op(ctx, op)
         if reason is not None:
@@ -149,20 +179,44 @@ def convert(model: ModelData) -> tuple[Graph, list[Unsupported]]:
     return ctx.graph, problems
 
 
-def import_model(path: str | Path) -> Graph:
+def import_model(path: str | Path, options: ImportOptions = NO_OPTIONS) -> Graph:
     """Read a .tflite file into a validated float32 NCHW graph, or raise UnsupportedOps / MalformedModel."""
-    return checked_graph(*convert(read_model(path)))
+    return checked_graph(*convert(cut_model(read_model(path), options.output_tensors), options))
 
 
-def summarize_model(path: str | Path) -> SourceSummary:
-    """Inputs, outputs and op histogram as the file gives them, plus every op we cannot translate."""
-    model = read_model(path)
-    io = [(model.tensors[i].name, model.tensors[i].shape, model.tensors[i].dtype) for i in model.inputs]
-    outs = [(model.tensors[i].name, model.tensors[i].shape, model.tensors[i].dtype) for i in model.outputs]
+def summarize_model(path: str | Path, options: ImportOptions = NO_OPTIONS) -> SourceSummary:
+    """Inputs, outputs and op histogram as the file gives them (after the cut), plus every op we cannot
+    translate and, when only post-processing blocks the model, the cut that leaves it out."""
+    model = cut_model(read_model(path), options.output_tensors)
+    io = [(model.tensors[i].name, model.tensors[i].declared, model.tensors[i].dtype) for i in model.inputs]
+    outs = [(model.tensors[i].name, model.tensors[i].declared, model.tensors[i].dtype) for i in model.outputs]
     histogram = Counter(op.op_type for op in model.ops)
     buffers = {t.buffer: t.data.size for t in model.tensors if t.data is not None}
-    _, problems = convert(model)
-    return SourceSummary("tflite", io, outs, dict(sorted(histogram.items())), int(sum(buffers.values())), problems)
+    _, problems = convert(model, options)
+    constants = {t.name for t in model.tensors if t.data is not None}
+    return SourceSummary("tflite", io, outs, dict(sorted(histogram.items())), int(sum(buffers.values())), problems,
+                         cut_suggestion(_source_ops(model), problems, constants))
+
+
+def _source_ops(model: ModelData) -> list[SourceOp]:
+    """The ops as the cut sees them: named like their problems (first output, or op_<index>)."""
+    name = lambda i: model.tensors[i].name if i >= 0 else ""  # noqa: E731
+    return [SourceOp(op.op_type, name(op.outputs[0]) if op.outputs else f"op_{op.index}",
+                     tuple(name(i) for i in op.inputs), tuple(name(i) for i in op.outputs)) for op in model.ops]
+
+
+def cut_model(model: ModelData, output_tensors: tuple[str, ...]) -> ModelData:
+    """The model with `output_tensors` as its outputs and only the ops they depend on."""
+    if not output_tensors:
+        return model
+    index = {}
+    for i in [*model.inputs, *(i for op in model.ops for i in op.outputs)]:
+        index.setdefault(model.tensors[i].name, i)
+    for name in output_tensors:
+        if name not in index:
+            raise unknown_tensor(name, index)
+    keep = ops_to_keep(_source_ops(model), output_tensors)
+    return replace(model, ops=[model.ops[k] for k in keep], outputs=[index[n] for n in output_tensors])
 
 
 # Family files register their converters on import (they need `converter` and TFLiteContext above).

@@ -4,8 +4,13 @@ CONV_2D weights are OHWI -> OIHW (grouped when the input has a multiple of I cha
 DEPTHWISE_CONV_2D weights 1HW(C*m) -> (C*m)1HW with groups = C (output channel c*m + j reads input c);
 TRANSPOSE_CONV weights OHWI -> IOHW, with the padding TFLite derives from the requested output shape;
 FULLY_CONNECTED is reshape to (-1, in) + matmul with the transposed weights + bias.
+MediaPipe's custom Convolution2DTransposeBias is TRANSPOSE_CONV (input, OHWI weights, bias) whose output
+size follows from its custom options, a TfLiteTransposeConvParams struct: int32 padding (1 SAME, 2 VALID),
+int32 stride_width, int32 stride_height; SAME gives in * stride, VALID (in - 1) * stride + k.
 """
 from __future__ import annotations
+
+import struct
 
 import numpy as np
 
@@ -98,6 +103,29 @@ def transpose_conv(ctx: TFLiteContext, op: OpInfo):
                             for i in range(2))
     y = ctx.emit(op, "conv2d_transpose", [x, w, bias(ctx, op, 3, out_c, name)], strides=strides,
                  padding=(ph, pw), output_padding=(oph, opw))
+    ctx.set_output(op, 0, y, nchw=True)
+
+
+# TfLitePadding (the C enum in custom options) -> the schema's Padding
+C_PADDING = {1: SAME, 2: VALID}
+
+
+@converter("Convolution2DTransposeBias")
+def convolution_2d_transpose_bias(ctx: TFLiteContext, op: OpInfo):
+    if len(op.custom_options) < 12:
+        raise KpucError(f"custom options of {len(op.custom_options)} bytes; 12 (padding, stride_w, stride_h) expected")
+    padding, stride_w, stride_h = struct.unpack_from("<3i", op.custom_options)
+    if padding not in C_PADDING or stride_w < 1 or stride_h < 1:
+        raise KpucError(f"custom options padding={padding} strides=({stride_h}, {stride_w}) are not valid")
+    mode, strides = C_PADDING[padding], (stride_h, stride_w)
+    w, x, name = ctx.weight(op, 1, (3, 0, 1, 2)), ctx.nchw(op, 0), ctx.name(op)
+    _, out_c, kh, kw = w.shape
+    out_hw = [x.shape[2 + i] * strides[i] if mode == SAME else (x.shape[2 + i] - 1) * strides[i] + (kh, kw)[i]
+              for i in range(2)]
+    (ph, oph), (pw, opw) = (transpose_conv_padding(mode, x.shape[2 + i], out_hw[i], (kh, kw)[i], strides[i])
+                            for i in range(2))
+    y = ctx.add("conv2d_transpose", [x, w, bias(ctx, op, 2, out_c, name)], name=name, strides=strides,
+                padding=(ph, pw), output_padding=(oph, opw))
     ctx.set_output(op, 0, y, nchw=True)
 
 

@@ -16,6 +16,7 @@ from tflite.utils import BUILTIN_OPCODE2NAME
 
 from compiler.errors import KpucError, MalformedModel, printable
 from compiler.importers.limits import check_elements
+from compiler.importers.tflite.sparsity import densify
 from compiler.ir import QuantParam
 
 # tflite.TensorType -> numpy dtype name
@@ -36,6 +37,19 @@ class TensorInfo:
     data: np.ndarray | None = None    # constant contents in the file's dtype and shape
     buffer: int = 0
     sparse: bool = False
+    # shape_signature: -1 marks a dynamic dim (TF2 exports), whose entry in `shape` is a placeholder 1
+    signature: tuple[int, ...] | None = None
+
+    @property
+    def declared(self) -> tuple[int, ...]:
+        """The shape with -1 for every dynamic dim."""
+        return self.signature if self.signature is not None else self.shape
+
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        """Whether a computed shape agrees with the file: equal, or equal in every static dim."""
+        if self.signature is None:
+            return tuple(shape) == self.shape
+        return len(shape) == len(self.signature) and all(d < 0 or d == e for d, e in zip(self.signature, shape))
 
 
 @dataclass
@@ -46,6 +60,7 @@ class OpInfo:
     inputs: tuple[int, ...]           # tensor indices, -1 = optional input left out
     outputs: tuple[int, ...]
     options: object | None            # the builtin options table (Conv2DOptions, ...) or None
+    custom_options: bytes = b""       # a custom op's own option bytes (their layout is the op's)
 
 
 @dataclass
@@ -91,7 +106,9 @@ def _parse(path: Path, buf: bytes) -> ModelData:
         outs = tuple(int(t) for t in _ints(op.OutputsAsNumpy()))
         if any(t >= len(tensors) for t in ins + outs) or any(t < -1 for t in ins) or any(t < 0 for t in outs):
             raise MalformedModel(f"{path}: operator {i} ({name}) refers to a tensor that does not exist")
-        ops.append(OpInfo(i, name, custom, ins, outs, _options(op)))
+        raw = op.CustomOptionsAsNumpy() if custom else None
+        ops.append(OpInfo(i, name, custom, ins, outs, _options(op),
+                          raw.tobytes() if isinstance(raw, np.ndarray) else b""))
     inputs = [int(t) for t in _ints(sg.InputsAsNumpy())]
     outputs = [int(t) for t in _ints(sg.OutputsAsNumpy())]
     if any(not 0 <= t < len(tensors) for t in inputs + outputs):
@@ -133,9 +150,13 @@ def _tensor(t, index: int, buffers: list, path: Path) -> TensorInfo:
     check_elements(shape, f"tensor '{name}'")
     dtype = DTYPES.get(t.Type(), f"tflite_type_{t.Type()}")
     info = TensorInfo(index, name, shape, dtype, _quant(t.Quantization()), buffer=t.Buffer(),
-                      sparse=t.Sparsity() is not None)
+                      sparse=t.Sparsity() is not None, signature=_signature(t, shape))
     raw = buffers[t.Buffer()] if t.Buffer() < len(buffers) else None
-    if raw is not None and dtype in DTYPES.values() and not info.sparse:
+    if raw is not None and dtype in DTYPES.values() and info.sparse:
+        info.data = densify(np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype),
+                            t.Sparsity(), shape, name)
+        info.sparse = False
+    elif raw is not None and dtype in DTYPES.values():
         count = int(np.prod(shape, dtype=np.int64))
         itemsize = np.dtype(dtype).itemsize
         if len(raw) != count * itemsize:
@@ -153,6 +174,14 @@ def _tensor(t, index: int, buffers: list, path: Path) -> TensorInfo:
             raise MalformedModel(f"{path}: tensor '{name}' {list(shape)} is quantized along axis {q.axis}")
         info.quant = QuantParam(q.scale, q.zero_point, 0)
     return info
+
+
+def _signature(t, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """shape_signature when it marks dynamic dims (-1) of a tensor of the same rank, else None."""
+    sig = tuple(int(d) for d in _ints(t.ShapeSignatureAsNumpy()))
+    if len(sig) != len(shape) or -1 not in sig:
+        return None
+    return sig
 
 
 def _quant(q) -> QuantParam | None:

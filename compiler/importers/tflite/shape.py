@@ -47,7 +47,7 @@ def reshape(ctx: TFLiteContext, op: OpInfo):
     elif op.options is not None and op.options.NewShapeLength() > 0:
         shape = op.options.NewShapeAsNumpy()
     else:  # the shape is computed at run time; the file still records the static result
-        shape = ctx.tensor(op.outputs[0]).shape
+        shape = ctx.tensor(op.outputs[0]).declared
     _reshape(ctx, op, resolve_shape(shape, x.type.size))
 
 
@@ -209,6 +209,15 @@ def shape(ctx: TFLiteContext, op: OpInfo):
     t = ctx.tensor(op.outputs[0])
     ctx.set_output(op, 0, ctx.const(np.array(ctx.input(op, 0).shape, dtype=ir_dtype(t)).reshape(t.shape),
                                     name=t.name))
+
+
+@converter("DENSIFY")
+def densify(ctx: TFLiteContext, op: OpInfo):
+    """The reader already made the sparse constant dense (compiler/importers/tflite/sparsity.py)."""
+    x = ctx.input(op, 0)
+    if not x.is_constant:
+        raise KpucError(f"DENSIFY of '{x.name}', which is not a constant")
+    ctx.alias(op, 0, x)
 
 
 @converter("CAST")

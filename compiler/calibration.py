@@ -215,10 +215,13 @@ class Calibrator(Executor):
                 self._record(v.name, np.asarray(feeds[v.name], np.float32))
         return out
 
+    def run_stages(self, node: Node, args: list[np.ndarray]) -> tuple[tuple, dict[str, np.ndarray]]:
+        """(outputs, {stage: array}) of an op of CALIBRATION_STAGES; a subclass may observe more of it."""
+        return CALIBRATION_STAGES[node.op](args, node.attrs)
+
     def run_node(self, node: Node, args: list[np.ndarray]) -> tuple[np.ndarray, ...]:
-        stages = CALIBRATION_STAGES.get(node.op)
-        if stages is not None:
-            outputs, arrays = stages(args, node.attrs)
+        if node.op in CALIBRATION_STAGES:
+            outputs, arrays = self.run_stages(node, args)
             for stage, a in arrays.items():
                 self._record(stage_key(node.output.name, stage), a)
             return tuple(o.astype(v.dtype, copy=False) for o, v in zip(outputs, node.outputs))
@@ -255,15 +258,16 @@ def broadcast_ranges(graph: Graph, ranges: dict[str, Range]) -> None:
 
 def calibrate(graph: Graph, dataset: Iterable, *, method: str = "no_clip", input_mean: float | None = None,
               input_std: float | None = None, kernels: Mapping = KERNELS, bins: int = HISTOGRAM_BINS,
-              label: str = "calibrate") -> dict[str, Range]:
+              label: str = "calibrate", calibrator: Callable[..., Calibrator] = Calibrator) -> dict[str, Range]:
     """Ranges of every value of the float graph over `dataset` (arrays, Samples or feed dicts).
 
     Giving `input_mean` or `input_std` forces the input range as ncc's --input-mean/--input-std do.
+    `calibrator` makes the Calibrator (a subclass gathers more statistics in the same pass).
     Writes node.meta["range"] (and meta["<stage>_range"], see CALIBRATION_STAGES); returns {key: (min, max)}."""
     if method not in CALIBRATION_METHODS:
         raise KpucError(f"unknown calibration method '{method}' (choose from {', '.join(CALIBRATION_METHODS)})")
     forced = input_mean is not None or input_std is not None
-    cal = Calibrator(graph, kernels, bins=bins, measure_inputs=not forced)
+    cal = calibrator(graph, kernels, bins=bins, measure_inputs=not forced)
     samples = dataset if isinstance(dataset, (list, tuple)) else list(dataset)
     if not samples:
         raise KpucError("calibration needs at least one sample")

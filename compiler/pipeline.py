@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from compiler.blas import blas_threads
 from compiler.errors import KpucError
 from compiler.ir import Graph
 from passes.batch_norm_to_mul_add import batch_norm_to_mul_add
@@ -118,10 +119,11 @@ def compile_model(path, opts: CompileOptions, target: Target, *, dump: Dump = No
     if opts.kmodel_version not in target.versions:
         raise KpucError(f"--kmodel-version {opts.kmodel_version}: kpuc writes kmodel "
                         + " or ".join(f"v{v}" for v in target.versions))
-    prepared = prepare_model(path, opts, target, dump=dump, samples=samples)
-    graph = target.device_graph(prepared.final, opts.kmodel_version)
-    stage(dump, graph, f"v{opts.kmodel_version}_semantics")
-    data, summary = target.lower(graph, opts)
+    with blas_threads(1):
+        prepared = prepare_model(path, opts, target, dump=dump, samples=samples)
+        graph = target.device_graph(prepared.final, opts.kmodel_version)
+        stage(dump, graph, f"v{opts.kmodel_version}_semantics")
+        data, summary = target.lower(graph, opts)
     return Compiled(data, summary, prepared.float_graph, graph)
 
 
@@ -130,9 +132,10 @@ def prepare_model(path, opts: CompileOptions, target: Target, *, dump: Dump = No
     """Everything before the per-version steps: import, generic passes and, for uint8, the target's
     legalization, calibration and quantization. `samples` (input arrays) calibrate instead of
     opts.dataset (`kpuc check` without --dataset)."""
-    prepared = prepare_float(path, opts, dump=dump)
-    if opts.inference_type == "uint8":
-        quantize(prepared, opts, target, dump=dump, samples=samples)
+    with blas_threads(1):    # compiler/blas.py: spinning BLAS workers cost more than they give here
+        prepared = prepare_float(path, opts, dump=dump)
+        if opts.inference_type == "uint8":
+            quantize(prepared, opts, target, dump=dump, samples=samples)
     return prepared
 
 

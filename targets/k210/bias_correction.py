@@ -27,18 +27,20 @@ same way overfits the 10 calibration images and is not done.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from compiler.calibration import Calibrator
 from compiler.executor import Executor
 from compiler.ir import Graph, Node, Value
 from compiler.kernels import KERNELS
 from compiler.kernels.conv import conv2d
 from targets.k210.kernels import POOL_TYPE_OF, QUANTIZED_KERNELS, kpu_tables
 from targets.k210.kpu import activate, batch_norm, conv_acc, pool as kpu_stage_pool
-from targets.k210.ops import apply_steps, kpu_pool
+from targets.k210.ops import apply_steps, kpu_pool, split_activation
 from targets.k210.quantize import equalize_weights, kpu_batch_norm, quantize_kpu_weights
-from targets.k210.weight_rounding import round_kpu_weights
+from targets.k210.weight_rounding import gptq_factor, gptq_round_factored, gram
 
 
 def _feeds(sample, graph: Graph) -> dict[str, np.ndarray]:
@@ -55,25 +57,52 @@ def float_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, depthwise: bool) -> 
     return conv2d(x, w, b, padding=((p, p), (p, p)), groups=x.shape[1] if depthwise else 1)
 
 
-class _ConvMeans(Executor):
-    """The float graph, recording per kpu_conv2d the per-channel sum and pixel count of its conv output."""
+@dataclass
+class ConvMeans:
+    """The float reference of bias correction: per kpu_conv2d (by output value name), the per-channel
+    float64 sum and the pixel count of its conv output (before any activation) over the calibration data."""
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
 
-    def __init__(self, graph: Graph, kernels: Mapping = KERNELS):
-        super().__init__(graph, kernels)
-        self.sums: dict[str, np.ndarray] = {}
-        self.counts: dict[str, int] = {}
-
-    def run_node(self, node: Node, args):
-        if node.op != "kpu_conv2d":
-            return super().run_node(node, args)
-        a = node.attrs
-        y = float_conv(args[0], args[1], args[2], a["depthwise"])
-        name = node.output.name
+    def add(self, name: str, y: np.ndarray) -> None:
         self.sums[name] = self.sums.get(name, 0.0) + y.astype(np.float64).sum(axis=(0, 2, 3))
         self.counts[name] = self.counts.get(name, 0) + y.size // y.shape[1]
-        # the rest of the float kpu_conv2d kernel (targets/k210/ops.py kpu_conv2d_stages: same functions)
-        out = kpu_pool(apply_steps(y, a["activation"]), a["pool"])
-        return (np.asarray(out).astype(node.output.dtype, copy=False),)
+
+
+class ConvMeanCalibrator(Calibrator):
+    """compiler.calibration's Calibrator that also fills a ConvMeans from the conv outputs it computes
+    anyway (first pass only), so bias correction needs no float run of its own."""
+
+    def __init__(self, graph: Graph, kernels: Mapping = KERNELS, *, means: ConvMeans, **kwargs):
+        super().__init__(graph, kernels, **kwargs)
+        self.means = means
+
+    def run_stages(self, node: Node, args):
+        if node.op != "kpu_conv2d":
+            return super().run_stages(node, args)
+        a = node.attrs
+        y = float_conv(args[0], args[1], args[2], a["depthwise"])
+        if self.stage == "range":
+            self.means.add(node.output.name, y)
+        return kpu_stages_from_conv(y, a["activation"], a["pool"])
+
+
+def kpu_stages_from_conv(y: np.ndarray, activation: tuple, pool: str) -> tuple[tuple, dict[str, np.ndarray]]:
+    """The K210 calibration stages of a kpu_conv2d (targets/k210/ops.py kpu_conv2d_stages and
+    _calibration_stages, same functions, same order) from its conv output `y`."""
+    n_clamps = len(activation) - len(split_activation(activation)[1])
+    y = apply_steps(y, activation[:n_clamps])
+    z = apply_steps(y, activation[n_clamps:])
+    return (kpu_pool(z, pool),), {"conv": y, "": z}
+
+
+def conv_means(graph: Graph, samples: Iterable) -> ConvMeans:
+    """The ConvMeans of a float graph over `samples`, for callers that calibrated without them."""
+    means = ConvMeans()
+    runner = ConvMeanCalibrator(graph, means=means)
+    for s in samples:
+        runner.run(_feeds(s, graph))
+    return means
 
 
 def bn_scale(float_node: Node, q_node: Node) -> float:
@@ -106,14 +135,15 @@ def _set_const(v: Value, data: np.ndarray) -> None:
 
 
 def correct_biases(float_graph: Graph, quant_graph: Graph, samples: Iterable, *, round_weights: bool = False,
-                   bias: bool = True, kernels: Mapping = QUANTIZED_KERNELS) -> dict[str, np.ndarray]:
+                   bias: bool = True, kernels: Mapping = QUANTIZED_KERNELS,
+                   means: ConvMeans | None = None) -> dict[str, np.ndarray]:
     """Correct the norm_add (`bias`) and/or re-round the weight codes (`round_weights`) of every
     kpu_conv2d_q of `quant_graph` (made by quantize_k210 from `float_graph`) in place, layer after layer,
-    on the calibration `samples`; returns {float value name: int64 norm_add shift per channel}."""
+    on the calibration `samples`; returns {float value name: int64 norm_add shift per channel}.
+    `means`: the float graph's ConvMeans on these samples (a ConvMeanCalibrator's), else measured here."""
+    samples = list(samples)
+    means = conv_means(float_graph, samples) if means is None else means
     feeds = [_feeds(s, float_graph) for s in samples]
-    ref = _ConvMeans(float_graph)
-    for f in feeds:
-        ref.run(f)
     float_nodes = {n.output.name: n for n in float_graph.nodes if n.op == "kpu_conv2d"}
 
     # The quantized graph in lockstep over all samples, so layer L is corrected before L+1 runs.
@@ -121,35 +151,41 @@ def correct_biases(float_graph: Graph, quant_graph: Graph, samples: Iterable, *,
     ex = Executor(g, kernels)
     envs = [{v: np.asarray(f[v.name]).reshape(v.shape).astype(v.dtype, copy=False) for v in g.inputs} for f in feeds]
     shifts: dict[str, np.ndarray] = {}
+    factors: dict[tuple, tuple] = {}    # GPTQ factor per (layer input, kernel, depthwise): layers reading one map share it
     keep = set(g.outputs)
     for i, node in enumerate(g.nodes):
         if node.op == "input":
             continue
         name = node.meta.get("float_value")
-        if node.op == "kpu_conv2d_q" and name in float_nodes and name in ref.sums:
+        if node.op == "kpu_conv2d_q" and name in float_nodes and name in means.sums:
             x, w, bn, act = node.inputs
             depthwise = node.attrs["depthwise"]
             if round_weights:
                 kq = node.meta["kpu_quant"]
-                xs = np.concatenate([env[x].astype(np.int16) - np.int16(kq["input"].zero_point) for env in envs])
+                key = (x, kq["input"].zero_point, w.shape[-1], depthwise)
+                if key not in factors:
+                    xs = np.concatenate([env[x].astype(np.int16) - np.int16(kq["input"].zero_point) for env in envs])
+                    factors[key] = gptq_factor(gram(xs, w.shape[-1], depthwise))
                 w_eq = equalize_weights(float_nodes[name].inputs[1].data)[0]
-                _set_const(w, round_kpu_weights(w_eq, kq["weights"], xs, depthwise=depthwise))
-            bn_outs = [kpu_bn_output(env[x], w.data, bn.data, act.data, node.attrs) for env in envs]
+                codes = gptq_round_factored(w_eq.reshape(w_eq.shape[0], -1), factors[key], kq["weights"])
+                _set_const(w, codes.reshape(w_eq.shape))
+            bn_outs = [_compact(kpu_bn_output(env[x], w.data, bn.data, act.data, node.attrs)) for env in envs]
+            delta = 0
             if bias:
-                total = sum(b.sum(axis=(0, 2, 3)) for b in bn_outs)
+                total = sum(b.sum(axis=(0, 2, 3), dtype=np.int64) for b in bn_outs)
                 diff = (np.asarray(total, np.float64)
-                        - ref.sums[name] * bn_scale(float_nodes[name], node)) / ref.counts[name]
+                        - means.sums[name] * bn_scale(float_nodes[name], node)) / means.counts[name]
                 shift = (np.sign(diff) * np.floor(np.abs(diff) + 0.5)).astype(np.int64)
                 new_bn = np.array(bn.data, np.int64)
                 new_add = np.clip(new_bn[:, 2] - shift, -(1 << 31), (1 << 31) - 1)
-                delta = new_add - new_bn[:, 2]            # (acc·mul >> shift) + add: add moves the output exactly
+                delta = (new_add - new_bn[:, 2])[None, :, None, None]  # (acc·mul >> shift) + add: add moves it exactly
                 new_bn[:, 2] = new_add
                 _set_const(bn, new_bn)
-                bn_outs = [b + delta[None, :, None, None] for b in bn_outs]
                 shifts[name] = shift
             for env, b in zip(envs, bn_outs):
                 env[w], env[bn] = w.data, bn.data
-                env[node.output] = kpu_finish(b, act.data, node.attrs["pool"])
+                env[node.output] = kpu_finish(b.astype(np.int64) + delta, act.data, node.attrs["pool"])
+            del bn_outs
             _free(envs, node, i, ex, keep)
             continue
         for env in envs:
@@ -160,6 +196,11 @@ def correct_biases(float_graph: Graph, quant_graph: Graph, samples: Iterable, *,
     return shifts
 
 
+def _compact(a: np.ndarray) -> np.ndarray:
+    """An int64 array as int32 when every value fits (exact; halves what the lockstep run holds)."""
+    return a.astype(np.int32) if a.size and -(1 << 31) <= a.min() and a.max() < (1 << 31) else a
+
+
 def _free(envs, node: Node, i: int, ex: Executor, keep) -> None:
     """Drop the values whose last reader was node i (compiler.executor.Executor's rule)."""
     for env in envs:
@@ -168,4 +209,5 @@ def _free(envs, node: Node, i: int, ex: Executor, keep) -> None:
                 del env[v]
 
 
-__all__ = ["correct_biases", "kpu_finish", "kpu_bn_output", "bn_scale", "float_conv"]
+__all__ = ["correct_biases", "kpu_finish", "kpu_bn_output", "bn_scale", "float_conv", "ConvMeans",
+           "ConvMeanCalibrator", "conv_means", "kpu_stages_from_conv"]

@@ -24,6 +24,7 @@ uint8 Values (Value.quant, the IR's real-step convention). Deterministic: graph 
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -98,27 +99,59 @@ class Segment(NamedTuple):
 def piecewise_regression(xs: np.ndarray, ys: np.ndarray, segments: int = ACT_SEGMENTS - 1) -> list[Segment]:
     """nncase's piecewise_regression::fit in float32: one segment per pair of neighbouring samples, then,
     while there are too many, merge the first neighbouring pair whose slopes differ least into the line
-    from the first one's start point to the second one's end point."""
+    from the first one's start point to the second one's end point.
+
+    A merge changes only its own segment, so only the two slope differences beside it change: they sit
+    in a heap keyed (difference, segment index), index order being list order, and entries a merge made
+    stale are skipped when popped. O(n log n) instead of a rescan and an array copy per merge."""
     xs, ys = np.asarray(xs, F32), np.asarray(ys, F32)
     if len(xs) <= segments:
         raise KpucError("piecewise regression: not enough points")
     order = np.argsort(xs, kind="stable")
     xs, ys = xs[order], ys[order]
-    start, stop, intercept = xs[:-1].copy(), xs[1:].copy(), ys[:-1].copy()
+    start, stop, intercept = list(xs[:-1]), list(xs[1:]), list(ys[:-1])     # float32 scalars
     with np.errstate(all="ignore"):
-        slope = F32(ys[1:] - ys[:-1]) / F32(xs[1:] - xs[:-1])
-        while len(start) > segments:
-            diff = np.abs(slope[:-1] - slope[1:])
-            diff = np.where(np.isnan(diff), np.inf, diff)
-            i = int(np.argmin(diff))
-            if not diff[i] < np.finfo(F32).max:
+        slopes = F32(ys[1:] - ys[:-1]) / F32(xs[1:] - xs[:-1])
+        gaps = np.abs(slopes[:-1] - slopes[1:])
+        slope, count, biggest = list(slopes), len(start), float(np.finfo(F32).max)
+        nxt = list(range(1, count + 1))              # next live segment (count = none)
+        prev = list(range(-1, count - 1))
+        version = [0] * count                        # bumped when a segment's slope or right neighbour changes
+        heap = list(zip(np.where(np.isnan(gaps), np.inf, gaps).astype(float).tolist(), range(count - 1),
+                        [0] * (count - 1)))
+        heapq.heapify(heap)
+        while count > segments:
+            if not heap:
                 raise KpucError("piecewise regression: activation samples are not finite")
+            gap, i, ver = heapq.heappop(heap)
+            if ver != version[i] or nxt[i] < 0:       # stale, or i was merged away
+                continue
+            if not gap < biggest:
+                raise KpucError("piecewise regression: activation samples are not finite")
+            j = nxt[i]
             y0 = F32(F32(F32(start[i] - start[i]) * slope[i]) + intercept[i])
-            y1 = F32(F32(F32(stop[i + 1] - start[i + 1]) * slope[i + 1]) + intercept[i + 1])
-            slope[i] = F32(F32(y1 - y0) / F32(stop[i + 1] - start[i]))
-            stop[i] = stop[i + 1]
-            start, stop, slope, intercept = (np.delete(a, i + 1) for a in (start, stop, slope, intercept))
-    return [Segment(*map(float, seg)) for seg in zip(start, stop, slope, intercept)]
+            y1 = F32(F32(F32(stop[j] - start[j]) * slope[j]) + intercept[j])
+            slope[i] = F32(F32(y1 - y0) / F32(stop[j] - start[i]))
+            stop[i] = stop[j]
+            nxt[i] = nxt[j]
+            if nxt[i] < len(start):
+                prev[nxt[i]] = i
+            nxt[j] = -1                              # j is gone
+            count -= 1
+            version[i] += 1
+            if nxt[i] < len(start):
+                heapq.heappush(heap, (_slope_gap(slope[i], slope[nxt[i]]), i, version[i]))
+            if prev[i] >= 0:
+                version[prev[i]] += 1
+                heapq.heappush(heap, (_slope_gap(slope[prev[i]], slope[i]), prev[i], version[prev[i]]))
+    live = [i for i in range(len(start)) if nxt[i] != -1]
+    return [Segment(float(start[i]), float(stop[i]), float(slope[i]), float(intercept[i])) for i in live]
+
+
+def _slope_gap(a: np.float32, b: np.float32) -> float:
+    """|a - b| in float32 as the merge order compares it; NaN (a vertical step) never merges first."""
+    d = float(abs(F32(a - b)))
+    return np.inf if np.isnan(d) else d
 
 
 def kpu_batch_norm(bias: np.ndarray, scales: np.ndarray, iq: QuantParamU8, wq: QuantParamU8,

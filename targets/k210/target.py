@@ -10,12 +10,14 @@ name "cpu" is the same target without the KPU (kmodel v4 neutral ops only), as n
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
-from compiler.calibration import broadcast_ranges, calibrate
+from compiler.calibration import Calibrator, broadcast_ranges, calibrate
 from compiler.errors import DoesNotFit, KpucError, printable
 from compiler.ir import Graph
 from compiler.model_quant import with_model_ranges
 from targets.k210 import ops  # noqa: F401  (registers the K210 ops in the op table)
+from targets.k210.bias_correction import ConvMeanCalibrator, ConvMeans, correct_biases
 from targets.k210.device_semantics import to_v3_semantics, to_v4_semantics
 from targets.k210.legalize import LEGALIZE_K210, legalize_k210
 from targets.k210.lower_v3 import compile_v3
@@ -67,13 +69,16 @@ class K210:
     def quantize(self, graph: Graph, opts, samples: list, *, dump: Dump = None) -> Graph:
         """The uint8 graph of a legalized float graph: calibration, quantize_k210, then kpuc's bias correction
         and data-aware weight rounding of the KPU layers."""
-        quantized = quantize_k210(graph, _calibrated(graph, opts, samples),
+        correcting = self.kpu and (opts.bias_correction or opts.weight_rounding)
+        means = ConvMeans() if correcting else None     # bias correction's float reference, from the same pass
+        calibrator = partial(ConvMeanCalibrator, means=means) if correcting else Calibrator
+        quantized = quantize_k210(graph, _calibrated(graph, opts, samples, calibrator),
                                   weights_quantize_threshold=opts.weights_quantize_threshold,
                                   output_quantize_threshold=opts.output_quantize_threshold,
                                   quantized_binary=opts.quantized_binary)
-        if self.kpu and (opts.bias_correction or opts.weight_rounding):
-            from targets.k210.bias_correction import correct_biases
-            correct_biases(graph, quantized, samples, round_weights=opts.weight_rounding, bias=opts.bias_correction)
+        if correcting:
+            correct_biases(graph, quantized, samples, round_weights=opts.weight_rounding, bias=opts.bias_correction,
+                           means=means)
         _stage(dump, quantized, "quantize")
         return quantized
 
@@ -111,10 +116,10 @@ def refuse_tensors_no_k210_can_hold(graph: Graph) -> None:
                                  "bytes of SRAM can hold even as uint8", step=node.name)
 
 
-def _calibrated(graph: Graph, opts, samples: list) -> dict:
+def _calibrated(graph: Graph, opts, samples: list, calibrator=Calibrator) -> dict:
     refuse_tensors_no_k210_can_hold(graph)
     ranges = calibrate(graph, samples, method=opts.calibrate_method, input_mean=opts.input_mean,
-                       input_std=opts.input_std)
+                       input_std=opts.input_std, calibrator=calibrator)
     if opts.model_ranges:  # a pre-quantized model compiled without --dataset: its own ranges win
         ranges = with_model_ranges(graph, ranges, dict(opts.model_ranges), conv_key)
         broadcast_ranges(graph, ranges)

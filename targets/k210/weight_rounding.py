@@ -13,7 +13,10 @@ Everything is float64 numpy and deterministic (fixed tap order).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from compiler.quantization import QuantParamU8
 
@@ -27,43 +30,65 @@ def kpu_patches(x: np.ndarray, k: int, depthwise: bool, rows: tuple[int, int] | 
     n, c, h, w = x.shape
     r0, r1 = rows or (0, h)
     p = k // 2
-    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (0, 0), (p, p), (p, p)))
-    taps = np.stack([xp[:, :, r0 + ky:r1 + ky, kx:kx + w] for ky in range(k) for kx in range(k)], axis=2)
-    taps = taps.transpose(1, 2, 0, 3, 4).reshape(c, k * k, n * (r1 - r0) * w)
+    xp = np.pad(np.asarray(x[:, :, max(r0 - p, 0):r1 + p], np.float64),
+                ((0, 0), (0, 0), (p - min(r0, p), p - min(h - r1, p)), (p, p)))
+    win = sliding_window_view(xp, (k, k), axis=(2, 3))                        # [N, C, R, W, ky, kx]
+    taps = win.transpose(1, 4, 5, 0, 2, 3).reshape(c, k * k, n * (r1 - r0) * w)   # one copy
     return taps if depthwise else taps.reshape(c * k * k, -1)
 
 
-def gram(x: np.ndarray, k: int, depthwise: bool, *, band: int = 16) -> np.ndarray:
-    """H = X Xᵀ of the patches: [D, D] dense, [C, k·k, k·k] depthwise (float64), summed over samples and
-    bands of `band` output rows, so a big map never holds all its patches at once."""
-    h = x.shape[2]
+def gram(x: np.ndarray, k: int, depthwise: bool, *, chunk_bytes: int = 32 << 20) -> np.ndarray:
+    """H = X Xᵀ of the patches: [D, D] dense, [C, k·k, k·k] depthwise (float64), summed over chunks of
+    whole samples whose patches take about `chunk_bytes`, so a big map never holds all its patches at once.
+    `x` holds integers (uint8 codes minus the zero point), so every partial sum is an integer below 2^53
+    and H is exact whatever the chunking and the BLAS summation order."""
+    n, c, h, w = x.shape
+    per_sample = c * k * k * h * w * 8
+    step = max(1, chunk_bytes // max(per_sample, 1))
     total = 0.0
-    for i in range(x.shape[0]):
-        for r in range(0, h, band):
-            p = kpu_patches(x[i:i + 1], k, depthwise, (r, min(r + band, h)))
-            total = total + (np.einsum("cdn,cen->cde", p, p) if depthwise else p @ p.T)
+    for i in range(0, n, step):
+        p = kpu_patches(x[i:i + step], k, depthwise)
+        total = total + (np.matmul(p, p.transpose(0, 2, 1)) if depthwise else p @ p.T)
     return total
+
+
+class GptqFactor(NamedTuple):
+    """What GPTQ needs of a Gram matrix H, computed once per layer input: U upper with (damped H)⁻¹ = Uᵀ U
+    ([1, D, D] shared by every row or [R, D, D] per row), and the taps whose input is all zero."""
+    u: np.ndarray
+    dead: np.ndarray       # bool [1, D] or [R, D]
+    shared: bool
+
+
+def gptq_factor(h: np.ndarray, *, damp: float = DAMP) -> GptqFactor:
+    """The GptqFactor of `h` ([D, D] shared by every row, or [R, D, D] per row), damped by `damp` of its mean
+    diagonal; a dead tap (zero diagonal) gets 1 so H stays invertible."""
+    hs = np.array(h, np.float64)
+    shared = hs.ndim == 2
+    hs = hs[None] if shared else hs
+    diag = np.einsum("rii->ri", hs)
+    dead = diag == 0
+    idx = np.arange(hs.shape[1])
+    hs[:, idx, idx] += damp * np.maximum(diag.mean(axis=1, keepdims=True), 1e-12) + dead
+    # U upper with H⁻¹ = Uᵀ U (GPTQ: the Cholesky factor of the inverse, upper form)
+    return GptqFactor(np.linalg.cholesky(np.linalg.inv(hs)).transpose(0, 2, 1), dead, shared)
 
 
 def gptq_round(w: np.ndarray, h: np.ndarray, wq: QuantParamU8, *, damp: float = DAMP) -> np.ndarray:
     """uint8 codes of `w` ([R, D] equalised weights, real value = (code - zp) / scale) minimising
     Σ_r (w_r - w̃_r)ᵀ H_r (w_r - w̃_r); `h` is [D, D] shared by every row or [R, D, D] per row."""
+    return gptq_round_factored(w, gptq_factor(h, damp=damp), wq)
+
+
+def gptq_round_factored(w: np.ndarray, factor: GptqFactor, wq: QuantParamU8) -> np.ndarray:
+    """gptq_round with H given as its GptqFactor (shared by the layers that read one input)."""
     w = np.array(w, np.float64)
-    h = np.array(h, np.float64)
-    shared = h.ndim == 2
-    hs = h[None] if shared else h
-    diag = np.einsum("rii->ri", hs)
-    dead = diag == 0
-    idx = np.arange(w.shape[1])
-    hs[:, idx, idx] += damp * np.maximum(diag.mean(axis=1, keepdims=True), 1e-12) + dead
-    if shared:
+    u, dead = factor.u, factor.dead
+    if factor.shared:
         w[:, dead[0]] = 0.0
+        u = np.broadcast_to(u, (w.shape[0],) + u.shape[1:])
     else:
         w[dead] = 0.0
-    # U upper with H⁻¹ = Uᵀ U (GPTQ: the Cholesky factor of the inverse, upper form)
-    u = np.linalg.cholesky(np.linalg.inv(hs)).transpose(0, 2, 1)
-    if shared:
-        u = np.broadcast_to(u, (w.shape[0],) + u.shape[1:])
     zp, scale = wq.zero_point, float(wq.scale)
     codes = np.empty(w.shape, np.int64)
     for i in range(w.shape[1]):
@@ -84,4 +109,5 @@ def round_kpu_weights(w_eq: np.ndarray, wq: QuantParamU8, x: np.ndarray, *, dept
     return gptq_round(w_eq.reshape(oc, -1), h, wq, damp=damp).reshape(w_eq.shape)
 
 
-__all__ = ["kpu_patches", "gram", "gptq_round", "round_kpu_weights"]
+__all__ = ["kpu_patches", "gram", "gptq_round", "gptq_factor", "gptq_round_factored", "GptqFactor",
+           "round_kpu_weights"]

@@ -149,3 +149,76 @@ def test_finishing_from_the_batch_norm_output_is_the_kpu_kernel(pool, depthwise)
     want = kpu_conv2d_q(codes, wt, bn, act, **node.attrs)
     got = kpu_finish(kpu_bn_output(codes, wt, bn, act, node.attrs), act, pool)
     assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("method", ["no_clip", "l2"])
+def test_conv_means_come_from_the_calibration_pass_unchanged(method):
+    """ConvMeanCalibrator calibrates exactly as Calibrator does (every range equal) and, in the first pass
+    only, sums each kpu_conv2d's conv output before its activation: for 1x1 layers that mean is
+    W @ mean(input) + b, computed here with numpy on the data the layer reads."""
+    from functools import partial
+
+    from targets.k210.bias_correction import ConvMeanCalibrator, ConvMeans
+    g = biased_graph()
+    g.node("l1").attrs = {**g.node("l1").attrs, "activation": (("clamp", 0.0, 6.0),), "pool": "max_2_s2"}
+    calib = data(5, 6)
+    plain = calibrate(g, calib, method=method)
+    means = ConvMeans()
+    measured = calibrate(g, calib, method=method, calibrator=partial(ConvMeanCalibrator, means=means))
+    assert measured == plain
+    x = np.stack(calib).astype(np.float64)                                     # [N, 1, C, H, W]
+    w1, b1 = (g.node("l1").inputs[i].data.astype(np.float64) for i in (1, 2))
+    want = w1[:, :, 0, 0] @ x.mean(axis=(0, 1, 3, 4)) + b1
+    assert means.counts["l1"] == 5 * 8 * 8
+    np.testing.assert_allclose(means.sums["l1"] / means.counts["l1"], want, rtol=1e-5, atol=1e-6)
+    assert means.counts["l2"] == 5 * 4 * 4                                     # after l1's 2x2 pool
+
+
+def test_bias_correction_is_the_same_with_the_calibration_means():
+    g = biased_graph()
+    calib = data(6, 7)
+    results = []
+    for use_means in (False, True):
+        from functools import partial
+
+        from targets.k210.bias_correction import ConvMeanCalibrator, ConvMeans
+        means = ConvMeans() if use_means else None
+        cal = partial(ConvMeanCalibrator, means=means) if use_means else None
+        q = quantize_k210(g, calibrate(g, calib, **({"calibrator": cal} if cal else {})))
+        shifts = correct_biases(g, q, calib, round_weights=True, means=means)
+        results.append((shifts, [v.data for n in q.nodes_of("kpu_conv2d_q") for v in n.inputs[1:]]))
+    (s0, a0), (s1, a1) = results
+    assert s0.keys() == s1.keys() and all(np.array_equal(s0[k], s1[k]) for k in s0)
+    assert all(np.array_equal(a, b) for a, b in zip(a0, a1))
+
+
+@pytest.mark.parametrize("k, depthwise", [(1, False), (3, False), (3, True)])
+def test_gram_is_the_patch_outer_product_whatever_the_chunking(k, depthwise):
+    """H = Σ patches patchesᵀ, written out per pixel with numpy; integer inputs make it exact."""
+    from targets.k210.weight_rounding import gram
+    rng = np.random.default_rng(8)
+    x = rng.integers(-255, 256, (3, 4, 5, 6)).astype(np.int16)
+    p = k // 2
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (p, p), (p, p)))
+    cols = np.stack([xp[n, :, y:y + k, z:z + k] for n in range(3) for y in range(5) for z in range(6)])  # [M, C, k, k]
+    if depthwise:
+        v = cols.reshape(len(cols), 4, k * k)
+        want = np.einsum("mcd,mce->cde", v, v)
+    else:
+        v = cols.reshape(len(cols), -1)
+        want = v.T @ v
+    for chunk in (1, 500, 1 << 30):
+        assert np.array_equal(gram(x, k, depthwise, chunk_bytes=chunk), want)
+
+
+def test_a_shared_gptq_factor_rounds_like_gptq_round():
+    from targets.k210.weight_rounding import gptq_factor, gptq_round_factored
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((6, 300))
+    h = x @ x.T
+    h[2, :] = h[:, 2] = 0.0                               # a dead tap
+    wq = QuantParamU8(120, 30.0)
+    factor = gptq_factor(h)
+    for _ in range(2):
+        w = rng.standard_normal((4, 6))
+        assert np.array_equal(gptq_round_factored(w, factor, wq), gptq_round(w, h, wq))

@@ -405,3 +405,37 @@ def test_mobilenet_v1_default_flow_holds_its_accuracy():
     print(f"\nmobilenet_v1_0.25_128 default: top-1 agreement {agreement:.1%}, worst output cosine {worst_cos:.5f}")
     assert agreement >= 0.95 and worst_cos >= 0.97
 
+
+
+def _fit_as_nncase_writes_it(xs, ys, segments=15):
+    """nncase piecewise_regression::fit transcribed literally (a list of segments, rescanned after each merge)."""
+    f = np.float32
+    order = np.argsort(xs, kind="stable")
+    xs, ys = xs[order], ys[order]
+    segs = [[xs[i], xs[i + 1], f(f(ys[i + 1] - ys[i]) / f(xs[i + 1] - xs[i])), ys[i]] for i in range(len(xs) - 1)]
+    while len(segs) > segments:
+        gaps = [abs(f(segs[i][2] - segs[i + 1][2])) for i in range(len(segs) - 1)]
+        gaps = [np.inf if np.isnan(d) else d for d in gaps]
+        i = int(np.argmin(gaps))
+        a, b = segs[i], segs[i + 1]
+        y0 = f(f(f(a[0] - a[0]) * a[2]) + a[3])
+        y1 = f(f(f(b[1] - b[0]) * b[2]) + b[3])
+        segs[i] = [a[0], b[1], f(f(y1 - y0) / f(b[1] - a[0])), a[3]]
+        del segs[i + 1]
+    return [tuple(float(v) for v in s) for s in segs]
+
+
+@pytest.mark.parametrize("case", ["tanh", "steps", "random", "ties"])
+def test_piecewise_regression_merges_in_nncase_order(case):
+    """The heap-driven merge picks the same pair as nncase's rescan, ties (equal slope gaps) included."""
+    rng = np.random.default_rng(11)
+    xs = np.linspace(-3, 5, 300, dtype=np.float32)
+    ys = {"tanh": np.tanh(xs), "steps": np.round(xs * 2) / 2, "random": rng.standard_normal(300),
+          "ties": np.abs(xs)}[case].astype(np.float32)
+    if case == "random":
+        xs = np.sort(rng.standard_normal(300)).astype(np.float32)
+        xs[100:103] = xs[100]                                                   # repeated xs: vertical steps
+    with np.errstate(all="ignore"):
+        want = _fit_as_nncase_writes_it(xs, ys)
+    got = [tuple(s) for s in piecewise_regression(xs, ys)]
+    assert repr(got) == repr(want)

@@ -1,0 +1,33 @@
+"""compiler/blas.py: the compile's BLAS thread limit, read back through threadpoolctl (not kpuc's code)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compiler.blas import blas_threads
+
+
+def _openblas_threads():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    pools = [p for p in threadpoolctl.threadpool_info() if p["internal_api"] == "openblas"]
+    if not pools:
+        pytest.skip("numpy is not linked with OpenBLAS here")
+    return pools[0]["num_threads"]
+
+
+def test_one_thread_inside_and_the_count_restored_after(monkeypatch):
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = _openblas_threads()
+    with blas_threads(1):
+        assert _openblas_threads() == 1
+        a = np.arange(16.0).reshape(4, 4)
+        assert np.array_equal(a @ a.T, np.einsum("ij,kj->ik", a, a))
+    assert _openblas_threads() == before
+
+
+def test_an_explicit_environment_setting_wins(monkeypatch):
+    before = _openblas_threads()
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", str(before))
+    with blas_threads(1):
+        assert _openblas_threads() == before

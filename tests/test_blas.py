@@ -31,3 +31,24 @@ def test_an_explicit_environment_setting_wins(monkeypatch):
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", str(before))
     with blas_threads(1):
         assert _openblas_threads() == before
+
+
+@pytest.mark.parametrize("d", [1, 7, 300])
+def test_in_place_inverse_cholesky_is_numpys_bit_for_bit(d):
+    """inv_cholesky_upper makes numpy's own LAPACK calls on its own buffers: the very bits of
+    np.linalg.cholesky(np.linalg.inv(a)), transposed."""
+    from compiler.blas import inv_cholesky_upper
+    rng = np.random.default_rng(d)
+    x = rng.integers(-255, 256, (d, d + 5)).astype(np.float64)
+    a = x @ x.T + np.eye(d)
+    want = np.linalg.cholesky(np.linalg.inv(a)).T
+    got = inv_cholesky_upper(a.copy())
+    assert np.array_equal(got, want)
+    with blas_threads(1):
+        assert np.array_equal(inv_cholesky_upper(a.copy()), np.linalg.cholesky(np.linalg.inv(a)).T)
+
+
+def test_a_singular_matrix_is_refused_as_numpy_refuses_it():
+    from compiler.blas import inv_cholesky_upper
+    with pytest.raises(np.linalg.LinAlgError):
+        inv_cholesky_upper(np.zeros((4, 4)))

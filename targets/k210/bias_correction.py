@@ -40,7 +40,7 @@ from targets.k210.kernels import POOL_TYPE_OF, QUANTIZED_KERNELS, kpu_tables
 from targets.k210.kpu import activate, batch_norm, conv_acc, pool as kpu_stage_pool
 from targets.k210.ops import apply_steps, kpu_pool, split_activation
 from targets.k210.quantize import equalize_weights, kpu_batch_norm, quantize_kpu_weights
-from targets.k210.weight_rounding import gptq_factor, gptq_round_factored, gram
+from targets.k210.weight_rounding import GptqFactor, gptq_factor, gptq_round_factored, gram
 
 
 def _feeds(sample, graph: Graph) -> dict[str, np.ndarray]:
@@ -151,49 +151,81 @@ def correct_biases(float_graph: Graph, quant_graph: Graph, samples: Iterable, *,
     ex = Executor(g, kernels)
     envs = [{v: np.asarray(f[v.name]).reshape(v.shape).astype(v.dtype, copy=False) for v in g.inputs} for f in feeds]
     shifts: dict[str, np.ndarray] = {}
-    factors: dict[tuple, tuple] = {}    # GPTQ factor per (layer input, kernel, depthwise): layers reading one map share it
+    factors: dict[tuple, GptqFactor] = {}   # per (layer input, zero point, kernel, depthwise): shared by its readers
     keep = set(g.outputs)
     for i, node in enumerate(g.nodes):
         if node.op == "input":
             continue
         name = node.meta.get("float_value")
         if node.op == "kpu_conv2d_q" and name in float_nodes and name in means.sums:
-            x, w, bn, act = node.inputs
-            depthwise = node.attrs["depthwise"]
             if round_weights:
-                kq = node.meta["kpu_quant"]
-                key = (x, kq["input"].zero_point, w.shape[-1], depthwise)
-                if key not in factors:
-                    xs = np.concatenate([env[x].astype(np.int16) - np.int16(kq["input"].zero_point) for env in envs])
-                    factors[key] = gptq_factor(gram(xs, w.shape[-1], depthwise))
-                w_eq = equalize_weights(float_nodes[name].inputs[1].data)[0]
-                codes = gptq_round_factored(w_eq.reshape(w_eq.shape[0], -1), factors[key], kq["weights"])
-                _set_const(w, codes.reshape(w_eq.shape))
-            bn_outs = [_compact(kpu_bn_output(env[x], w.data, bn.data, act.data, node.attrs)) for env in envs]
-            delta = 0
+                _round_weights(node, float_nodes[name], envs, factors)
+            target = (means.sums[name] * bn_scale(float_nodes[name], node), means.counts[name]) if bias else None
+            shift = _run_corrected(node, envs, target)
             if bias:
-                total = sum(b.sum(axis=(0, 2, 3), dtype=np.int64) for b in bn_outs)
-                diff = (np.asarray(total, np.float64)
-                        - means.sums[name] * bn_scale(float_nodes[name], node)) / means.counts[name]
-                shift = (np.sign(diff) * np.floor(np.abs(diff) + 0.5)).astype(np.int64)
-                new_bn = np.array(bn.data, np.int64)
-                new_add = np.clip(new_bn[:, 2] - shift, -(1 << 31), (1 << 31) - 1)
-                delta = (new_add - new_bn[:, 2])[None, :, None, None]  # (acc·mul >> shift) + add: add moves it exactly
-                new_bn[:, 2] = new_add
-                _set_const(bn, new_bn)
                 shifts[name] = shift
-            for env, b in zip(envs, bn_outs):
-                env[w], env[bn] = w.data, bn.data
-                env[node.output] = kpu_finish(b.astype(np.int64) + delta, act.data, node.attrs["pool"])
-            del bn_outs
-            _free(envs, node, i, ex, keep)
-            continue
-        for env in envs:
-            results = ex.run_node(node, [env[v] for v in node.inputs])
-            for v, r in zip(node.outputs, results, strict=True):
-                env[v] = r
+        else:
+            for env in envs:
+                results = ex.run_node(node, [env[v] for v in node.inputs])
+                for v, r in zip(node.outputs, results, strict=True):
+                    env[v] = r
         _free(envs, node, i, ex, keep)
+        factors = {key: f for key, f in factors.items() if ex._last_use.get(key[0], -1) > i}   # x is read later
     return shifts
+
+
+def _round_weights(node: Node, float_node: Node, envs: list[dict], factors: dict) -> None:
+    """GPTQ-round the weight codes of kpu_conv2d_q `node` against its actual inputs in `envs`."""
+    x, w = node.inputs[:2]
+    kq, depthwise = node.meta["kpu_quant"], node.attrs["depthwise"]
+    key = (x, kq["input"].zero_point, w.shape[-1], depthwise)
+    if key not in factors:
+        xs = np.concatenate([env[x].astype(np.int16) - np.int16(kq["input"].zero_point) for env in envs])
+        factors[key] = gptq_factor(gram(xs, w.shape[-1], depthwise), overwrite=True)
+        del xs
+    w_eq = equalize_weights(float_node.inputs[1].data)[0]
+    codes = gptq_round_factored(w_eq.reshape(w_eq.shape[0], -1), factors[key], kq["weights"])
+    _set_const(w, codes.reshape(w_eq.shape))
+
+
+def _run_corrected(node: Node, envs: list[dict], target: tuple[np.ndarray, int] | None,
+                   budget_bytes: int = 32 << 20) -> np.ndarray | None:
+    """Run kpu_conv2d_q `node` on every env; with `target` (the float conv output's per-channel sum in BN
+    units, its pixel count) first shift its norm_add so the batch-norm output's mean over all samples meets
+    the float mean. Returns the shift per channel (None without a target).
+    Output channels are independent (their own BN row, activation and pool), so a big layer runs a group
+    of channels at a time, its batch-norm outputs for all samples within about `budget_bytes`."""
+    x, w, bn, act = node.inputs
+    a = node.attrs
+    oc = w.shape[0]
+    per_channel = 4 * len(envs) * int(np.prod(envs[0][x].shape[2:]))
+    step = max(1, budget_bytes // per_channel)
+    new_bn = np.array(bn.data, np.int64)
+    outs: list[list[np.ndarray]] = [[] for _ in envs]
+    shifts = []
+    for c0 in range(0, oc, step):
+        group = slice(c0, min(c0 + step, oc))
+        w_g, bn_g = w.data[group], new_bn[group]
+        bn_outs = [_compact(kpu_bn_output(env[x][:, group] if a["depthwise"] else env[x], w_g, bn_g, act.data, a))
+                   for env in envs]
+        delta = 0
+        if target is not None:
+            total = sum(b.sum(axis=(0, 2, 3), dtype=np.int64) for b in bn_outs)
+            diff = (np.asarray(total, np.float64) - target[0][group]) / target[1]
+            shift = (np.sign(diff) * np.floor(np.abs(diff) + 0.5)).astype(np.int64)
+            shifts.append(shift)
+            new_add = np.clip(bn_g[:, 2] - shift, -(1 << 31), (1 << 31) - 1)
+            delta = (new_add - bn_g[:, 2])[None, :, None, None]  # (acc·mul >> shift) + add: add moves it exactly
+            new_bn[group, 2] = new_add
+        for out, b in zip(outs, bn_outs):
+            out.append(kpu_finish(b.astype(np.int64) + delta, act.data, a["pool"]))
+        del bn_outs
+    if target is not None:
+        _set_const(bn, new_bn)
+    for env, out in zip(envs, outs):
+        env[w], env[bn] = w.data, bn.data
+        env[node.output] = out[0] if len(out) == 1 else np.concatenate(out, axis=1)
+    return np.concatenate(shifts) if target is not None else None
 
 
 def _compact(a: np.ndarray) -> np.ndarray:

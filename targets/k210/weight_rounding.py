@@ -18,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from compiler.blas import inv_cholesky_upper
 from compiler.quantization import QuantParamU8
 
 DAMP = 0.01
@@ -37,7 +38,7 @@ def kpu_patches(x: np.ndarray, k: int, depthwise: bool, rows: tuple[int, int] | 
     return taps if depthwise else taps.reshape(c * k * k, -1)
 
 
-def gram(x: np.ndarray, k: int, depthwise: bool, *, chunk_bytes: int = 32 << 20) -> np.ndarray:
+def gram(x: np.ndarray, k: int, depthwise: bool, *, chunk_bytes: int = 16 << 20) -> np.ndarray:
     """H = X Xᵀ of the patches: [D, D] dense, [C, k·k, k·k] depthwise (float64), summed over chunks of
     whole samples whose patches take about `chunk_bytes`, so a big map never holds all its patches at once.
     `x` holds integers (uint8 codes minus the zero point), so every partial sum is an integer below 2^53
@@ -49,6 +50,7 @@ def gram(x: np.ndarray, k: int, depthwise: bool, *, chunk_bytes: int = 32 << 20)
     for i in range(0, n, step):
         p = kpu_patches(x[i:i + step], k, depthwise)
         total = total + (np.matmul(p, p.transpose(0, 2, 1)) if depthwise else p @ p.T)
+        del p                       # before the next chunk's patches exist
     return total
 
 
@@ -60,10 +62,12 @@ class GptqFactor(NamedTuple):
     shared: bool
 
 
-def gptq_factor(h: np.ndarray, *, damp: float = DAMP) -> GptqFactor:
+def gptq_factor(h: np.ndarray, *, damp: float = DAMP, overwrite: bool = False) -> GptqFactor:
     """The GptqFactor of `h` ([D, D] shared by every row, or [R, D, D] per row), damped by `damp` of its mean
-    diagonal; a dead tap (zero diagonal) gets 1 so H stays invertible."""
-    hs = np.array(h, np.float64)
+    diagonal; a dead tap (zero diagonal) gets 1 so H stays invertible. `overwrite`: damp a float64 `h` in
+    place instead of a copy (a 2304² H is 40 MiB)."""
+    hs = np.asarray(h, np.float64) if overwrite else np.array(h, np.float64)
+    del h
     shared = hs.ndim == 2
     hs = hs[None] if shared else hs
     diag = np.einsum("rii->ri", hs)
@@ -71,6 +75,8 @@ def gptq_factor(h: np.ndarray, *, damp: float = DAMP) -> GptqFactor:
     idx = np.arange(hs.shape[1])
     hs[:, idx, idx] += damp * np.maximum(diag.mean(axis=1, keepdims=True), 1e-12) + dead
     # U upper with H⁻¹ = Uᵀ U (GPTQ: the Cholesky factor of the inverse, upper form)
+    if shared:      # one big matrix: numpy's LAPACK calls, in place (compiler/blas.py)
+        return GptqFactor(inv_cholesky_upper(hs[0])[None], dead, shared)
     return GptqFactor(np.linalg.cholesky(np.linalg.inv(hs)).transpose(0, 2, 1), dead, shared)
 
 

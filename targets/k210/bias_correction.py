@@ -39,7 +39,7 @@ from compiler.kernels.conv import conv2d
 from targets.k210.kernels import POOL_TYPE_OF, QUANTIZED_KERNELS, kpu_tables
 from targets.k210.kpu import activate, batch_norm, conv_acc, pool as kpu_stage_pool
 from targets.k210.ops import apply_steps, kpu_pool, split_activation
-from targets.k210.quantize import equalize_weights, kpu_batch_norm, quantize_kpu_weights
+from targets.k210.quantize import act_in_scale, equalize_weights
 from targets.k210.weight_rounding import GptqFactor, gptq_factor, gptq_round_factored, gram
 
 
@@ -106,11 +106,10 @@ def conv_means(graph: Graph, samples: Iterable) -> ConvMeans:
 
 
 def bn_scale(float_node: Node, q_node: Node) -> float:
-    """s_act_in of a quantized KPU layer: real conv output · s_act_in = BN output (norm_add units)."""
-    _, w, b = float_node.inputs
+    """s_act_in of a quantized KPU layer: real conv output · s_act_in = BN output (norm_add units); it
+    depends only on the layer's input, weight and conv-output quantizations."""
     kq = q_node.meta["kpu_quant"]
-    _, scales, _ = quantize_kpu_weights(w.data)
-    return kpu_batch_norm(b.data, scales, kq["input"], kq["weights"], kq["conv"])[1]
+    return act_in_scale(kq["input"], kq["weights"], kq["conv"])
 
 
 def kpu_bn_output(x: np.ndarray, w: np.ndarray, bn: np.ndarray, act: np.ndarray, attrs: dict) -> np.ndarray:

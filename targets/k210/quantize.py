@@ -36,6 +36,8 @@ from compiler.kernels import KERNELS
 from compiler.ops import OPS, has_trait, ops_with
 from compiler.quantization import (
     F32,
+    FLT_MAX,
+    FLT_MIN,
     QuantParamU8,
     Range,
     fixed_mul,
@@ -67,19 +69,30 @@ def equalize_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Returns the scaled float32 weights and the float32 scales."""
     w = np.asarray(w, F32)
     t_lo, t_hi = (F32(v) for v in fixup_range(get_range(w)))
-    scales = np.empty(w.shape[0], F32)
-    for oc in range(w.shape[0]):    # per channel: get_range/fixup are scalar float32 recipes
-        r_lo, r_hi = (F32(v) for v in fixup_range(get_range(w[oc])))
-        with np.errstate(all="ignore"):
-            s1, s2 = F32(t_hi / r_hi), F32(t_lo / r_lo)
-        if s1 < 0 or s2 < 0:
-            s = s2 if s1 < s2 else s1          # std::max(s1, s2)
-        else:
-            s = s2 if s2 < s1 else s1          # std::min(s1, s2)
-        if not s > 0:
-            raise KpucError(f"weight equalisation of channel {oc} gives scale {s}")
-        scales[oc] = s
+    r_lo, r_hi = _channel_fixed_ranges(w.reshape(w.shape[0], -1))
+    with np.errstate(all="ignore"):
+        s1, s2 = t_hi / r_hi, t_lo / r_lo
+    scales = np.where((s1 < 0) | (s2 < 0), np.where(s1 < s2, s2, s1),     # std::max(s1, s2)
+                      np.where(s2 < s1, s2, s1))                          # std::min(s1, s2)
+    bad = ~(scales > 0)
+    if bad.any():
+        oc = int(np.argmax(bad))
+        raise KpucError(f"weight equalisation of channel {oc} gives scale {scales[oc]}")
     return w * scales.reshape((-1,) + (1,) * (w.ndim - 1)), scales
+
+
+def _channel_fixed_ranges(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """fixup_range(get_range(row)) of every row of a float32 [R, K] array, as float32 arrays (lo, hi): the
+    same scalar recipes (compiler/quantization.py), elementwise."""
+    finite = np.isfinite(rows)
+    lo = np.minimum(np.where(finite, rows, np.inf).min(axis=1, initial=np.inf), F32(FLT_MAX)).astype(F32)
+    hi = np.maximum(np.where(finite, rows, -np.inf).max(axis=1, initial=-np.inf), F32(FLT_MIN)).astype(F32)
+    lo = np.where(lo < -1e3, F32(-1e3), lo)
+    hi = np.where(hi > 1e3, F32(1e3), hi)
+    width = (hi - lo).astype(F32)
+    width = np.where(width == 0, F32(0.1), np.where(width < F32(0.01), F32(0.01), width))
+    hi = (lo + width).astype(F32)
+    return np.where(lo > 0, F32(0), lo), np.where(hi < 0, F32(0), hi)
 
 
 def quantize_kpu_weights(w: np.ndarray) -> tuple[QuantParamU8, np.ndarray, np.ndarray]:
@@ -161,12 +174,7 @@ def kpu_batch_norm(bias: np.ndarray, scales: np.ndarray, iq: QuantParamU8, wq: Q
     so = s_y / (s_in·s_w) split as fixed_mul(so, 22, 255) into a ≤ 15 BN shift and a power-of-two "post"
     upscale the activation table divides back out; per channel fixed_mul(so·post/s_oc, 22, 15) and
     norm_add = round(b·s_act_in), s_act_in = s_y·post (double precision, as nncase's `auto`)."""
-    sa = F32(F32(iq.scale) * F32(wq.scale))
-    so = F32(F32(yq.scale) / sa)
-    bn_mul = fixed_mul(so, 22, 255, True)
-    up_scale = bn_mul.shift - min(bn_mul.shift, BN_SHIFT_MAX)
-    post = float(F32(F32(bn_mul.rounded) / F32(bn_mul.mul))) * 2.0 ** up_scale
-    s_act_in = float(F32(yq.scale)) * post
+    so, post, s_act_in = _bn_scales(iq, wq, yq)
     table = np.zeros((len(bias), 3), np.int64)
     for oc, (b, s) in enumerate(zip(np.asarray(bias, F32), scales)):
         ch = fixed_mul(F32(float(so) * post / float(s)), 22, BN_SHIFT_MAX, True)
@@ -176,6 +184,21 @@ def kpu_batch_norm(bias: np.ndarray, scales: np.ndarray, iq: QuantParamU8, wq: Q
                             "the KPU's signed 32-bit norm_add")
         table[oc] = (ch.rounded, ch.shift, int(add))
     return table, s_act_in
+
+
+def _bn_scales(iq: QuantParamU8, wq: QuantParamU8, yq: QuantParamU8) -> tuple[np.float32, float, float]:
+    """(so, post, s_act_in) of kpu_batch_norm: the layer's scales, the same for every channel."""
+    sa = F32(F32(iq.scale) * F32(wq.scale))
+    so = F32(F32(yq.scale) / sa)
+    bn_mul = fixed_mul(so, 22, 255, True)
+    up_scale = bn_mul.shift - min(bn_mul.shift, BN_SHIFT_MAX)
+    post = float(F32(F32(bn_mul.rounded) / F32(bn_mul.mul))) * 2.0 ** up_scale
+    return so, post, float(F32(yq.scale)) * post
+
+
+def act_in_scale(iq: QuantParamU8, wq: QuantParamU8, yq: QuantParamU8) -> float:
+    """s_act_in of kpu_batch_norm (real conv output · s_act_in = BN output) from the layer's quantizations."""
+    return _bn_scales(iq, wq, yq)[2]
 
 
 def kpu_activation(act_in_scale: float, yq: QuantParamU8, zq: QuantParamU8, clamp: tuple[float, float],
@@ -502,4 +525,4 @@ def quantize_k210(graph: Graph, ranges: dict[str, Range], *, weights_quantize_th
 
 
 __all__ = ["quantize_k210", "quantize_kpu_layer", "KpuLayer", "equalize_weights", "quantize_kpu_weights",
-           "piecewise_regression", "kpu_batch_norm", "kpu_activation", "Segment"]
+           "piecewise_regression", "kpu_batch_norm", "kpu_activation", "act_in_scale", "Segment"]

@@ -71,6 +71,10 @@ def get_range(data) -> Range:
     """nncase `quantizer::get_range`: float32 min/max over the finite values, starting from
     (FLT_MAX, FLT_MIN) -- so an all-negative tensor gets max = FLT_MIN (fixup_range later makes it 0)."""
     a = np.asarray(data, np.float32).reshape(-1)
+    if a.size:
+        lo, hi = float(a.min()), float(a.max())
+        if np.isfinite(lo) and np.isfinite(hi):     # no NaN or inf anywhere: no need to filter (a copy)
+            return min(FLT_MAX, lo), max(FLT_MIN, hi)
     a = a[np.isfinite(a)]
     lo = min(FLT_MAX, float(a.min())) if a.size else FLT_MAX
     hi = max(FLT_MIN, float(a.max())) if a.size else FLT_MIN

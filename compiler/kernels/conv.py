@@ -73,7 +73,13 @@ def conv2d(x, w, b, *, strides=(1, 1), padding=((0, 0), (0, 0)), dilations=(1, 1
         out = wf.reshape(groups, og, cg * kh * kw) @ cols                  # (G, Og, N*oh*ow)
         out = out.reshape(groups, og, n, oh, ow).transpose(2, 0, 1, 3, 4).reshape(n, o, oh, ow)
     out += b.astype(ACC)[:, None, None]
-    return np.clip(out, *fused_clamp).astype(x.dtype)
+    return _clamped(out, fused_clamp).astype(x.dtype)
+
+
+def _clamped(out: np.ndarray, fused_clamp) -> np.ndarray:
+    """np.clip(out, *fused_clamp), in place, and no pass at all for the unbounded default."""
+    lo, hi = fused_clamp
+    return out if lo == -math.inf and hi == math.inf else np.clip(out, lo, hi, out=out)
 
 
 @kernel("conv2d_transpose")

@@ -205,8 +205,10 @@ def _run_corrected(node: Node, envs: list[dict], target: tuple[np.ndarray, int] 
     for c0 in range(0, oc, step):
         group = slice(c0, min(c0 + step, oc))
         w_g, bn_g = w.data[group], new_bn[group]
-        bn_outs = [_compact(kpu_bn_output(env[x][:, group] if a["depthwise"] else env[x], w_g, bn_g, act.data, a))
+        bn_outs = [kpu_bn_output(env[x][:, group] if a["depthwise"] else env[x], w_g, bn_g, act.data, a)
                    for env in envs]
+        if 8 * sum(b.size for b in bn_outs) > budget_bytes:    # a big map: held as int32 until finished
+            bn_outs = [_compact(b) for b in bn_outs]
         delta = 0
         if target is not None:
             total = sum(b.sum(axis=(0, 2, 3), dtype=np.int64) for b in bn_outs)
@@ -217,7 +219,7 @@ def _run_corrected(node: Node, envs: list[dict], target: tuple[np.ndarray, int] 
             delta = (new_add - bn_g[:, 2])[None, :, None, None]  # (acc·mul >> shift) + add: add moves it exactly
             new_bn[group, 2] = new_add
         for out, b in zip(outs, bn_outs):
-            out.append(kpu_finish(b.astype(np.int64) + delta, act.data, a["pool"]))
+            out.append(kpu_finish(b + delta if b.dtype == np.int64 else b.astype(np.int64) + delta, act.data, a["pool"]))
         del bn_outs
     if target is not None:
         _set_const(bn, new_bn)

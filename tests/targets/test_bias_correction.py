@@ -192,23 +192,39 @@ def test_bias_correction_is_the_same_with_the_calibration_means():
     assert all(np.array_equal(a, b) for a, b in zip(a0, a1))
 
 
-@pytest.mark.parametrize("k, depthwise", [(1, False), (3, False), (3, True)])
-def test_gram_is_the_patch_outer_product_whatever_the_chunking(k, depthwise):
-    """H = Σ patches patchesᵀ, written out per pixel with numpy; integer inputs make it exact."""
-    from targets.k210.weight_rounding import gram
-    rng = np.random.default_rng(8)
-    x = rng.integers(-255, 256, (3, 4, 5, 6)).astype(np.int16)
+def _gram_by_pixel(x, k, depthwise):
+    """H = Σ patches patchesᵀ, written out per output pixel with numpy."""
+    n, c, h, w = x.shape
     p = k // 2
     xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (p, p), (p, p)))
-    cols = np.stack([xp[n, :, y:y + k, z:z + k] for n in range(3) for y in range(5) for z in range(6)])  # [M, C, k, k]
+    cols = np.stack([xp[i, :, y:y + k, z:z + k] for i in range(n) for y in range(h) for z in range(w)])  # [M, C, k, k]
     if depthwise:
-        v = cols.reshape(len(cols), 4, k * k)
-        want = np.einsum("mcd,mce->cde", v, v)
-    else:
-        v = cols.reshape(len(cols), -1)
-        want = v.T @ v
+        v = cols.reshape(len(cols), c, k * k)
+        return np.einsum("mcd,mce->cde", v, v)
+    v = cols.reshape(len(cols), -1)
+    return v.T @ v
+
+
+@pytest.mark.parametrize("k, depthwise", [(1, False), (3, False), (3, True)])
+def test_gram_is_the_patch_outer_product_whatever_the_chunking(k, depthwise):
+    """Integer inputs make H exact, however it is summed."""
+    from targets.k210.weight_rounding import gram
+    x = np.random.default_rng(8).integers(-255, 256, (3, 4, 5, 6)).astype(np.int16)
+    want = _gram_by_pixel(x, k, depthwise)
     for chunk in (1, 500, 1 << 30):
         assert np.array_equal(gram(x, k, depthwise, chunk_bytes=chunk), want)
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 5, 6), (2, 3, 1, 4), (2, 3, 4, 1), (1, 2, 1, 1), (2, 5, 2, 2)])
+@pytest.mark.parametrize("k, depthwise", [(1, False), (3, False), (3, True)])
+def test_gram_from_shifted_correlations_is_the_patch_product(shape, k, depthwise):
+    """shift_gram (wide dense layers) builds H from the input's self-correlations less the map edges a tap
+    never reads: it must be the per-pixel patch product exactly, thin maps included."""
+    from targets.k210.weight_rounding import shift_gram
+    x = np.random.default_rng(sum(shape)).integers(-255, 256, shape).astype(np.int16)
+    want = _gram_by_pixel(x, k, depthwise)
+    for chunk in (1, 1 << 30):
+        assert np.array_equal(shift_gram(x, k, depthwise, chunk_bytes=chunk), want)
 
 
 def test_a_shared_gptq_factor_rounds_like_gptq_round():

@@ -75,7 +75,8 @@ def run_nncase(python: str, model: Path, calib: Path, out: Path) -> tuple[float,
     """(in-process compile seconds, child wall seconds, child peak RSS bytes) of nncase 1.x."""
     start = time.perf_counter()
     proc = subprocess.Popen([python, str(Path(__file__).resolve()), "--nncase-child", str(model), str(calib),
-                             str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=out.parent)       # nncase writes a kmodel_info.txt into its working directory
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status):

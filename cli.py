@@ -15,11 +15,11 @@ import traceback
 import warnings
 from pathlib import Path
 
-# Running a kmodel is many small matmuls (one per KPU layer): OpenBLAS's threads spin longer than they save
-# (yolo20: 45 ms of CPU single-threaded, 320 ms with two threads). Set before numpy loads; the user's own
+# kpuc's matrix products are many and mid-sized (one per KPU layer, an im2col, a GPTQ Gram matrix): OpenBLAS's
+# worker threads spin between them longer than they save (yolo20 infer: 45 ms of CPU with one thread, 320 ms
+# with two; compile/check pin one thread through compiler/blas.py too). Set before numpy loads; the user's own
 # OPENBLAS_NUM_THREADS wins.
-if sys.argv[1:2] in (["infer"], ["inspect"]):
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import click  # noqa: E402
 import numpy as np  # noqa: E402

@@ -260,11 +260,7 @@ class Graph:
 
     def validate(self) -> None:
         """Check ownership, names, topological order, cycles, dangling values, attributes and shapes."""
-        import networkx as nx
-
         problems = []
-        if not nx.is_directed_acyclic_graph(self.nx()):
-            problems.append("the graph has a cycle: " + str(nx.find_cycle(self.nx())))
         seen: set[int] = set()
         names: set[str] = set()
         for n in self.nodes:
@@ -295,6 +291,10 @@ class Graph:
         for v in self.inputs + self.outputs:
             if v.producer is None or id(v.producer) not in seen:
                 problems.append(f"graph input/output %{v.name} is not produced by a node of this graph")
+        if any("defined later" in p for p in problems):   # nodes in order rule out cycles: look only now
+            import networkx as nx
+            if not nx.is_directed_acyclic_graph(self.nx()):
+                problems.insert(0, "the graph has a cycle: " + str(nx.find_cycle(self.nx())))
         if problems:
             raise KpucError("invalid graph: " + "; ".join(problems[:10])
                             + (f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""))

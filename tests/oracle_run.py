@@ -43,15 +43,17 @@ def differing(got: np.ndarray, want: np.ndarray) -> np.ndarray:
     return (got.view("<u4") != want.view("<u4")) & ~both_nan
 
 
-def compare_with_oracle(kmodel: bytes, workdir: Path, seed: int, program: Path | None = None) -> Comparison:
-    """Run `kmodel` (v3 or v4) on one deterministic random input in the oracle and in kpuc's interpreter.
+def compare_with_oracle(kmodel: bytes, workdir: Path, seed: int, program: Path | None = None,
+                        x: np.ndarray | None = None) -> Comparison:
+    """Run `kmodel` (v3 or v4) on one input (`x`, or a deterministic random one) in the oracle and in kpuc's
+    interpreter.
 
     Raises AssertionError when the oracle refuses to run the file or the output counts disagree."""
     k = read_kmodel(kmodel)
     program = program or oracle_program(k.version)
     assert program is not None, f"no oracle runtime for kmodel v{k.version}"
     ((shape, dtype),) = kmodel_inputs(k)
-    x = random_input(shape, dtype, seed)
+    x = random_input(shape, dtype, seed) if x is None else np.asarray(x, dtype).reshape(shape)
     workdir.mkdir(parents=True, exist_ok=True)
     model_path, input_path, prefix = workdir / "kmodel.bin", workdir / "input.bin", workdir / "oracle"
     model_path.write_bytes(kmodel)

@@ -234,9 +234,11 @@ def head(b: Builder) -> None:
     else:
         b.add("Reshape", [b.name, b.const([1, n], np.int64)], (n,))
         b.add("MatMul", [b.name, b.const(b.weights(units, n).T)], (units,))
-    tail = b.rng.choice(["none", "Relu", "Softmax", "Sigmoid"])
-    if tail != "none":
-        b.add(str(tail), [b.name], b.shape, **({"axis": 1} if tail == "Softmax" else {}))
+    tail = str(b.rng.choice(["none", "Relu", "Softmax", "Sigmoid"]))
+    if tail == "Softmax":
+        softmax(b)
+    elif tail != "none":
+        b.add(tail, [b.name], b.shape)
 
 
 def kpu_block(b: Builder) -> bool:
@@ -298,13 +300,7 @@ def v3_style(b: Builder) -> None:
     if end < 0.3:
         b.add("GlobalAveragePool", [b.name], (b.shape[0], 1, 1))
     elif end < 0.6:
-        n = int(np.prod(b.shape))
-        units = int(b.rng.integers(1, 11))
-        b.add("Flatten", [b.name], (n,), axis=1)
-        b.add("Gemm", [b.name, b.const(b.weights(units, n)), b.const(b.rng.standard_normal(units) * 0.1)],
-              (units,), transB=1)
-        if b.rng.random() < 0.5:
-            softmax(b) if b.rng.random() < 0.5 else b.add("Sigmoid", [b.name], b.shape)
+        head(b)
 
 
 def random_model(seed: int) -> tuple[onnx.ModelProto, str]:

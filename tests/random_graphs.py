@@ -234,9 +234,9 @@ def head(b: Builder) -> None:
     else:
         b.add("Reshape", [b.name, b.const([1, n], np.int64)], (n,))
         b.add("MatMul", [b.name, b.const(b.weights(units, n).T)], (units,))
-    tail = str(b.rng.choice(["none", "Relu", "Softmax", "Sigmoid"]))
-    if tail == "Softmax":
-        softmax(b)
+    tail = str(b.rng.choice(["none", "Relu", "Softmax", "Sigmoid", "LpNormalization"]))
+    if tail in ("Softmax", "LpNormalization"):
+        b.add(tail, [b.name], b.shape, axis=1)
     elif tail != "none":
         b.add(tail, [b.name], b.shape)
 
@@ -293,7 +293,7 @@ def nearest_upsample(b: Builder) -> bool:
 def v3_style(b: Builder) -> None:
     """A uint8 model shaped like the v3 models of the K210 SDK: KPU blocks, then GAP or a dense head."""
     kpu_block(b)
-    ops = [kpu_block, kpu_block, kpu_block, kpu_join, nearest_upsample]
+    ops = [kpu_block, kpu_block, kpu_block, kpu_join, nearest_upsample, pool]
     for _ in range(int(b.rng.integers(0, 4))):
         ops[int(b.rng.integers(len(ops)))](b)
     end = b.rng.random()

@@ -18,7 +18,7 @@ from dataclasses import replace
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from compiler.errors import KpucError
 from compiler.pipeline import CompileOptions, prepare_model
@@ -100,35 +100,75 @@ def _near_quadrant_multiples() -> np.ndarray:
     return (base[:, None] + np.arange(-200, 200)[None, :]).astype(np.int32).view(np.float32).ravel()
 
 
-ONE_OP_INPUTS = {  # op: its input values (the C library function the v4 runtime calls on each)
-    "Exp": lambda rng: rng.uniform(-105, 90, ONE_OP_VALUES),
-    "Log": lambda rng: np.exp(rng.uniform(-90, 88, ONE_OP_VALUES)),
-    "Sin": lambda rng: np.concatenate([_near_quadrant_multiples(), rng.uniform(-300, 300, ONE_OP_VALUES)]),
-    "Cos": lambda rng: np.concatenate([-_near_quadrant_multiples(), rng.uniform(-300, 300, ONE_OP_VALUES)]),
-    "Sigmoid": lambda rng: rng.uniform(-90, 90, ONE_OP_VALUES),
-    "Tanh": lambda rng: rng.uniform(-45, 45, ONE_OP_VALUES),
+LIBM_VALUES = 4 * 160 * 160
+LIBM_INPUTS = {  # op: its input values (the C library function the v4 runtime calls on each)
+    "Exp": lambda rng: rng.uniform(-105, 90, LIBM_VALUES),
+    "Log": lambda rng: np.exp(rng.uniform(-90, 88, LIBM_VALUES)),
+    "Sin": lambda rng: np.concatenate([_near_quadrant_multiples(), rng.uniform(-300, 300, LIBM_VALUES)]),
+    "Cos": lambda rng: np.concatenate([-_near_quadrant_multiples(), rng.uniform(-300, 300, LIBM_VALUES)]),
+    "Sigmoid": lambda rng: rng.uniform(-90, 90, LIBM_VALUES),
+    "Tanh": lambda rng: rng.uniform(-45, 45, LIBM_VALUES),
+    "Softplus": lambda rng: rng.uniform(-90, 90, LIBM_VALUES),
 }
-ONE_OP_VALUES = 4 * 160 * 160
 
 
-@pytest.mark.parametrize("op", sorted(ONE_OP_INPUTS))
-def test_one_float_op_over_100k_values_equals_the_oracle(op, tmp_path):
-    """The C library functions (expf, logf, sinf, cosf; sigmoid and tanh are NNIL programs around expf) on
-    10^5 values through a one-op float kmodel v4: the v4 runtime's result, bit for bit."""
+def one_op_model(op: str, in_shape, out_shape, consts=(), **attrs) -> onnx.ModelProto:
+    """x -> op(x, *consts) -> y as an ONNX model."""
+    names = [f"c{i}" for i in range(len(consts))]
+    graph = helper.make_graph([helper.make_node(op, ["x", *names], ["y"], **attrs)], op,
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+                              [numpy_helper.from_array(np.asarray(c), n) for c, n in zip(consts, names)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    return model
+
+
+def float_v4_against_the_oracle(model: onnx.ModelProto, x: np.ndarray, folder):
+    """Compile `model` with --inference-type float to kmodel v4 and run it on `x` in both runtimes."""
     program = oracle_program(4)
     require(ORACLE / "v4run")
     if program is None:
         pytest.skip(f"{ORACLE / 'v4run'} is not executable")
-    shape = [1, 4, 160, 160]
-    graph = helper.make_graph([helper.make_node(op, ["x"], ["y"])], op,
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 8
-    onnx.save(model, tmp_path / f"{op}.onnx")
-    kmodel = compile_both(tmp_path / f"{op}.onnx", "float", [], 1)[4]
+    onnx.save(model, folder / "model.onnx")
+    kmodel = compile_both(folder / "model.onnx", "float", [], 1)[4]
     assert isinstance(kmodel, bytes), kmodel
-    x = ONE_OP_INPUTS[op](np.random.default_rng(7)).astype(np.float32)[:ONE_OP_VALUES]
-    result = compare_with_oracle(kmodel, tmp_path / "run", 0, program, x=x)
-    assert result.values == ONE_OP_VALUES
+    return compare_with_oracle(kmodel, folder / "run", 0, program, x=x)
+
+
+@pytest.mark.parametrize("op", sorted(LIBM_INPUTS))
+def test_c_library_functions_over_100k_values_equal_the_oracle(op, tmp_path):
+    """expf, logf, sinf, cosf (sigmoid, tanh and softplus are NNIL programs around expf and logf) on 10^5
+    values through a one-op float kmodel v4: the v4 runtime's result, bit for bit."""
+    shape = [1, 4, 160, 160]
+    x = LIBM_INPUTS[op](np.random.default_rng(7)).astype(np.float32)[:LIBM_VALUES]
+    result = float_v4_against_the_oracle(one_op_model(op, shape, shape), x, tmp_path)
+    assert result.values == LIBM_VALUES
+    assert result.differing == 0, result.detail
+
+
+S = [1, 8, 40, 40]
+FLOAT_ORDER_CASES = {  # float32 sums and their order, float32 coordinates: one op each, (in shape, out shape, ...)
+    "conv3x3": ("Conv", [1, 16, 40, 40], [np.random.default_rng(1).standard_normal((16, 8, 3, 3)).astype(np.float32)],
+                {"pads": [1] * 4}),
+    "average_pool": ("AveragePool", S, [], {"kernel_shape": [3, 3], "pads": [1] * 4}),
+    "reduce_mean": ("ReduceMean", [1, 1, 40, 40], [], {"axes": [1]}),
+    "global_average_pool": ("GlobalAveragePool", [1, 8, 1, 1], [], {}),
+    "softmax": ("Softmax", S, [], {"axis": 1}),
+    "lp_normalize": ("LpNormalization", S, [], {"axis": 1, "p": 2}),
+    "bilinear": ("Resize", [1, 8, 120, 100], [np.zeros(0, np.float32), np.array([1, 1, 3, 2.5], np.float32)],
+                 {"mode": "linear", "coordinate_transformation_mode": "asymmetric"}),
+    "bilinear_align_corners": ("Resize", [1, 8, 79, 79], [np.zeros(0, np.float32), np.zeros(0, np.float32),
+                                                          np.array([1, 8, 79, 79])],
+                               {"mode": "linear", "coordinate_transformation_mode": "align_corners"}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FLOAT_ORDER_CASES))
+def test_float_accumulations_and_coordinates_equal_the_oracle(case, tmp_path):
+    """The float32 kernels where operation order or coordinate math could differ from the runtime's loops."""
+    op, out_shape, consts, attrs = FLOAT_ORDER_CASES[case]
+    x = (np.random.default_rng(8).standard_normal(S) * 3).astype(np.float32)
+    result = float_v4_against_the_oracle(one_op_model(op, S, out_shape, consts, **attrs), x, tmp_path)
+    assert result.values == np.prod(out_shape)
     assert result.differing == 0, result.detail

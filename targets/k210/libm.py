@@ -105,11 +105,9 @@ def logf(x) -> np.ndarray:
         y = fma(_LOGF_POLY[1], r, _LOGF_POLY[2])
         y = fma(_LOGF_POLY[0], r2, y)
         out = fma(y, r2, y0 + r).astype(np.float32)
-    bits = x.view(np.uint32)
-    out = np.where(bits & np.uint32(0x7FFFFFFF) == 0, np.float32(-np.inf), out)
-    out = np.where(bits == 0x7F800000, np.float32(np.inf), out)
-    return np.where(((bits >> np.uint32(31)) == 1) & (bits != 0x80000000) | np.isnan(x), np.float32(np.nan),
-                    out).astype(np.float32)
+    out = np.where(x == 0, np.float32(-np.inf), out)          # log(±0) = -inf
+    out = np.where(x == np.inf, x, out)
+    return np.where((x < 0) | np.isnan(x), np.float32(np.nan), out).astype(np.float32)
 
 
 # ---------------------------------------------------------------- sinf, cosf

@@ -9,10 +9,9 @@ Memory is three byte pools (kmodel-v4.md §6.1): the constants blob, `main_mem` 
 reuse of buffers behaves as on the device.
 
 Bit-exactness: float32 ops compute in float32 in nncase's accumulation order (loops over kernel taps,
-vectorized over pixels and channels), integer ops in int64 with nncase's rounding helpers. expf is glibc's
-own algorithm (targets/k210/libm.py, bit-exact); the other C library functions of `unary`/NNIL (logf, sinf,
-cosf, ...) are evaluated in float64 and rounded to float32, which disagrees with glibc on ~0.1 % of inputs
-(numpy's float32 ufuncs on ~10-40 %).
+vectorized over pixels and channels), integer ops in int64 with nncase's rounding helpers. The C library
+functions of `unary`/NNIL (expf, logf, sinf, cosf) are glibc's own algorithms (targets/k210/libm.py,
+bit-exact; rounding a float64 evaluation instead disagrees with glibc on ~0.1 % of inputs).
 
 The ops are in interpreter_v4_ops.py (elementwise, data movement, reductions, NNIL) and
 interpreter_v4_conv.py (convolutions, matmul, KPU); interpreter_v4.py holds the run loop.
@@ -77,11 +76,6 @@ def clamp(v: np.ndarray, act: k4.ValueRange) -> np.ndarray:
     """std::clamp(v, min, max) in float32 (NaN passes through)."""
     lo, hi = F32(act.min), F32(act.max)
     return np.where(v < lo, lo, np.where(hi < v, hi, v)).astype(F32)
-
-
-def libm_f32(fn):
-    """A float32 C library function (expf, logf, ...) as float64 evaluation rounded to float32."""
-    return lambda x: fn(np.asarray(x, np.float64)).astype(F32)
 
 
 def std_min(a, b):

@@ -12,14 +12,13 @@ from targets.k210.interpreter_v4_base import (
     broadcast_gather,
     clamp,
     elem_dtype,
-    libm_f32,
     op,
     out_hw,
     std_max,
     std_min,
     window_taps,
 )
-from targets.k210.libm import expf
+from targets.k210.libm import cosf, expf, logf, sinf
 
 # ---------------------------------------------------------------- elementwise and data movement
 BINARY_F32 = {0: np.add, 1: np.subtract, 2: np.multiply, 3: np.divide, 4: std_min, 5: std_max}
@@ -54,8 +53,8 @@ def quantized_binary(b: k4.QuantizedBinary, mem: Memory):
     mem.put(b.output, np.clip(out, 0, 255).astype(np.uint8))
 
 
-UNARY_F32 = {0: np.abs, 1: np.ceil, 2: libm_f32(np.cos), 3: expf, 4: np.floor, 5: libm_f32(np.log),
-             6: np.negative, 7: lambda x: F32(1) / np.sqrt(x), 8: libm_f32(np.sin), 9: np.square}
+UNARY_F32 = {0: np.abs, 1: np.ceil, 2: cosf, 3: expf, 4: np.floor, 5: logf,
+             6: np.negative, 7: lambda x: F32(1) / np.sqrt(x), 8: sinf, 9: np.square}
 
 
 @op(k4.Unary)

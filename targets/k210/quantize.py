@@ -72,6 +72,9 @@ def equalize_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     r_lo, r_hi = _channel_fixed_ranges(w.reshape(w.shape[0], -1))
     with np.errstate(all="ignore"):
         s1, s2 = t_hi / r_hi, t_lo / r_lo
+    # A layer whose weights are all <= 0 has T.max = R.max = 0: nncase's 0/0 is NaN and the layer garbage.
+    # Its other side is well defined (both minima negative), so that one scales the channel.
+    s1, s2 = np.where(np.isnan(s1), s2, s1), np.where(np.isnan(s2), s1, s2)
     scales = np.where((s1 < 0) | (s2 < 0), np.where(s1 < s2, s2, s1),     # std::max(s1, s2)
                       np.where(s2 < s1, s2, s1))                          # std::min(s1, s2)
     bad = ~(scales > 0)

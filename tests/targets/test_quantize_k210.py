@@ -439,3 +439,15 @@ def test_piecewise_regression_merges_in_nncase_order(case):
         want = _fit_as_nncase_writes_it(xs, ys)
     got = [tuple(s) for s in piecewise_regression(xs, ys)]
     assert repr(got) == repr(want)
+
+
+def test_weight_equalisation_of_a_layer_with_no_positive_weight():
+    """All weights <= 0: nncase's T.max/R.max is 0/0 (NaN, the compile stopped; the zoo's YuNet and 4 random
+    oracle graphs hit it). The minima scale each channel instead, so it spans the layer's whole range."""
+    from targets.k210.quantize import equalize_weights
+    w = np.array([-0.5, -0.25, -0.1, -0.2], np.float32).reshape(2, 2, 1, 1)
+    scaled, scales = equalize_weights(w)
+    assert np.all(np.isfinite(scales)) and np.all(scales > 0)
+    np.testing.assert_allclose(scaled.reshape(2, -1).min(axis=1), [-0.5, -0.5], rtol=1e-6)
+    _, single = equalize_weights(np.full((1, 1, 1, 1), -0.5, np.float32))
+    assert single.tolist() == [1.0]

@@ -131,8 +131,13 @@ def test_cli_check_agrees_with_cli_compile_and_inspect(model, tmp_path):
     from compiler.importers import import_model
     ds = tmp_path / "ds"
     ds.mkdir()
-    for k, x in enumerate(synthetic_samples(import_model(model).inputs[0].shape)):
-        np.save(ds / f"{k}.npy", x)
+    inputs = import_model(model).inputs
+    per_input = [synthetic_samples(v.shape) for v in inputs]
+    for k, xs in enumerate(zip(*per_input)):
+        if len(inputs) == 1:
+            np.save(ds / f"{k}.npy", xs[0])
+        else:   # several inputs: one .npz per sample keyed by input name (compiler/datasets.py)
+            np.savez(ds / f"{k}.npz", **{v.name: x for v, x in zip(inputs, xs)})
     for entry in doc["versions"]:
         v = entry["version"]
         out = tmp_path / f"m.v{v}.kmodel"

@@ -226,9 +226,17 @@ def kpu_activation(act_in_scale: float, yq: QuantParamU8, zq: QuantParamU8, clam
     else:
         segs = piecewise_regression(xs, ys)
     for i, seg in enumerate(segs, start=1):
-        mul = fixed_mul(F32(F32(seg.slope) / z_scale), 16, 20, True)
-        y_add = min(max(roundf_int(F32(F32(F32(seg.intercept) * F32(zq.scale)) + F32(zq.zero_point))), 0), 255)
-        table[i] = (roundf_int(F32(F32(seg.start) * s_in)), mul.rounded, mul.shift, y_add)
+        start = F32(F32(seg.start) * s_in)
+        if not abs(start) < 1 << 35:   # also NaN: a damaged model's scales (x_start is a signed 36-bit field)
+            raise KpucError(f"activation segment {i} starts at {start:.4g} in batch-norm units, beyond the KPU's "
+                            "signed 36-bit x_start")
+        try:
+            mul = fixed_mul(F32(F32(seg.slope) / z_scale), 16, 20, True)
+            y_add = min(max(roundf_int(F32(F32(F32(seg.intercept) * F32(zq.scale)) + F32(zq.zero_point))), 0), 255)
+        except (ValueError, OverflowError):   # NaN or inf from damaged scales
+            raise KpucError(f"activation segment {i}: slope {seg.slope:.4g} or intercept {seg.intercept:.4g} has "
+                            "no KPU form") from None
+        table[i] = (roundf_int(start), mul.rounded, mul.shift, y_add)
     return table
 
 

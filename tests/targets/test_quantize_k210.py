@@ -451,3 +451,16 @@ def test_weight_equalisation_of_a_layer_with_no_positive_weight():
     np.testing.assert_allclose(scaled.reshape(2, -1).min(axis=1), [-0.5, -0.5], rtol=1e-6)
     _, single = equalize_weights(np.full((1, 1, 1, 1), -0.5, np.float32))
     assert single.tolist() == [1.0]
+
+
+@pytest.mark.parametrize("act_in_scale", [1e30, float("nan"), float("inf")])
+def test_an_activation_table_beyond_the_kpu_fields_is_a_model_error(act_in_scale):
+    """A fuzzed NaN quantization scale in a uint8 TFLite model once made x_start ~ -5.7e19: an int64 overflow
+    inside quantization (exit 3). Damaged scales now stop the compile with a model error naming the field."""
+    from compiler.errors import KpucError
+    from compiler.quantization import QuantParamU8
+    from targets.k210.quantize import kpu_activation
+    q = QuantParamU8(0, 25.0)
+    assert kpu_activation(1.0, q, q, (-np.inf, np.inf), ()).shape == (16, 4)   # a sane table still builds
+    with pytest.raises(KpucError, match="x_start|no KPU form"):
+        kpu_activation(act_in_scale, q, q, (-np.inf, np.inf), ())

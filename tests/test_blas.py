@@ -9,7 +9,9 @@ from compiler.blas import blas_threads
 
 def _openblas_threads():
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    pools = [p for p in threadpoolctl.threadpool_info() if p["internal_api"] == "openblas"]
+    # numpy's own OpenBLAS: after other tests, scipy's may be loaded too (it is not the one kpuc limits)
+    pools = [p for p in threadpoolctl.threadpool_info()
+             if p["internal_api"] == "openblas" and "numpy" in p["filepath"]]
     if not pools:
         pytest.skip("numpy is not linked with OpenBLAS here")
     return pools[0]["num_threads"]

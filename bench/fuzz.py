@@ -378,7 +378,7 @@ def campaign(fmt: str, cases: int, seed: int, timeout: float = 30.0, mem_gib: fl
         raise SystemExit(f"no {fmt} seed models found (looked in {shared_dir()} and {ROOT / 'models'})")
     counts = dict.fromkeys(OUTCOMES, 0)
     examples: dict[str, tuple] = {}
-    peak_rss, slowest = 0, 0.0
+    peak_rss, peak_case, slowest = 0, None, 0.0
     suffix = {"tflite": ".tflite", "onnx": ".onnx"}.get(fmt, ".kmodel")
     with tempfile.TemporaryDirectory(prefix="kpucfuzz") as tmp:
         for k in range(cases):
@@ -392,7 +392,11 @@ def campaign(fmt: str, cases: int, seed: int, timeout: float = 30.0, mem_gib: fl
             began = time.monotonic()
             r = run_case(argv, timeout, int(mem_gib * (1 << 30)))
             slowest = max(slowest, time.monotonic() - began)
-            peak_rss = max(peak_rss, r.rss_kib)
+            if r.rss_kib > peak_rss:
+                peak_rss, peak_case = r.rss_kib, (k, name, labels, [a.replace(str(work), "<case>") for a in argv])
+                if save and r.rss_kib > 1 << 20:   # over 1 GiB: keep the case to reproduce it
+                    save.mkdir(parents=True, exist_ok=True)
+                    (save / f"{fmt}_{seed}_{k}_rss{suffix}").write_bytes(data)
             counts[r.outcome] += 1
             if r.outcome not in ("ok", "clean"):
                 key = f"{r.outcome}: {site_of(r.detail) if r.outcome == 'internal' else r.detail[:80]}"
@@ -404,7 +408,8 @@ def campaign(fmt: str, cases: int, seed: int, timeout: float = 30.0, mem_gib: fl
                     if not quiet:
                         print(f"  case {k}: {key}\n    {name} {labels} {' '.join(argv[:1])}\n    {r.detail}", flush=True)
             _rmtree(work)
-    return {"counts": counts, "examples": examples, "peak_rss_kib": peak_rss, "slowest_s": slowest}
+    return {"counts": counts, "examples": examples, "peak_rss_kib": peak_rss, "peak_case": peak_case,
+            "slowest_s": slowest}
 
 
 def _rmtree(path: Path) -> None:
@@ -426,7 +431,9 @@ def main() -> None:
     start = time.monotonic()
     res = campaign(a.format, a.cases, seed, a.timeout, a.mem_gib, a.save)
     print(f"{time.monotonic() - start:.0f} s: " + ", ".join(f"{k} {v}" for k, v in res["counts"].items()))
-    print(f"peak RSS of any case {res['peak_rss_kib'] / 1024:.0f} MiB, slowest case {res['slowest_s']:.1f} s")
+    print(f"peak RSS of any case {res['peak_rss_kib'] / 1024:.0f} MiB (case {res['peak_case'][0]}: "
+          f"{res['peak_case'][1]} {res['peak_case'][2]} kpuc {' '.join(res['peak_case'][3])}), "
+          f"slowest case {res['slowest_s']:.1f} s")
     for key, (name, labels, argv, detail, k) in res["examples"].items():
         print(f"{key}\n    case {k}: {name} {labels}: kpuc {' '.join(argv)}\n    {detail}")
 

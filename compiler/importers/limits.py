@@ -44,3 +44,11 @@ def check_elements(shape, what: str) -> int:
         raise TooLarge(f"{what}: shape {dims} has {count:,} elements, over kpuc's limit of {limit:,} "
                        f"(set {ENV} to raise it)")
     return count
+
+
+def check_padded_input(shape, padding, what: str) -> int:
+    """A sliding window's input as its kernel pads it (N, C, H + top + bottom, W + left + right) must be
+    under the limit too: a damaged pool or conv can ask for a window of millions with padding to match."""
+    n, c, h, w = (int(d) for d in shape)
+    (top, bottom), (left, right) = padding
+    return check_elements((n, c, h + int(top) + int(bottom), w + int(left) + int(right)), f"{what} (padded input)")

@@ -275,3 +275,11 @@ def test_huge_initializer_dims_without_data(tmp_path):
     m = _proto(path)
     m.graph.initializer[0].dims[:] = [1 << 20, 1 << 20]
     _fails(_rewrite(path, m), "over kpuc's limit", TooLarge)
+
+
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+def test_a_pool_window_of_millions_is_refused_before_padding(tmp_path, op):
+    """A fuzzed TFLite AVERAGE_POOL_2D filter width of 67,108,866 (SAME padding to match) made the kernel pad
+    a 4x8 map to ~540M values: 1.9 GB and minutes. The padded input is checked against the element limit."""
+    nodes = [helper.make_node(op, ["x"], ["y"], kernel_shape=[2, 1 << 26], strides=[2, 2], auto_pad="SAME_UPPER")]
+    _fails(_save(tmp_path, nodes, [("x", [1, 2, 4, 8])], ["y"]), "padded input.*over kpuc's limit")

@@ -1,6 +1,7 @@
 """MaxPool, AveragePool, GlobalAveragePool and GlobalMaxPool."""
 from __future__ import annotations
 
+from compiler.importers.limits import check_padded_input
 from compiler.importers.onnx.context import NotConvertible, converter
 from compiler.importers.onnx.conv import check_spatial_rank, drop, lift, lift_attrs, spatial_attrs
 
@@ -13,6 +14,7 @@ def _pool(ctx, x, op, kernel_shape, auto_pad, pads, strides, dilations, ceil_mod
     s, d, p = spatial_attrs(x.shape[2:], kernel, auto_pad, pads, strides, dilations)
     s, d, p = lift_attrs(n, s, d, p)
     kernel = kernel if n == 2 else (1,) + kernel
+    check_padded_input(x.shape if n == 2 else x.shape[:2] + (1,) + x.shape[2:], p, f"pool window {kernel}")
     y = ctx.add("reduce_window2d", [lift(ctx, x)], op=op, kernel=kernel, strides=s, padding=p, dilations=d,
                 ceil_mode=bool(ceil_mode), **extra)
     return drop(ctx, y, n)

@@ -219,4 +219,6 @@ def write_docs(entries: list[dict], results: list[dict], path: Path) -> None:
           f"`{e['sha256'][:16]}` | {e.get('notes', '')} |" for e in entries if e["name"] in measured],
         "",
     ]
-    path.write_text("\n".join(lines))
+    # error lines quote the cached model's path: name the cache as the docs do, not this machine's folder
+    from fetch import cache_dir
+    path.write_text("\n".join(lines).replace(str(cache_dir()), "$KPUC_ZOO"))

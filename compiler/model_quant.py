@@ -41,18 +41,39 @@ def quantized_values(graph: Graph) -> list[Value]:
     return [v for n in graph.nodes for v in n.outputs if _per_tensor(v) is not None]
 
 
-def is_hybrid(node: Node) -> bool:
+# the importers' layout helpers: their output holds the input's codes, whether or not it has quant
+_RELAYOUT = ("reshape", "transpose")
+
+
+def grids(graph: Graph) -> dict[Value, QuantParam]:
+    """Every value's per-tensor grid: its own, or for an unquantized reshape/transpose output its
+    input's (FULLY_CONNECTED's flatten of a 4-D int8 input is such a helper; without its grid the
+    matmul would look hybrid and be re-quantized on the fly)."""
+    grid = {}
+    for n in graph.nodes:
+        for v in n.outputs:
+            q = _per_tensor(v)
+            if q is None and n.op in _RELAYOUT and n.inputs[0] in grid and v.quant is None:
+                q = grid[n.inputs[0]]
+            if q is not None:
+                grid[v] = q
+    return grid
+
+
+def is_hybrid(node: Node, grid: Mapping[Value, QuantParam] | None = None) -> bool:
     """A conv or matmul with quantized constant weights on a float activation: TFLite's hybrid
     (dynamic-range) kernels quantize that activation on the fly."""
     if node.op not in ("conv2d", "matmul") or len(node.inputs) < 2:
         return False
     x, w = node.inputs[:2]
-    return w.is_constant and w.quant is not None and _per_tensor(x) is None and x.dtype == "float32"
+    x_quant = grid.get(x) if grid is not None else _per_tensor(x)
+    return w.is_constant and w.quant is not None and x_quant is None and x.dtype == "float32"
 
 
 def is_prequantized(graph: Graph) -> bool:
     """True when the model carries its own activation scales (an int8/uint8 model) or hybrid layers."""
-    return bool(quantized_values(graph)) or any(is_hybrid(n) for n in graph.nodes)
+    grid = grids(graph)
+    return bool(grid) or any(is_hybrid(n, grid) for n in graph.nodes)
 
 
 def quantize_dynamic(x: np.ndarray, asymmetric: bool = False) -> np.ndarray:
@@ -194,13 +215,14 @@ class GridExecutor(Executor):
     def __init__(self, graph: Graph, kernels: Mapping = KERNELS):
         super().__init__(graph, kernels)
         self.lowest = code_min(graph)
+        self.grid = grids(graph)
         self.acc_scale: dict[Value, np.ndarray] = {}
 
     def snap(self, v: Value, a: np.ndarray, *, saturate: bool = False) -> np.ndarray:
         a = np.asarray(a)
         if not np.issubdtype(a.dtype, np.floating):
             return a
-        q = _per_tensor(v)
+        q = self.grid.get(v)
         if q is None:
             return a.astype(np.float64)
         scale = float(q.scale)
@@ -229,9 +251,9 @@ class GridExecutor(Executor):
             raise KpucError(f"{node.name}: no kernel for op '{node.op}'")
         # graph inputs arrive as float32: back to exact codes, saturated like the model's input tensor
         args = [self.snap(v, a, saturate=True) if v.producer.op == "input" else a for v, a in zip(node.inputs, args)]
-        if is_hybrid(node):
+        if is_hybrid(node, self.grid):
             args[0] = quantize_dynamic(args[0], asymmetric=node.inputs[1].quant.axis is not None)
-        out_q = _per_tensor(node.output) if len(node.outputs) == 1 else None
+        out_q = self.grid.get(node.output) if len(node.outputs) == 1 else None
         if out_q is not None and node.inputs and node.inputs[0] in self.acc_scale:
             args[0] = self.requantize(args[0], self.acc_scale[node.inputs[0]], out_q)
         try:
@@ -257,7 +279,7 @@ class GridExecutor(Executor):
         if node.op not in ("conv2d", "matmul") or len(node.inputs) < 2:
             return None
         x, w = node.inputs[:2]
-        qx, qw = _per_tensor(x), w.quant
+        qx, qw = self.grid.get(x), w.quant
         if qx is None or qw is None or not w.is_constant or (node.op == "conv2d" and node.attrs["fused_clamp"] != (
                 -np.inf, np.inf)):
             return None

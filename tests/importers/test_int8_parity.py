@@ -4,7 +4,7 @@ arithmetic is integer-deterministic."""
 from __future__ import annotations
 
 import numpy as np
-from test_tflite_ops import Op, T, build, opts
+from test_tflite_ops import SAME, Op, T, build, opts
 
 from compiler.importers import import_model
 from compiler.model_quant import GridExecutor
@@ -64,3 +64,38 @@ def test_fully_connected_on_a_4d_int8_input_is_exact(tmp_path):
                T("y", (1, 4), "int8", scale=(0.09,), zero_point=(14,))]
     model = build(tensors, [Op("FULLY_CONNECTED", ["x", "w", "b"], ["y"], opts("FullyConnectedOptions"))], ["x"], ["y"])
     assert max(steps(tmp_path, model, [_int8((1, 4, 5, 3))]) for _ in range(4)) == 0
+
+
+def test_fully_connected_requantizes_with_one_rounding(tmp_path):
+    """tiny_anomaly_ad01: LiteRT's FULLY_CONNECTED rounds x * q / 2^(31 - shift) once (TFLITE_SINGLE_ROUNDING);
+    the gemmlowp double rounding put 1-3 steps on every dense layer (45 of 80000 outputs here)."""
+    w = _int8((40, 64))
+    b = R.integers(-3000, 3000, 40).astype(np.int32)
+    tensors = [T("x", (2000, 64), "int8", scale=(0.05,), zero_point=(-5,)),
+               T("w", w.shape, "int8", w, scale=(0.0021377,), zero_point=(0,)),
+               T("b", (40,), "int32", b, scale=(0.05 * 0.0021377,), zero_point=(0,)),
+               T("y", (2000, 40), "int8", scale=(0.3117,), zero_point=(3,))]
+    model = build(tensors, [Op("FULLY_CONNECTED", ["x", "w", "b"], ["y"], opts("FullyConnectedOptions"))], ["x"], ["y"])
+    assert steps(tmp_path, model, [_int8((2000, 64))]) == 0
+
+
+def test_conv_and_depthwise_requantize_with_two_roundings(tmp_path):
+    """tfmicro_mobilenet_v2_int8_pytorch: LiteRT's int8 CONV_2D and DEPTHWISE_CONV_2D (per-channel and
+    per-tensor weights) still use gemmlowp's rounding high multiply then rounding shift; one rounding
+    differs on 0.1-0.5% of the outputs."""
+    cw, dw = _int8((16, 3, 3, 8)), _int8((1, 3, 3, 16))
+    cs, ds = R.uniform(0.001, 0.003, 16), R.uniform(0.01, 0.03, 16)
+    tensors = [T("x", (1, 40, 40, 8), "int8", scale=(0.05,), zero_point=(-5,)),
+               T("cw", cw.shape, "int8", cw, scale=tuple(cs), zero_point=(0,) * 16, axis=0),
+               T("cb", (16,), "int32", R.integers(-3000, 3000, 16).astype(np.int32), scale=tuple(0.05 * cs),
+                 zero_point=(0,) * 16, axis=0),
+               T("a", (1, 40, 40, 16), "int8", scale=(0.0733,), zero_point=(3,)),
+               T("dw", dw.shape, "int8", dw, scale=tuple(ds), zero_point=(0,) * 16, axis=3),
+               T("db", (16,), "int32", R.integers(-300, 300, 16).astype(np.int32), scale=tuple(0.0733 * ds),
+                 zero_point=(0,) * 16, axis=0),
+               T("y", (1, 40, 40, 16), "int8", scale=(0.0917,), zero_point=(-7,))]
+    ops = [Op("CONV_2D", ["x", "cw", "cb"], ["a"], opts("Conv2DOptions", Padding=SAME, StrideH=1, StrideW=1)),
+           Op("DEPTHWISE_CONV_2D", ["a", "dw", "db"], ["y"], opts("DepthwiseConv2DOptions", Padding=SAME, StrideH=1,
+                                                                 StrideW=1, DepthMultiplier=1))]
+    model = build(tensors, ops, ["x"], ["a", "y"])
+    assert max(steps(tmp_path, model, [_int8((1, 40, 40, 8))]) for _ in range(2)) == 0

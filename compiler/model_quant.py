@@ -275,7 +275,7 @@ class GridExecutor(Executor):
         if out_q is not None and node.inputs and node.inputs[0] in self.acc_scale:
             args[0] = self.requantize(args[0], self.acc_scale[node.inputs[0]], out_q)
         try:
-            out = fn(*args, **node.attrs)
+            out = self._integer_mean(node, args[0]) if self._is_integer_mean(node) else fn(*args, **node.attrs)
         except Exception as e:
             raise KpucError(f"{node.name} ({node.op}) failed: {type(e).__name__}: {e}") from e
         out = out if isinstance(out, tuple) else (out,)
@@ -287,6 +287,35 @@ class GridExecutor(Executor):
             return (self.snap(node.output, self.requantize(out[0], scale, out_q)),)
         return tuple(self.snap(v, r) if v.dtype == "float32" else np.asarray(r, v.dtype)
                      for v, r in zip(node.outputs, out))
+
+    def _output_grid(self, node: Node) -> QuantParam | None:
+        """The grid of `node`'s output, or of the epilogue clamp that is its only user."""
+        if node.output in self.grid:
+            return self.grid[node.output]
+        users = node.output.user_nodes()
+        if len(users) == 1 and users[0].op == "clamp" and node.output not in self.graph.outputs:
+            return self.grid.get(users[0].output)
+        return None
+
+    def _is_integer_mean(self, node: Node) -> bool:
+        return node.op == "reduce" and node.attrs["op"] == "mean" and node.inputs[0] in self.grid \
+            and self._output_grid(node) is not None
+
+    def _integer_mean(self, node: Node, x: np.ndarray) -> np.ndarray:
+        """LiteRT's int8 MEAN: the sum of (code - zero point) times the multiplier s_in / s_out with 1/N
+        folded in ((q << k) // N, k = floor(log2 N) capped at 32 and at 31 + shift), requantized with the
+        double rounding. Not the rounded float mean: a mean of 23/49 step becomes 1 (tfmicro
+        mobilenet_v2's 7x7 global pool: 40 of 1280 outputs)."""
+        q_in, q_out = self.grid[node.inputs[0]], self._output_grid(node)
+        axes = tuple(node.attrs["axes"])
+        count = int(np.prod([x.shape[a] for a in axes]))
+        total = np.rint(x / float(q_in.scale)).astype(np.int64).sum(axis=axes, keepdims=node.attrs["keepdims"])
+        mul, shift = quantize_multiplier(np.float64(q_in.scale) / np.float64(q_out.scale))
+        k = min(count.bit_length() - 1, 32, 31 + int(shift))
+        mul, shift = (np.int64(mul) << k) // count, shift - k
+        codes = multiply_by_quantized_multiplier_double(total, mul, shift)
+        codes = np.clip(codes, self.lowest - q_out.zero_point, self.lowest + 255 - q_out.zero_point)
+        return codes.astype(np.float64) * float(q_out.scale)
 
     def _accumulator_scale(self, node: Node) -> tuple[np.ndarray, Callable] | None:
         """s_x * s_w (per output channel, shaped to broadcast) and the requantization's multiply when

@@ -99,3 +99,20 @@ def test_conv_and_depthwise_requantize_with_two_roundings(tmp_path):
                                                                  StrideW=1, DepthMultiplier=1))]
     model = build(tensors, ops, ["x"], ["a", "y"])
     assert max(steps(tmp_path, model, [_int8((1, 40, 40, 8))]) for _ in range(2)) == 0
+
+
+def _mean_model(out_scale: float, out_zero_point: int) -> bytes:
+    tensors = [T("x", (1, 7, 7, 256), "int8", scale=(0.0705,), zero_point=(-9,)),
+               T("axes", (2,), "int32", np.array([1, 2], np.int32)),
+               T("y", (1, 1, 1, 256), "int8", scale=(out_scale,), zero_point=(out_zero_point,))]
+    ops = [Op("MEAN", ["x", "axes"], ["y"], opts("ReducerOptions", KeepDims=True))]
+    return build(tensors, ops, ["x"], ["y"])
+
+
+def test_int8_global_mean_is_exact(tmp_path):
+    """tfmicro_mobilenet_v2_int8_pytorch's 7x7 MEAN: LiteRT folds 1/49 into a fixed-point multiplier and
+    rounds twice, so a mean of 23/49 step gives 1 (the rounded float mean gave 40 of 1280 outputs 1 off)."""
+    x = R.integers(-128, 128, (1, 7, 7, 256))
+    x = np.clip(x // 8 - 9, -128, 127).astype(np.int8)     # small codes near the zero point: means near ties
+    for scale, zero_point in ((0.0705, -9), (0.031, 3)):
+        assert steps(tmp_path, _mean_model(scale, zero_point), [x]) == 0

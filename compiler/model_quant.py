@@ -214,6 +214,8 @@ def multiply_by_quantized_multiplier_double(x: np.ndarray, q: np.ndarray, shift:
     return (high >> right) + ((high & mask) > threshold)
 
 
+_ADD_MULTIPLY = multiply_by_quantized_multiplier_double  # measured: LiteRT ADD rounds twice
+
 # how LiteRT's kernel for each accumulating IR op rounds its requantization (FULLY_CONNECTED: single)
 _REQUANTIZE = {"conv2d": multiply_by_quantized_multiplier_double, "matmul": multiply_by_quantized_multiplier}
 
@@ -230,7 +232,9 @@ class GridExecutor(Executor):
 
     def __init__(self, graph: Graph, kernels: Mapping = KERNELS):
         super().__init__(graph, kernels)
-        self.lowest = code_min(graph)
+        # an int8 input says int8 even when no zero point in the model is negative
+        signed_input = any(v.producer.meta.get("code_range", (0,))[0] < 0 for v in graph.inputs)
+        self.lowest = -128 if signed_input else code_min(graph)
         self.grid = grids(graph)
         # accumulator values: (s_x * s_w, the requantization's fixed-point multiply)
         self.acc_scale: dict[Value, tuple[np.ndarray, Callable]] = {}
@@ -245,7 +249,8 @@ class GridExecutor(Executor):
         scale = float(q.scale)
         codes = round_half_away(a.astype(np.float64) / scale)
         if saturate:
-            codes = np.clip(codes, self.lowest - q.zero_point, self.lowest + 255 - q.zero_point)
+            low, high = v.producer.meta.get("code_range", (self.lowest, self.lowest + 255))
+            codes = np.clip(codes, low - q.zero_point, high - q.zero_point)
         return codes * scale
 
     def requantize(self, a: np.ndarray, accumulator: tuple[np.ndarray, Callable], q: QuantParam) -> np.ndarray:
@@ -275,7 +280,8 @@ class GridExecutor(Executor):
         if out_q is not None and node.inputs and node.inputs[0] in self.acc_scale:
             args[0] = self.requantize(args[0], self.acc_scale[node.inputs[0]], out_q)
         try:
-            out = self._integer_mean(node, args[0]) if self._is_integer_mean(node) else fn(*args, **node.attrs)
+            integer = self._integer_kernel(node)
+            out = integer(node, *args) if integer is not None else fn(*args, **node.attrs)
         except Exception as e:
             raise KpucError(f"{node.name} ({node.op}) failed: {type(e).__name__}: {e}") from e
         out = out if isinstance(out, tuple) else (out,)
@@ -297,9 +303,34 @@ class GridExecutor(Executor):
             return self.grid.get(users[0].output)
         return None
 
-    def _is_integer_mean(self, node: Node) -> bool:
-        return node.op == "reduce" and node.attrs["op"] == "mean" and node.inputs[0] in self.grid \
-            and self._output_grid(node) is not None
+    def _integer_kernel(self, node: Node) -> Callable | None:
+        """The integer emulation of a LiteRT kernel whose rounding the float op followed by a snap to
+        the output grid does not reproduce."""
+        if self._output_grid(node) is None or not all(v in self.grid for v in node.inputs[:1]):
+            return None
+        if node.op == "reduce" and node.attrs["op"] == "mean":
+            return self._integer_mean
+        if node.op == "binary" and node.attrs["op"] == "add" and node.inputs[1] in self.grid:
+            return self._integer_add
+        return None
+
+    def _integer_add(self, node: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """LiteRT's int8/uint8 ADD: each input's (code - zero point) shifted left 20 bits and rescaled to
+        twice the larger input scale, summed, then rescaled to the output, every step a fixed-point
+        multiply."""
+        qa, qb, q_out = self.grid[node.inputs[0]], self.grid[node.inputs[1]], self._output_grid(node)
+        sa, sb, so = (np.float64(q.scale) for q in (qa, qb, q_out))
+        twice_max = 2 * max(sa, sb)
+        left = 20
+        ma, ka = quantize_multiplier(sa / twice_max)
+        mb, kb = quantize_multiplier(sb / twice_max)
+        mo, ko = quantize_multiplier(twice_max / ((1 << left) * so))
+        ca = np.rint(a / sa).astype(np.int64) << left
+        cb = np.rint(b / sb).astype(np.int64) << left
+        total = _ADD_MULTIPLY(ca, ma, ka) + _ADD_MULTIPLY(cb, mb, kb)
+        codes = _ADD_MULTIPLY(total, mo, ko)
+        codes = np.clip(codes, self.lowest - q_out.zero_point, self.lowest + 255 - q_out.zero_point)
+        return codes.astype(np.float64) * float(q_out.scale)
 
     def _integer_mean(self, node: Node, x: np.ndarray) -> np.ndarray:
         """LiteRT's int8 MEAN: the sum of (code - zero point) times the multiplier s_in / s_out with 1/N

@@ -116,3 +116,39 @@ def test_int8_global_mean_is_exact(tmp_path):
     x = np.clip(x // 8 - 9, -128, 127).astype(np.int8)     # small codes near the zero point: means near ties
     for scale, zero_point in ((0.0705, -9), (0.031, 3)):
         assert steps(tmp_path, _mean_model(scale, zero_point), [x]) == 0
+
+
+def test_int8_add_is_exact(tmp_path):
+    """coral_tf2_mobilenet_v2's residual ADDs (these scales are its expanded_conv_8 add): LiteRT shifts
+    both inputs left 20 bits, rescales each to twice the larger scale and the sum to the output, each a
+    double-rounded fixed-point multiply; the rounded float sum was 1 step off on ~0.01% of the outputs
+    (11 steps at the logits)."""
+    shape = (1, 64, 64, 64)
+    tensors = [T("a", shape, "int8", scale=(0.18986915051937103,), zero_point=(-6,)),
+               T("b", shape, "int8", scale=(0.1699049174785614,), zero_point=(-31,)),
+               T("y", shape, "int8", scale=(0.18754954636096954,), zero_point=(-14,))]
+    model = build(tensors, [Op("ADD", ["a", "b"], ["y"], opts("AddOptions"))], ["a", "b"], ["y"])
+    assert steps(tmp_path, model, [_int8(shape), _int8(shape)]) == 0
+
+
+def test_uint8_input_of_an_int8_model_is_not_clipped(tmp_path):
+    """coral_tf2_mobilenet_v2_ptq takes uint8 (zero point 127) and QUANTIZEs it to int8 (-1): the input's
+    codes 128..255 are real, not saturated to the int8 model's -128..127 (which zeroed half the image)."""
+    tensors = [T("x", (1, 8, 8, 3), "uint8", scale=(0.0078431,), zero_point=(127,)),
+               T("q", (1, 8, 8, 3), "int8", scale=(0.0078431,), zero_point=(-1,)),
+               T("b", (1, 8, 8, 3), "int8", scale=(0.05,), zero_point=(0,)),
+               T("y", (1, 8, 8, 3), "int8", scale=(0.06,), zero_point=(1,))]
+    ops = [Op("QUANTIZE", ["x"], ["q"]), Op("ADD", ["q", "b"], ["y"], opts("AddOptions"))]
+    model = build(tensors, ops, ["x", "b"], ["y"])
+    x = R.integers(0, 256, (1, 8, 8, 3)).astype(np.uint8)
+    assert steps(tmp_path, model, [x, _int8((1, 8, 8, 3))]) == 0
+
+
+def test_int8_model_without_a_negative_zero_point_saturates_as_int8(tmp_path):
+    """No zero point below 0 does not make a model uint8 when its input is int8: its outputs saturate
+    at 127, not 255 (half of this ADD's outputs were wrong)."""
+    tensors = [T("a", (1, 16, 16, 8), "int8", scale=(0.14006493985652924,), zero_point=(3,)),
+               T("b", (1, 16, 16, 8), "int8", scale=(0.10362372547388077,), zero_point=(15,)),
+               T("y", (1, 16, 16, 8), "int8", scale=(0.15204428136348724,), zero_point=(3,))]
+    model = build(tensors, [Op("ADD", ["a", "b"], ["y"], opts("AddOptions"))], ["a", "b"], ["y"])
+    assert steps(tmp_path, model, [_int8((1, 16, 16, 8)), _int8((1, 16, 16, 8))]) == 0

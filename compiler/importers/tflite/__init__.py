@@ -92,7 +92,12 @@ def _declare_inputs(ctx: TFLiteContext, shapes: dict[int, tuple[int, ...]], prob
             nhwc.quant = t.quant
             ctx.values[index] = nhwc
         else:
-            ctx.values[index] = ctx.graph.input(t.name, TensorType(dims, ir_dtype(t)), quant=t.quant)
+            v = ctx.values[index] = ctx.graph.input(t.name, TensorType(dims, ir_dtype(t)), quant=t.quant)
+        if v.quant is not None and t.dtype in ("uint8", "int8", "int16"):
+            # the codes the file's input holds: a uint8 input of an int8 model (QUANTIZE to int8 first) is
+            # saturated to 0..255, not to the model's -128..127 (kpuc infer's GridExecutor reads this)
+            info = np.iinfo(t.dtype)
+            v.producer.meta["code_range"] = (int(info.min), int(info.max))
 
 
 def _declare_outputs(ctx: TFLiteContext) -> None:

@@ -50,15 +50,59 @@ def single_axis_fixed(model: bytes) -> bytes:
     return bytes(data)
 
 
+def transpose_conv_bias_as_builtin(model: bytes) -> bytes:
+    """A copy with MediaPipe's custom Convolution2DTransposeBias (input, OHWI weights, bias; options a
+    C struct int32 padding 1 SAME / 2 VALID, stride_w, stride_h) rewritten as LiteRT's builtin
+    TRANSPOSE_CONV (output shape, weights, input, bias) with the custom op's own output tensor shape, so
+    LiteRT's reference kernels can run the selfie segmentation models."""
+    import struct
+
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as S
+    m = S.ModelT.InitFromObj(S.Model.GetRootAs(model, 0))
+    custom = [i for i, c in enumerate(m.operatorCodes)
+              if c.builtinCode == S.BuiltinOperator.CUSTOM and c.customCode == b"Convolution2DTransposeBias"]
+    if not custom:
+        return model
+    code = S.OperatorCodeT()
+    code.builtinCode, code.deprecatedBuiltinCode, code.version = S.BuiltinOperator.TRANSPOSE_CONV, 67, 3
+    m.operatorCodes.append(code)
+    for sub in m.subgraphs:
+        for op in sub.operators:
+            if op.opcodeIndex not in custom:
+                continue
+            padding, stride_w, stride_h = struct.unpack_from("<3i", bytes(op.customOptions))
+            shape = S.BufferT()
+            shape.data = np.asarray(sub.tensors[op.outputs[0]].shape, "<i4").view(np.uint8)
+            m.buffers.append(shape)
+            t = S.TensorT()
+            t.shape, t.type, t.buffer, t.name = [4], S.TensorType.INT32, len(m.buffers) - 1, b"output_shape"
+            sub.tensors.append(t)
+            options = S.TransposeConvOptionsT()
+            options.padding = {1: S.Padding.SAME, 2: S.Padding.VALID}[padding]
+            options.strideW, options.strideH = stride_w, stride_h
+            op.opcodeIndex = len(m.operatorCodes) - 1
+            op.inputs = [len(sub.tensors) - 1, op.inputs[1], op.inputs[0], op.inputs[2]]
+            op.builtinOptionsType, op.builtinOptions, op.customOptions = S.BuiltinOptions.TransposeConvOptions, options, None
+    b = flatbuffers.Builder(len(model) + 1024)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
 def _interpreter(path: Path):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
     model = path.read_bytes()
     try:
         # the reference kernels: what the issue's parity figures are measured against
-        return Interpreter(model_content=model, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+        interp = Interpreter(model_content=model, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+        interp.allocate_tensors()       # a custom op fails here, not when the file is read
+        return interp
     except (RuntimeError, ValueError) as e:
         if "quantized_dimension" in str(e):
             return Interpreter(model_content=single_axis_fixed(model),
+                               experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+        if "Convolution2DTransposeBias" in str(e):
+            return Interpreter(model_content=transpose_conv_bias_as_builtin(model),
                                experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
         return Interpreter(model_content=model)
 

@@ -4,7 +4,6 @@ arithmetic is integer-deterministic."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from test_tflite_ops import SAME, Op, T, build, opts
 
 from compiler.importers import import_model
@@ -154,30 +153,3 @@ def test_int8_model_without_a_negative_zero_point_saturates_as_int8(tmp_path):
     model = build(tensors, [Op("ADD", ["a", "b"], ["y"], opts("AddOptions"))], ["a", "b"], ["y"])
     assert steps(tmp_path, model, [_int8((1, 16, 16, 8)), _int8((1, 16, 16, 8))]) == 0
 
-
-def test_zoo_reference_fixes_a_bias_quantized_dimension_and_nothing_else(tmp_path):
-    """tfmicro_person_detect_int8: its depthwise biases say quantized_dimension 3 (rank 1); LiteRT refuses
-    the file, bench/zoo/reference.py measures a copy with 0 there, and kpuc matches that copy exactly."""
-    import sys
-
-    from shared_data import ROOT
-    sys.path.insert(0, str(ROOT / "bench" / "zoo"))
-    from reference import single_axis_fixed
-
-    w = _int8((1, 3, 3, 8))
-    ws = R.uniform(0.01, 0.03, 8)
-    tensors = [T("x", (1, 12, 12, 8), "int8", scale=(0.05,), zero_point=(-5,)),
-               T("w", w.shape, "int8", w, scale=tuple(ws), zero_point=(0,) * 8, axis=3),
-               T("b", (8,), "int32", R.integers(-300, 300, 8).astype(np.int32), scale=tuple(0.05 * ws),
-                 zero_point=(0,) * 8, axis=3),
-               T("y", (1, 12, 12, 8), "int8", scale=(0.0733,), zero_point=(3,))]
-    ops = [Op("DEPTHWISE_CONV_2D", ["x", "w", "b"], ["y"], opts("DepthwiseConv2DOptions", Padding=SAME, StrideH=1,
-                                                                StrideW=1, DepthMultiplier=1))]
-    model = build(tensors, ops, ["x"], ["y"])
-    x = _int8((1, 12, 12, 8))
-    with pytest.raises(ValueError, match="quantized_dimension"):
-        _litert(model, [x])
-    fixed = single_axis_fixed(model)
-    assert len(fixed) == len(model) and sum(a != b for a, b in zip(fixed, model)) == 1   # one byte: 3 -> 0
-    assert steps(tmp_path, fixed, [x]) == 0
-    assert np.array_equal(kpuc_codes(tmp_path, model, [x])[0], kpuc_codes(tmp_path, fixed, [x])[0])

@@ -8,8 +8,9 @@ cannot stop the sweep):
 1. `kpuc info --json`: does it import? (the unsupported ops and the error line if not);
 2. the framework (reference.py: LiteRT reference kernels / onnxruntime) on a seeded random input;
 3. `kpuc infer` of the .tflite/.onnx on the same input (float executor) against it: the largest error
-   relative to the output's peak (pass at 1e-4) for float outputs; for int8/uint8 outputs the largest
-   error in quantization steps of that output (pass at 1 step);
+   beyond FRAMEWORK_ATOL (the framework's own float32 approximation error), relative to the output's
+   peak (pass at 1e-4) for float outputs; for int8/uint8 outputs the largest error in quantization steps
+   of that output (pass at 1 step);
 4. `kpuc check --format json --kmodel-version both`: the verdict for v3 and v4 and what blocks;
 5. for each version that fits: `kpuc compile` with 3 random calibration samples, then `kpuc infer` of
    the kmodel on the parity input: cosine similarity to the framework's output (the worst output).
@@ -91,6 +92,14 @@ def write_dataset(folder: Path, arrays: list[np.ndarray], meta: dict, ir_inputs:
     return folder
 
 
+# The frameworks' own float32 error on transcendental ops: onnxruntime's Sigmoid (MLAS, a rational
+# approximation) is up to 1.7e-7 off the exact value (measured over [-20, 20]). An output whose values
+# all sit near 0 (ppocrv4_det's probability map on a random input: peak 3.4e-4, ORT 1.25e-7 off the exact
+# sigmoid of its own input, kpuc 2.8e-9) would fail the relative test on that alone, so the float error
+# is counted beyond this absolute allowance.
+FRAMEWORK_ATOL = 2e-7
+
+
 def compare(outdir: Path, ref: dict, meta: dict, kind: str) -> dict:
     """kpuc's output files against the framework's outputs (float error, steps, cosine)."""
     worst = dict(rel=0.0, steps=None, cosine=1.0)
@@ -107,7 +116,8 @@ def compare(outdir: Path, ref: dict, meta: dict, kind: str) -> dict:
         if got.size != want.size:
             return dict(error=f"output {k} has {got.size} values, the framework gives {want.size}")
         diff = np.abs(got - want)
-        worst["rel"] = max(worst["rel"], float(diff.max() / max(np.abs(want).max(), 1e-12)))
+        beyond = diff if info["quant"] else np.maximum(diff - FRAMEWORK_ATOL, 0.0)
+        worst["rel"] = max(worst["rel"], float(beyond.max() / max(np.abs(want).max(), 1e-12)))
         if info["quant"] and kind == "model":
             worst["steps"] = max(worst["steps"] or 0.0, float(diff.max() / info["quant"][0]))
         denom = np.linalg.norm(got) * np.linalg.norm(want)

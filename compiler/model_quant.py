@@ -4,16 +4,18 @@ The importers keep each quantized tensor's scale and zero point as `Value.quant`
 and the generic passes carry it along. Two uses:
 - `GridExecutor` (`kpuc infer`): runs the float graph with every such value rounded to its grid, so the
   result follows the model's integer arithmetic (TFLite: int32 accumulators of exact int8 products,
-  requantized to the output's grid and saturated by the epilogue clamps the importer adds) to within
-  one step: the float32 accumulation and round-half-even where TFLite's fixed-point multiplier rounds
-  half away from zero only move ties.
+  requantized to the output's grid with each LiteRT kernel's own fixed-point rounding and saturated by
+  the epilogue clamps the importer adds; MEAN and ADD emulated step by step). The zoo's int8 models give
+  LiteRT's codes exactly (0 steps); float ops (softmax, logistic) stay within a step of TFLite's integer
+  approximations.
 - hybrid (dynamic-range) models, float activations into convs with int8 weights: TFLite quantizes
   the activation on the fly (`quantize_dynamic`), which `GridExecutor` does too (the DS-CNN keyword
   spotter differed from LiteRT by 0.6-3% per layer for lack of it);
 - `model_ranges(graph)` (`kpuc compile` without --dataset): the float interval each quantized value's
   256 codes cover, so the K210's uint8 grid is the model's own grid shifted.
-The code range is the model's: int8 (-128..127) when any activation zero point is negative, else uint8
-(0..255); TFLite int8 models put ReLU outputs at -128, uint8 models never have a negative zero point.
+The code range is the model's: int8 (-128..127) when any activation zero point is negative or an input
+is int8, else uint8 (0..255); TFLite int8 models put ReLU outputs at -128, uint8 models never have a
+negative zero point. A TFLite input keeps its own dtype's range (a uint8 input of an int8 model).
 """
 from __future__ import annotations
 
@@ -224,11 +226,12 @@ class GridExecutor(Executor):
     """The float executor in float64 with every value the model quantizes on its grid, like the model's
     integer kernels (TFLite reference): a conv or matmul of quantized operands yields its int32
     accumulator (times the accumulator scale), which the op making the next quantized value requantizes
-    with TFLite's fixed-point multiplier before its own work (the fused-activation clamp); every other
-    quantized value is rounded to its grid, ties away from zero. Graph inputs are saturated to the
-    model's code range; quantized constants are rebuilt from their codes (the importer's float32
-    dequantization is 6e-8 off). Float ops (softmax, sigmoid...) stay within one step of TFLite's
-    integer approximations."""
+    with TFLite's fixed-point multiplier before its own work (the fused-activation clamp); MEAN and ADD
+    of quantized values run LiteRT's integer arithmetic (`_integer_kernel`); every other quantized value
+    is rounded to its grid, ties away from zero. Graph inputs are saturated to their own code range
+    (the importer's meta["code_range"], else the model's); quantized constants are rebuilt from their
+    codes (the importer's float32 dequantization is 6e-8 off). Float ops (softmax, sigmoid...) stay
+    within one step of TFLite's integer approximations."""
 
     def __init__(self, graph: Graph, kernels: Mapping = KERNELS):
         super().__init__(graph, kernels)

@@ -239,8 +239,9 @@ class GridExecutor(Executor):
         signed_input = any(v.producer.meta.get("code_range", (0,))[0] < 0 for v in graph.inputs)
         self.lowest = -128 if signed_input else code_min(graph)
         self.grid = grids(graph)
-        # accumulator values: (s_x * s_w, the requantization's fixed-point multiply)
-        self.acc_scale: dict[Value, tuple[np.ndarray, Callable]] = {}
+        # accumulator values: (s_x * s_w, the requantization's fixed-point multiply, the s_x * s_w the
+        # kernel's multiplier is made from)
+        self.acc_scale: dict[Value, tuple[np.ndarray, Callable, np.ndarray]] = {}
 
     def snap(self, v: Value, a: np.ndarray, *, saturate: bool = False) -> np.ndarray:
         a = np.asarray(a)
@@ -256,11 +257,11 @@ class GridExecutor(Executor):
             codes = np.clip(codes, low - q.zero_point, high - q.zero_point)
         return codes * scale
 
-    def requantize(self, a: np.ndarray, accumulator: tuple[np.ndarray, Callable], q: QuantParam) -> np.ndarray:
+    def requantize(self, a: np.ndarray, accumulator: tuple, q: QuantParam) -> np.ndarray:
         """TFLite's requantization of an accumulator (given as real = acc * acc_scale) to `q`'s grid."""
-        acc_scale, multiply = accumulator
+        acc_scale, multiply, kernel_scale = accumulator
         acc = np.rint(a / acc_scale).astype(np.int64)
-        mul, shift = quantize_multiplier(acc_scale / np.float64(q.scale))
+        mul, shift = quantize_multiplier(kernel_scale / np.float64(q.scale))
         return multiply(acc, mul, shift).astype(np.float64) * float(q.scale)
 
     def run(self, feeds, *, keep_all: bool = False):
@@ -351,9 +352,10 @@ class GridExecutor(Executor):
         codes = np.clip(codes, self.lowest - q_out.zero_point, self.lowest + 255 - q_out.zero_point)
         return codes.astype(np.float64) * float(q_out.scale)
 
-    def _accumulator_scale(self, node: Node) -> tuple[np.ndarray, Callable] | None:
-        """s_x * s_w (per output channel, shaped to broadcast) and the requantization's multiply when
-        `node` accumulates quantized codes; a bias added to an accumulator keeps it one."""
+    def _accumulator_scale(self, node: Node) -> tuple | None:
+        """s_x * s_w (per output channel, shaped to broadcast), the requantization's multiply and the
+        scale its multiplier comes from when `node` accumulates quantized codes; a bias added to an
+        accumulator keeps it one."""
         if node.op == "binary" and node.attrs["op"] == "add" and node.inputs[0] in self.acc_scale \
                 and node.inputs[1].is_constant:
             return self.acc_scale[node.inputs[0]]
@@ -366,11 +368,15 @@ class GridExecutor(Executor):
             return None
         scale = float(qx.scale) * np.asarray(qw.scale, np.float64)
         if qw.axis is None:
-            return np.asarray(scale), _REQUANTIZE[node.op]
+            # GetQuantizedConvolutionMultipler (FULLY_CONNECTED, uint8 CONV_2D) multiplies the two scales
+            # in float32; the per-channel path (every int8 conv) in double (coral_mobilenet_v1: 1 step)
+            float_product = node.op == "matmul" or self.lowest == 0
+            kernel_scale = np.float64(np.float32(qx.scale) * np.float32(qw.scale)) if float_product else scale
+            return np.asarray(scale), _REQUANTIZE[node.op], np.asarray(kernel_scale)
         channel_axis = 1 if node.op == "conv2d" else node.output.type.rank - 1
         shape = [1] * node.output.type.rank
         shape[channel_axis] = -1
-        return scale.reshape(shape), _REQUANTIZE[node.op]
+        return scale.reshape(shape), _REQUANTIZE[node.op], scale.reshape(shape)
 
 
 def _codes_times_scale(v: Value) -> np.ndarray:

@@ -153,3 +153,19 @@ def test_int8_model_without_a_negative_zero_point_saturates_as_int8(tmp_path):
     model = build(tensors, [Op("ADD", ["a", "b"], ["y"], opts("AddOptions"))], ["a", "b"], ["y"])
     assert steps(tmp_path, model, [_int8((1, 16, 16, 8)), _int8((1, 16, 16, 8))]) == 0
 
+
+
+def test_uint8_conv_multiplier_comes_from_a_float32_scale_product(tmp_path):
+    """coral_mobilenet_v1_0.75's uint8 pointwise convs (these are its Conv2d_8 scales): LiteRT makes a
+    per-tensor multiplier from s_x * s_w multiplied in float32 (GetQuantizedConvolutionMultipler), 63
+    parts in 2^31 below the double product; at accumulator 7385 that moves the double rounding's first
+    step off a tie (50, not 51). The accumulators here sweep 7285..7540 across it."""
+    s_x, s_w = 0.023528477177023888, 0.00683765672147274
+    tensors = [T("x", (1, 16, 16, 1), "uint8", scale=(s_x,), zero_point=(0,)),
+               T("w", (1, 1, 1, 1), "uint8", np.array([140], np.uint8).reshape(1, 1, 1, 1), scale=(s_w,),
+                 zero_point=(139,)),
+               T("b", (1,), "int32", np.array([7385 - 100], np.int32), scale=(s_x * s_w,), zero_point=(0,)),
+               T("y", (1, 16, 16, 1), "uint8", scale=(s_x,), zero_point=(0,))]
+    ops = [Op("CONV_2D", ["x", "w", "b"], ["y"], opts("Conv2DOptions", Padding=SAME, StrideH=1, StrideW=1))]
+    model = build(tensors, ops, ["x"], ["y"])
+    assert steps(tmp_path, model, [np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)]) == 0

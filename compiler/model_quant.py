@@ -5,9 +5,9 @@ and the generic passes carry it along. Two uses:
 - `GridExecutor` (`kpuc infer`): runs the float graph with every such value rounded to its grid, so the
   result follows the model's integer arithmetic (TFLite: int32 accumulators of exact int8 products,
   requantized to the output's grid with each LiteRT kernel's own fixed-point rounding and saturated by
-  the epilogue clamps the importer adds; MEAN and ADD emulated step by step). The zoo's int8 models give
-  LiteRT's codes exactly (0 steps); float ops (softmax, logistic) stay within a step of TFLite's integer
-  approximations.
+  the epilogue clamps the importer adds; MEAN, ADD, MUL and AVERAGE_POOL_2D emulated step by step). The
+  zoo's int8 models give LiteRT's codes exactly (0 steps); float ops (softmax, logistic) stay within a
+  step of TFLite's integer approximations.
 - hybrid (dynamic-range) models, float activations into convs with int8 weights: TFLite quantizes
   the activation on the fly (`quantize_dynamic`), which `GridExecutor` does too (the DS-CNN keyword
   spotter differed from LiteRT by 0.6-3% per layer for lack of it);
@@ -217,6 +217,7 @@ def multiply_by_quantized_multiplier_double(x: np.ndarray, q: np.ndarray, shift:
 
 
 _ADD_MULTIPLY = multiply_by_quantized_multiplier_double  # measured: LiteRT ADD rounds twice
+_MUL_MULTIPLY = multiply_by_quantized_multiplier_double  # measured too
 
 # how LiteRT's kernel for each accumulating IR op rounds its requantization (FULLY_CONNECTED: single)
 _REQUANTIZE = {"conv2d": multiply_by_quantized_multiplier_double, "matmul": multiply_by_quantized_multiplier}
@@ -226,9 +227,9 @@ class GridExecutor(Executor):
     """The float executor in float64 with every value the model quantizes on its grid, like the model's
     integer kernels (TFLite reference): a conv or matmul of quantized operands yields its int32
     accumulator (times the accumulator scale), which the op making the next quantized value requantizes
-    with TFLite's fixed-point multiplier before its own work (the fused-activation clamp); MEAN and ADD
-    of quantized values run LiteRT's integer arithmetic (`_integer_kernel`); every other quantized value
-    is rounded to its grid, ties away from zero. Graph inputs are saturated to their own code range
+    with TFLite's fixed-point multiplier before its own work (the fused-activation clamp); MEAN, ADD,
+    MUL and AVERAGE_POOL_2D of quantized values run LiteRT's integer arithmetic (`_integer_kernel`); any
+    other value is rounded to its grid, ties away from zero. Graph inputs are saturated to their own code range
     (the importer's meta["code_range"], else the model's); quantized constants are rebuilt from their
     codes (the importer's float32 dequantization is 6e-8 off). Float ops (softmax, sigmoid...) stay
     within one step of TFLite's integer approximations."""
@@ -314,9 +315,39 @@ class GridExecutor(Executor):
             return None
         if node.op == "reduce" and node.attrs["op"] == "mean":
             return self._integer_mean
-        if node.op == "binary" and node.attrs["op"] == "add" and node.inputs[1] in self.grid:
-            return self._integer_add
+        if node.op == "binary" and node.attrs["op"] in ("add", "mul") and node.inputs[1] in self.grid:
+            return self._integer_add if node.attrs["op"] == "add" else self._integer_mul
+        if node.op == "reduce_window2d" and node.attrs["op"] == "mean" and not node.attrs["count_include_pad"] \
+                and self.grid[node.inputs[0]] == self._output_grid(node):
+            return self._integer_average_pool
         return None
+
+    def _integer_mul(self, node: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """LiteRT's int8/uint8 MUL: the product of (code - zero point)s times s_a * s_b / s_out, one
+        fixed-point multiply (the rounded float product was 1 step off on ~1% of outputs)."""
+        qa, qb, q_out = self.grid[node.inputs[0]], self.grid[node.inputs[1]], self._output_grid(node)
+        sa, sb = np.float64(qa.scale), np.float64(qb.scale)
+        mul, shift = quantize_multiplier(sa * sb / np.float64(q_out.scale))
+        product = np.rint(a / sa).astype(np.int64) * np.rint(b / sb).astype(np.int64)
+        codes = _MUL_MULTIPLY(product, mul, shift)
+        codes = np.clip(codes, self.lowest - q_out.zero_point, self.lowest + 255 - q_out.zero_point)
+        return codes.astype(np.float64) * float(q_out.scale)
+
+    def _integer_average_pool(self, node: Node, x: np.ndarray) -> np.ndarray:
+        """LiteRT's int8/uint8 AVERAGE_POOL_2D: the sum of the window's raw codes (zero point included)
+        over its valid count, rounded half away from zero by integer division; ties in raw codes are
+        not ties of (code - zero point), so the rounded float mean was 1 step off on ~1-10% of outputs."""
+        q = self.grid[node.inputs[0]]
+        attrs = dict(node.attrs)
+        raw = np.rint(x / float(q.scale)) + q.zero_point
+        kh, kw = attrs["kernel"]
+        pool = KERNELS["reduce_window2d"]
+        count = np.rint(pool(np.ones_like(raw[:1, :1]), **(attrs | dict(count_include_pad=True))) * (kh * kw))
+        total = np.rint(pool(raw, **attrs) * count).astype(np.int64)
+        count = count.astype(np.int64)
+        codes = np.sign(total) * ((np.abs(total) + count // 2) // count) - q.zero_point
+        codes = np.clip(codes, self.lowest - q.zero_point, self.lowest + 255 - q.zero_point)
+        return codes.astype(np.float64) * float(q.scale)
 
     def _integer_add(self, node: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """LiteRT's int8/uint8 ADD: each input's (code - zero point) shifted left 20 bits and rescaled to

@@ -5,8 +5,8 @@ and the generic passes carry it along. Two uses:
 - `GridExecutor` (`kpuc infer`): runs the float graph with every such value rounded to its grid, so the
   result follows the model's integer arithmetic (TFLite: int32 accumulators of exact int8 products,
   requantized to the output's grid with each LiteRT kernel's own fixed-point rounding and saturated by
-  the epilogue clamps the importer adds; MEAN, ADD, MUL, AVERAGE_POOL_2D, HARD_SWISH emulated). The
-  zoo's int8 models give LiteRT's codes exactly (0 steps); the float SOFTMAX, LOGISTIC and TANH rounded
+  the epilogue clamps the importer adds; MEAN, ADD, MUL, AVERAGE_POOL_2D, HARD_SWISH, LEAKY_RELU emulated).
+  The zoo's int8 models give LiteRT's codes exactly (0 steps); the float SOFTMAX, LOGISTIC and TANH rounded
   to the output grid matched LiteRT on every random int8/uint8 input tried.
 - hybrid (dynamic-range) models, float activations into convs with int8 weights: TFLite quantizes
   the activation on the fly (`quantize_dynamic`), which `GridExecutor` does too (the DS-CNN keyword
@@ -218,6 +218,7 @@ def multiply_by_quantized_multiplier_double(x: np.ndarray, q: np.ndarray, shift:
 
 _ADD_MULTIPLY = multiply_by_quantized_multiplier_double  # measured: LiteRT ADD rounds twice
 _MUL_MULTIPLY = multiply_by_quantized_multiplier_double  # measured too
+_LEAKY_MULTIPLY = multiply_by_quantized_multiplier_double
 
 # how LiteRT's kernel for each accumulating IR op rounds its requantization (FULLY_CONNECTED: single)
 _REQUANTIZE = {"conv2d": multiply_by_quantized_multiplier_double, "matmul": multiply_by_quantized_multiplier}
@@ -228,7 +229,7 @@ class GridExecutor(Executor):
     integer kernels (TFLite reference): a conv or matmul of quantized operands yields its int32
     accumulator (times the accumulator scale), which the op making the next quantized value requantizes
     with TFLite's fixed-point multiplier before its own work (the fused-activation clamp); MEAN, ADD,
-    MUL, AVERAGE_POOL_2D and HARD_SWISH of quantized values run LiteRT's integer arithmetic
+    MUL, AVERAGE_POOL_2D, HARD_SWISH and LEAKY_RELU of quantized values run LiteRT's integer arithmetic
     (`_integer_kernel`); any other value is rounded to its grid, ties away from zero. Graph inputs are
     saturated to their own code range (the importer's meta["code_range"], else the model's); quantized
     constants are rebuilt from their codes (the importer's float32 dequantization is 6e-8 off)."""
@@ -318,6 +319,8 @@ class GridExecutor(Executor):
             return self._integer_add if node.attrs["op"] == "add" else self._integer_mul
         if node.op == "unary" and node.attrs["op"] == "hard_swish":
             return self._integer_hard_swish
+        if node.op == "leaky_relu":
+            return self._integer_leaky_relu
         if node.op == "reduce_window2d" and node.attrs["op"] == "mean" and not node.attrs["count_include_pad"] \
                 and self.grid[node.inputs[0]] == self._output_grid(node):
             return self._integer_average_pool
@@ -331,6 +334,18 @@ class GridExecutor(Executor):
         mul, shift = quantize_multiplier(sa * sb / np.float64(q_out.scale))
         product = np.rint(a / sa).astype(np.int64) * np.rint(b / sb).astype(np.int64)
         codes = _MUL_MULTIPLY(product, mul, shift)
+        codes = np.clip(codes, self.lowest - q_out.zero_point, self.lowest + 255 - q_out.zero_point)
+        return codes.astype(np.float64) * float(q_out.scale)
+
+    def _integer_leaky_relu(self, node: Node, x: np.ndarray) -> np.ndarray:
+        """LiteRT's int8/uint8 LEAKY_RELU: (code - zero point) times s_in / s_out, or s_in * alpha / s_out
+        below zero (multipliers from float32 arithmetic), one fixed-point multiply each."""
+        q_in, q_out = self.grid[node.inputs[0]], self._output_grid(node)
+        s_in, s_out = np.float32(q_in.scale), np.float32(q_out.scale)
+        identity = quantize_multiplier(np.float64(s_in / s_out))
+        alpha = quantize_multiplier(np.float64(s_in * np.float32(node.attrs["alpha"]) / s_out))
+        value = np.rint(x / float(q_in.scale)).astype(np.int64)
+        codes = np.where(value >= 0, _LEAKY_MULTIPLY(value, *identity), _LEAKY_MULTIPLY(value, *alpha))
         codes = np.clip(codes, self.lowest - q_out.zero_point, self.lowest + 255 - q_out.zero_point)
         return codes.astype(np.float64) * float(q_out.scale)
 

@@ -205,3 +205,21 @@ def test_hard_swish_is_exact(tmp_path, dtype, zero_point, in_scale, out_scale, o
                    T("y", (64, 100), dtype, scale=(out_scale,), zero_point=(out_zero_point,))],
                   [Op("HARD_SWISH", ["x"], ["y"])], ["x"], ["y"])
     assert steps(tmp_path, model, [R.integers(info.min, info.max + 1, (64, 100)).astype(dtype)]) == 0
+
+
+@pytest.mark.parametrize("dtype, zero_point", [("int8", -5), ("uint8", 120)])
+def test_leaky_relu_is_exact_and_softmax_logistic_tanh_stay_exact(tmp_path, dtype, zero_point):
+    """LiteRT's quantized LEAKY_RELU rescales each side with its own double-rounded multiplier (the rounded
+    float was 1 step off on ~3% of the outputs); SOFTMAX, LOGISTIC and TANH already round like LiteRT."""
+    info = np.iinfo(dtype)
+    x = R.integers(info.min, info.max + 1, (32, 256)).astype(dtype)
+    grid_in = dict(scale=(0.05,), zero_point=(zero_point,))
+    leaky = build([T("x", x.shape, dtype, **grid_in), T("y", x.shape, dtype, scale=(0.0613,), zero_point=(zero_point,))],
+                  [Op("LEAKY_RELU", ["x"], ["y"], opts("LeakyReluOptions", Alpha=0.1))], ["x"], ["y"])
+    assert steps(tmp_path, leaky, [x]) == 0
+    low = info.min                      # the output grids LiteRT requires: [0, 1) and [-1, 1) on 256 codes
+    for op, options, scale, out_zero in (("SOFTMAX", opts("SoftmaxOptions", Beta=1.0), 1 / 256, low),
+                                         ("LOGISTIC", None, 1 / 256, low), ("TANH", None, 1 / 128, low + 128)):
+        model = build([T("x", x.shape, dtype, **grid_in), T("y", x.shape, dtype, scale=(scale,), zero_point=(out_zero,))],
+                      [Op(op, ["x"], ["y"], options)], ["x"], ["y"])
+        assert steps(tmp_path, model, [x]) == 0, op

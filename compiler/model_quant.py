@@ -23,10 +23,16 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from compiler import litert_integer as integer
 from compiler.errors import KpucError
 from compiler.executor import Executor
 from compiler.ir import Graph, Node, QuantParam, Value
 from compiler.kernels import KERNELS
+from compiler.litert_integer import (
+    multiply_by_quantized_multiplier,
+    multiply_by_quantized_multiplier_double,
+    quantize_multiplier,
+)
 from compiler.quantization import Range
 
 PROBE_SAMPLES = 8      # random inputs that measure what the model's scales do not cover
@@ -181,45 +187,6 @@ def round_half_away(t: np.ndarray) -> np.ndarray:
     return np.sign(t) * np.floor(a + 0.5 + 1e-9 * np.maximum(a, 1.0))
 
 
-def quantize_multiplier(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """TFLite QuantizeMultiplier: m = q * 2^(shift - 31), q a Q31 integer in [2^30, 2^31) (0 for m = 0);
-    a shift above 30 saturates (the single-rounding multiply cannot shift further)."""
-    frac, shift = np.frexp(np.asarray(m, np.float64))
-    q = np.floor(frac * 2.0 ** 31 + 0.5).astype(np.int64)       # std::round of a positive value
-    carry = q == 1 << 31
-    q, shift = np.where(carry, q // 2, q), np.where(carry, shift + 1, shift)
-    tiny, huge = shift < -31, shift > 30
-    q = np.where(tiny, 0, np.where(huge, (1 << 31) - 1, q))
-    return q, np.where(tiny, 0, np.where(huge, 30, shift)).astype(np.int64)
-
-
-def multiply_by_quantized_multiplier(x: np.ndarray, q: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """TFLite MultiplyByQuantizedMultiplier as LiteRT >= 2.20 builds it (TFLITE_SINGLE_ROUNDING, the
-    default): (x * q + 2^(30 - shift)) >> (31 - shift), one rounding, ties toward +inf. The older
-    gemmlowp double rounding (rounding high multiply, then rounding shift) differs on 0.5% of values
-    by one step (tiny_anomaly_ad01: 1-3 steps per layer)."""
-    total = 31 - np.asarray(shift, np.int64)
-    return (np.asarray(x, np.int64) * q + (np.int64(1) << (total - 1))) >> total
-
-
-def multiply_by_quantized_multiplier_double(x: np.ndarray, q: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """The gemmlowp double rounding: a rounding doubling high multiply by q, then a rounding (half away
-    from zero) right shift. LiteRT's CONV_2D and DEPTHWISE_CONV_2D int8 kernels still round this way
-    (measured: 0 of ~10^5 outputs differ this way, 0.1-0.5% with the single rounding)."""
-    x = np.asarray(x, np.int64) << np.maximum(shift, 0)
-    right = np.maximum(-shift, 0)
-    ab = x * q
-    nudged = ab + np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
-    high = np.where(nudged >= 0, nudged >> 31, -((-nudged) >> 31))          # C division: toward zero
-    mask = (np.int64(1) << right) - 1
-    threshold = (mask >> 1) + (high < 0)
-    return (high >> right) + ((high & mask) > threshold)
-
-
-_ADD_MULTIPLY = multiply_by_quantized_multiplier_double  # measured: LiteRT ADD rounds twice
-_MUL_MULTIPLY = multiply_by_quantized_multiplier_double  # measured too
-_LEAKY_MULTIPLY = multiply_by_quantized_multiplier_double
-
 # how LiteRT's kernel for each accumulating IR op rounds its requantization (FULLY_CONNECTED: single)
 _REQUANTIZE = {"conv2d": multiply_by_quantized_multiplier_double, "matmul": multiply_by_quantized_multiplier}
 
@@ -309,121 +276,56 @@ class GridExecutor(Executor):
         return None
 
     def _integer_kernel(self, node: Node) -> Callable | None:
-        """The integer emulation of a LiteRT kernel whose rounding the float op followed by a snap to
-        the output grid does not reproduce."""
-        if self._output_grid(node) is None or not all(v in self.grid for v in node.inputs[:1]):
+        """LiteRT's integer arithmetic (litert_integer.py) for an op on quantized values whose rounding
+        the float op snapped to the output grid does not reproduce (1 step off on 1-13% of outputs)."""
+        if self._output_grid(node) is None or not node.inputs or node.inputs[0] not in self.grid:
             return None
-        if node.op == "reduce" and node.attrs["op"] == "mean":
-            return self._integer_mean
-        if node.op == "binary" and node.attrs["op"] in ("add", "mul") and node.inputs[1] in self.grid:
-            return self._integer_add if node.attrs["op"] == "add" else self._integer_mul
-        if node.op == "unary" and node.attrs["op"] == "hard_swish":
-            return self._integer_hard_swish
+        op = node.attrs.get("op") if node.op in ("reduce", "binary", "unary", "reduce_window2d") else None
+        if (node.op, op) == ("binary", "add") and node.inputs[1] in self.grid:
+            return lambda node, a, b: self._on_grid(node, integer.add(*self._values(node, a, b), *self._scales(node)))
+        if (node.op, op) == ("binary", "mul") and node.inputs[1] in self.grid:
+            return lambda node, a, b: self._on_grid(node, integer.mul(*self._values(node, a, b), *self._scales(node)))
+        if (node.op, op) == ("unary", "hard_swish"):
+            return lambda node, x: self._on_grid(node, integer.hard_swish(*self._values(node, x), *self._scales(node)))
         if node.op == "leaky_relu":
-            return self._integer_leaky_relu
-        if node.op == "reduce_window2d" and node.attrs["op"] == "mean" and not node.attrs["count_include_pad"] \
+            return lambda node, x: self._on_grid(node, integer.leaky_relu(*self._values(node, x), *self._scales(node),
+                                                                           node.attrs["alpha"]))
+        if (node.op, op) == ("reduce", "mean"):
+            return self._integer_mean
+        if (node.op, op) == ("reduce_window2d", "mean") and not node.attrs["count_include_pad"] \
                 and self.grid[node.inputs[0]] == self._output_grid(node):
             return self._integer_average_pool
         return None
 
-    def _integer_mul(self, node: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """LiteRT's int8/uint8 MUL: the product of (code - zero point)s times s_a * s_b / s_out, one
-        fixed-point multiply (the rounded float product was 1 step off on ~1% of outputs)."""
-        qa, qb, q_out = self.grid[node.inputs[0]], self.grid[node.inputs[1]], self._output_grid(node)
-        sa, sb = np.float64(qa.scale), np.float64(qb.scale)
-        mul, shift = quantize_multiplier(sa * sb / np.float64(q_out.scale))
-        product = np.rint(a / sa).astype(np.int64) * np.rint(b / sb).astype(np.int64)
-        codes = _MUL_MULTIPLY(product, mul, shift)
-        codes = np.clip(codes, self.lowest - q_out.zero_point, self.lowest + 255 - q_out.zero_point)
-        return codes.astype(np.float64) * float(q_out.scale)
+    def _values(self, node: Node, *args: np.ndarray) -> list[np.ndarray]:
+        """The inputs' (code - zero point)."""
+        return [np.rint(a / float(self.grid[v].scale)).astype(np.int64) for v, a in zip(node.inputs, args)]
 
-    def _integer_leaky_relu(self, node: Node, x: np.ndarray) -> np.ndarray:
-        """LiteRT's int8/uint8 LEAKY_RELU: (code - zero point) times s_in / s_out, or s_in * alpha / s_out
-        below zero (multipliers from float32 arithmetic), one fixed-point multiply each."""
-        q_in, q_out = self.grid[node.inputs[0]], self._output_grid(node)
-        s_in, s_out = np.float32(q_in.scale), np.float32(q_out.scale)
-        identity = quantize_multiplier(np.float64(s_in / s_out))
-        alpha = quantize_multiplier(np.float64(s_in * np.float32(node.attrs["alpha"]) / s_out))
-        value = np.rint(x / float(q_in.scale)).astype(np.int64)
-        codes = np.where(value >= 0, _LEAKY_MULTIPLY(value, *identity), _LEAKY_MULTIPLY(value, *alpha))
-        codes = np.clip(codes, self.lowest - q_out.zero_point, self.lowest + 255 - q_out.zero_point)
-        return codes.astype(np.float64) * float(q_out.scale)
+    def _scales(self, node: Node) -> list[float]:
+        """The inputs' scales, then the output's."""
+        return [float(self.grid[v].scale) for v in node.inputs if v in self.grid] + [self._output_grid(node).scale]
 
-    def _integer_hard_swish(self, node: Node, x: np.ndarray) -> np.ndarray:
-        """LiteRT's int8/uint8 HARD_SWISH, in its 16-bit fixed point: x on a 2^7 finer grid, rescaled to
-        the output grid (rounding high multiply) and, separately, to [-3, 3] -> [0, 1] (the 'relu-ish'
-        factor), multiplied with a truncating high multiply, then shifted to the output. The float
-        x * relu6(x + 3) / 6 rounded was 1 step off on ~2% of the outputs."""
-        q_in, q_out = self.grid[node.inputs[0]], self._output_grid(node)
-        hires = np.float32(1 / 128) * np.float32(q_in.scale)              # the kernel's float32 scales
-        out_mul, out_exp = _int16_multiplier(hires / np.float32(q_out.scale))
-        relu_mul, relu_exp = _int16_multiplier(hires / np.float32(3 / 32768))
-        value = np.rint(x / float(q_in.scale)).astype(np.int64) * 128
-        on_output = _rounding_high_mul16(value, out_mul)
-        relu = value
-        if relu_exp > 0:
-            relu = np.clip(relu << (relu_exp - 1), -32768, 32767)
-        relu = _rounding_high_mul16(relu, relu_mul)
-        if relu_exp > 0:
-            relu = np.clip(relu << 1, -32768, 32767)
-        elif relu_exp < 0:
-            relu = _rounding_divide_by_pot(relu, -relu_exp)
-        relu = (relu + (1 << 15)) >> 1                                      # [-1, 1] -> [0, 1]
-        product = relu * on_output
-        product = np.sign(product) * (np.abs(product) >> 15)               # truncating high multiply
-        codes = _rounding_divide_by_pot(product, -out_exp)
-        codes = np.clip(codes, self.lowest - q_out.zero_point, self.lowest + 255 - q_out.zero_point)
-        return codes.astype(np.float64) * float(q_out.scale)
-
-    def _integer_average_pool(self, node: Node, x: np.ndarray) -> np.ndarray:
-        """LiteRT's int8/uint8 AVERAGE_POOL_2D: the sum of the window's raw codes (zero point included)
-        over its valid count, rounded half away from zero by integer division; ties in raw codes are
-        not ties of (code - zero point), so the rounded float mean was 1 step off on ~1-10% of outputs."""
-        q = self.grid[node.inputs[0]]
-        attrs = dict(node.attrs)
-        raw = np.rint(x / float(q.scale)) + q.zero_point
-        kh, kw = attrs["kernel"]
-        pool = KERNELS["reduce_window2d"]
-        count = np.rint(pool(np.ones_like(raw[:1, :1]), **(attrs | dict(count_include_pad=True))) * (kh * kw))
-        total = np.rint(pool(raw, **attrs) * count).astype(np.int64)
-        count = count.astype(np.int64)
-        codes = np.sign(total) * ((np.abs(total) + count // 2) // count) - q.zero_point
-        codes = np.clip(codes, self.lowest - q.zero_point, self.lowest + 255 - q.zero_point)
+    def _on_grid(self, node: Node, values: np.ndarray) -> np.ndarray:
+        """The output's (code - zero point) saturated to the code range, as real values."""
+        q = self._output_grid(node)
+        codes = np.clip(values, self.lowest - q.zero_point, self.lowest + 255 - q.zero_point)
         return codes.astype(np.float64) * float(q.scale)
 
-    def _integer_add(self, node: Node, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """LiteRT's int8/uint8 ADD: each input's (code - zero point) shifted left 20 bits and rescaled to
-        twice the larger input scale, summed, then rescaled to the output, every step a fixed-point
-        multiply."""
-        qa, qb, q_out = self.grid[node.inputs[0]], self.grid[node.inputs[1]], self._output_grid(node)
-        sa, sb, so = (np.float64(q.scale) for q in (qa, qb, q_out))
-        twice_max = 2 * max(sa, sb)
-        left = 20
-        ma, ka = quantize_multiplier(sa / twice_max)
-        mb, kb = quantize_multiplier(sb / twice_max)
-        mo, ko = quantize_multiplier(twice_max / ((1 << left) * so))
-        ca = np.rint(a / sa).astype(np.int64) << left
-        cb = np.rint(b / sb).astype(np.int64) << left
-        total = _ADD_MULTIPLY(ca, ma, ka) + _ADD_MULTIPLY(cb, mb, kb)
-        codes = _ADD_MULTIPLY(total, mo, ko)
-        codes = np.clip(codes, self.lowest - q_out.zero_point, self.lowest + 255 - q_out.zero_point)
-        return codes.astype(np.float64) * float(q_out.scale)
-
     def _integer_mean(self, node: Node, x: np.ndarray) -> np.ndarray:
-        """LiteRT's int8 MEAN: the sum of (code - zero point) times the multiplier s_in / s_out with 1/N
-        folded in ((q << k) // N, k = floor(log2 N) capped at 32 and at 31 + shift), requantized with the
-        double rounding. Not the rounded float mean: a mean of 23/49 step becomes 1 (tfmicro
-        mobilenet_v2's 7x7 global pool: 40 of 1280 outputs)."""
-        q_in, q_out = self.grid[node.inputs[0]], self._output_grid(node)
         axes = tuple(node.attrs["axes"])
         count = int(np.prod([x.shape[a] for a in axes]))
-        total = np.rint(x / float(q_in.scale)).astype(np.int64).sum(axis=axes, keepdims=node.attrs["keepdims"])
-        mul, shift = quantize_multiplier(np.float64(q_in.scale) / np.float64(q_out.scale))
-        k = min(count.bit_length() - 1, 32, 31 + int(shift))
-        mul, shift = (np.int64(mul) << k) // count, shift - k
-        codes = multiply_by_quantized_multiplier_double(total, mul, shift)
-        codes = np.clip(codes, self.lowest - q_out.zero_point, self.lowest + 255 - q_out.zero_point)
-        return codes.astype(np.float64) * float(q_out.scale)
+        (values,) = self._values(node, x)
+        total = values.sum(axis=axes, keepdims=node.attrs["keepdims"])
+        return self._on_grid(node, integer.mean(total, count, *self._scales(node)))
+
+    def _integer_average_pool(self, node: Node, x: np.ndarray) -> np.ndarray:
+        """The window sums and valid counts come from the float pool kernel (exact on small integers)."""
+        q = self.grid[node.inputs[0]]
+        raw = np.rint(x / float(q.scale)) + q.zero_point
+        pool, (kh, kw) = KERNELS["reduce_window2d"], node.attrs["kernel"]
+        count = np.rint(pool(np.ones_like(raw[:1, :1]), **(node.attrs | dict(count_include_pad=True))) * (kh * kw))
+        total = np.rint(pool(raw, **node.attrs) * count)
+        return self._on_grid(node, integer.average_pool(total, count) - q.zero_point)
 
     def _accumulator_scale(self, node: Node) -> tuple | None:
         """s_x * s_w (per output channel, shaped to broadcast), the requantization's multiply and the
@@ -450,29 +352,6 @@ class GridExecutor(Executor):
         shape = [1] * node.output.type.rank
         shape[channel_axis] = -1
         return scale.reshape(shape), _REQUANTIZE[node.op], scale.reshape(shape)
-
-
-def _int16_multiplier(m: np.float32) -> tuple[int, int]:
-    """QuantizeMultiplier of a float32 multiplier, its Q31 part rounded to Q15 (saturating at 32767)."""
-    q, shift = quantize_multiplier(np.float64(m))
-    q = int(q)
-    return (32767 if q >= 2**31 - 1 - (1 << 15) else (q + (1 << 15)) >> 16), int(shift)
-
-
-def _rounding_high_mul16(a: np.ndarray, b: int) -> np.ndarray:
-    """gemmlowp's SaturatingRoundingDoublingHighMul on int16: (a * b + 2^14) / 2^15, toward zero."""
-    ab = np.asarray(a, np.int64) * b
-    nudged = ab + np.where(ab >= 0, 1 << 14, 1 - (1 << 14))
-    high = np.sign(nudged) * (np.abs(nudged) >> 15)
-    return np.where((a == -32768) & (b == -32768), 32767, high)
-
-
-def _rounding_divide_by_pot(x: np.ndarray, exponent: int) -> np.ndarray:
-    """gemmlowp's RoundingDivideByPOT: x / 2^exponent, ties away from zero."""
-    x = np.asarray(x, np.int64)
-    mask = (1 << exponent) - 1
-    threshold = (mask >> 1) + (x < 0)
-    return (x >> exponent) + ((x & mask) > threshold)
 
 
 def _codes_times_scale(v: Value) -> np.ndarray:

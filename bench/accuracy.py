@@ -281,14 +281,17 @@ def evaluate(case: dict, flag_sets: dict, nncase_python: str | None, timeout: fl
 
 
 # ------------------------------------------------------------------ report
+def _kib(b) -> str:
+    return f"{b / 1024:,.0f}" if b is not None else ""
+
+
 def _cell(r: dict | None) -> list[str]:
     if not r:
         return ["-"] * 7
     if "error" in r:
         return [r["error"][:70], "", "", "", "", "", ""]
     top1 = f"{r['top1']:.0%}" if "top1" in r else ""
-    kib = (lambda b: f"{b / 1024:,.0f}" if b is not None else "")
-    return [f"{r['worst']:.4f}", f"{r['mean']:.4f}", top1, kib(r.get("file")), kib(r.get("kpu_ram")),
+    return [f"{r['worst']:.4f}", f"{r['mean']:.4f}", top1, _kib(r.get("file")), _kib(r.get("kpu_ram")),
             f"{r['seconds']:.1f}", str(r["images"])]
 
 

@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -263,7 +264,7 @@ def evaluate(case: dict, flag_sets: dict, nncase_python: str | None, timeout: fl
         work = Path(tmp)
         try:
             model = Model(case, work)
-        except Exception as e:  # noqa: BLE001 - a model the framework cannot run, or not a picture model
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - the framework cannot run it, or not a picture model
             return res | dict(skipped=f"{type(e).__name__}: {e}"[:200])
         rc, out, err, _ = run(kpuc("info", case["path"], "--json", *shape_options(case)), timeout)
         if rc != 0:
@@ -361,12 +362,22 @@ def main(argv=None) -> int:
         flag_sets = {k: v for k, v in FLAG_SETS.items()
                      if (not a.flows or k in a.flows) and all(f in helptext for f in v if f.startswith("--"))}
         cases = shared_cases(a.models) + zoo_cases(a.models)
+        saved = {r["name"]: r for r in json.loads(results_file.read_text())} if results_file.exists() else {}
+        if not a.models:
+            saved = {}
+        lock = threading.Lock()
+
+        def one(case: dict) -> dict:
+            res = _logged(case, flag_sets, a)
+            with lock:   # saved after every model, so an interrupted run keeps what it measured
+                saved[res["name"]] = res
+                results_file.parent.mkdir(parents=True, exist_ok=True)
+                results_file.write_text(json.dumps(list(saved.values()), indent=1) + "\n")
+            return res
         with ThreadPoolExecutor(a.jobs) as pool:
-            results = list(pool.map(lambda c: _logged(c, flag_sets, a), cases))
-        if results_file.exists() and a.models:   # keep the other models' saved results
-            saved = {r["name"]: r for r in json.loads(results_file.read_text())}
-            results = list((saved | {r["name"]: r for r in results}).values())
-        results_file.write_text(json.dumps(results, indent=1) + "\n")
+            list(pool.map(one, cases))
+        order = {c["name"]: k for k, c in enumerate(cases)}
+        results = sorted(saved.values(), key=lambda r: order.get(r["name"], len(order)))
     print("\n".join(table(results) + [""] + totals(results)))
     if a.write_docs:
         write_docs(results, ROOT / "docs" / "accuracy.md")

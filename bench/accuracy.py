@@ -2,7 +2,7 @@
 
     python bench/accuracy.py [--models NAME ...] [--jobs 2] [--nncase-python PY] [--write-docs]
 
-Each model is compiled to kmodel v4 by `kpuc compile` on 20 calibration photos and run by `kpuc infer`
+Each model is compiled to kmodel v4 (`--input-type float`) by `kpuc compile` on 20 calibration photos and run by `kpuc infer`
 on judged photos that no choice was made on (bench/zoo/images.json: 20 calibrate, 28 judged; fetch them
 with bench/zoo/images.py). The reference is the framework itself (LiteRT, onnxruntime) on the same input
 tensors. Per judged image the cosine similarity of every output with the framework's is taken and the
@@ -185,8 +185,10 @@ def run_kpuc(model: Model, flags: list[str], timeout: float) -> dict:
     case, work = model.case, model.work
     tag = "_".join(flags).replace("-", "") or "default"
     kmodel = work / f"{tag}.kmodel"
-    rc, _, err, seconds = run(kpuc("compile", case["path"], kmodel, "--kmodel-version", 4, "--dataset",
-                                   work / "calibration", "--dataset-format", "raw", *shape_options(case), *flags),
+    # --input-type float: the kmodel quantizes its input itself, so it takes the very tensors the framework gets
+    rc, _, err, seconds = run(kpuc("compile", case["path"], kmodel, "--kmodel-version", 4, "--input-type", "float",
+                                   "--dataset", work / "calibration", "--dataset-format", "raw", *shape_options(case),
+                                   *flags),
                               timeout)
     if rc != 0:
         return dict(error=f"compile: {err}", seconds=seconds)
@@ -347,6 +349,7 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per step")
     ap.add_argument("--nncase-python", default=os.environ.get(NNCASE_ENV))
     ap.add_argument("--flows", nargs="*", choices=list(FLAG_SETS), help="default: all kpuc has")
+    ap.add_argument("--fresh", action="store_true", help="forget the saved results (default: update them)")
     ap.add_argument("--write-docs", action="store_true")
     ap.add_argument("--render-only", action="store_true", help="re-render the saved results")
     ap.add_argument("--nncase-child", nargs=3, help=argparse.SUPPRESS)
@@ -363,13 +366,18 @@ def main(argv=None) -> int:
                      if (not a.flows or k in a.flows) and all(f in helptext for f in v if f.startswith("--"))}
         cases = shared_cases(a.models) + zoo_cases(a.models)
         saved = {r["name"]: r for r in json.loads(results_file.read_text())} if results_file.exists() else {}
-        if not a.models:
+        if a.fresh:
             saved = {}
         lock = threading.Lock()
 
         def one(case: dict) -> dict:
             res = _logged(case, flag_sets, a)
             with lock:   # saved after every model, so an interrupted run keeps what it measured
+                before = saved.get(res["name"], {})
+                if "kpuc" in res and "kpuc" in before:   # flows not run this time keep their saved figures
+                    res["kpuc"] = before["kpuc"] | res["kpuc"]
+                if "nncase" in before and "nncase" not in res and "kpuc" in res:
+                    res["nncase"] = before["nncase"]
                 saved[res["name"]] = res
                 results_file.parent.mkdir(parents=True, exist_ok=True)
                 results_file.write_text(json.dumps(list(saved.values()), indent=1) + "\n")

@@ -68,13 +68,29 @@ def load_image(path: Path, shape: tuple[int, ...], mean: float = 0.0, std: float
     return ((x / 255.0 - mean) / std).astype(np.float32)
 
 
+def as_input_dtype(arr: np.ndarray, dtype: str, where: str) -> np.ndarray:
+    """`arr` as the input's dtype; refuses a cast that would change values (float values for a uint8 kmodel
+    input are not its codes: numpy would wrap -0.5 to 0 and 300 to 44 without a word)."""
+    target = np.dtype(dtype)
+    if arr.dtype == target or target.kind == "f":
+        return arr.astype(target)
+    lim = np.iinfo(target)
+    ok = arr.size == 0 or (np.all(np.isfinite(arr)) and arr.min() >= lim.min and arr.max() <= lim.max
+                           and (arr.dtype.kind in "iub" or np.all(arr == np.round(arr))))
+    if not ok:
+        raise KpucError(f"{where}: {arr.dtype} values for a {dtype} input, not its codes (a quantized kmodel input "
+                        f"takes {dtype} codes {lim.min}..{lim.max}: give those, use an image dataset, or compile "
+                        "with --input-type float)")
+    return arr.astype(target)
+
+
 def load_raw(path: Path, shape: tuple[int, ...], dtype: str = "float32") -> np.ndarray:
     """A raw little-endian binary (or .npy) holding exactly one input tensor."""
     if path.suffix == ".npy":
         arr = np.load(path)
         if arr.size != int(np.prod(shape)):
             raise KpucError(f"dataset file {path}: {arr.size} values, the input needs {int(np.prod(shape))}")
-        return arr.reshape(shape).astype(dtype)
+        return as_input_dtype(arr.reshape(shape), dtype, f"dataset file {path}")
     want = int(np.prod(shape)) * np.dtype(dtype).itemsize
     data = path.read_bytes()
     if len(data) != want:
@@ -135,7 +151,7 @@ def _load_npz(path: Path, inputs) -> dict[str, np.ndarray]:
             if a.size != int(np.prod(v.shape)):
                 raise KpucError(f"dataset file {path}: '{v.name}' has {a.size} values, the input {list(v.shape)} "
                                 f"needs {int(np.prod(v.shape))}")
-            feeds[v.name] = a.reshape(v.shape).astype(v.dtype)
+            feeds[v.name] = as_input_dtype(a.reshape(v.shape), v.dtype, f"dataset file {path}, '{v.name}'")
         return feeds
 
 

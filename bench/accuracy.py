@@ -1,0 +1,403 @@
+"""Accuracy of compiled kmodels against the framework, over the zoo's image models and the shared models.
+
+    python bench/accuracy.py [--models NAME ...] [--jobs 2] [--nncase-python PY] [--write-docs]
+
+Each model is compiled to kmodel v4 (`--input-type float`) by `kpuc compile` on 20 calibration photos and run by `kpuc infer`
+on judged photos that no choice was made on (bench/zoo/images.json: 20 calibrate, 28 judged; fetch them
+with bench/zoo/images.py). The reference is the framework itself (LiteRT, onnxruntime) on the same input
+tensors. Per judged image the cosine similarity of every output with the framework's is taken and the
+image scores its worst output; the table gives the worst and the mean over images, top-1 agreement for
+classifiers, the file size, KPU RAM and main memory from `kpuc inspect`, and the compile's wall time.
+mobilenet_v1_0.25_128 from ../shared uses issue 3's split instead: calibrated on the first 10 ulffd
+images, judged on the other 10 and the dog.
+
+Flag sets: `default` (no extra flags) and, once `kpuc compile` has it, `--target-cosine 0.99`.
+With --nncase-python (a Python with nncase 1.x installed: a comparison, never a kpuc dependency) nncase
+compiles the same model on the same calibration tensors (PTQ, K210, uint8) and its simulator runs the
+judged ones. Results go to $KPUC_ZOO/accuracy-results.json; --write-docs writes docs/accuracy.md.
+A benchmark, not a test.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+ZOO = ROOT / "bench" / "zoo"
+sys.path[:0] = [str(ROOT), str(ZOO)]
+
+from fetch import cache_dir, load_manifest, model_path  # noqa: E402
+from images import image_folder  # noqa: E402
+from reference import _onnx_session, _tflite_session  # noqa: E402
+
+from compiler.datasets import list_files, load_image  # noqa: E402
+
+NNCASE_ENV = "KPUC_NNCASE_PYTHON"
+SHARED = ROOT.parent / "shared"
+# What photos can stand in for: models whose input is a picture of the world (not audio, not a crop of a
+# hand or an eye is still a picture, so landmark nets are judged too, as the issue asks).
+IMAGE_TASKS = {"classification", "face detection", "face landmarks", "hand detection", "hand landmarks",
+               "pose detection", "pose landmarks", "eye landmarks", "segmentation", "object detection",
+               "OCR text detection", "OCR text direction", "visual wake words"}
+CLASSIFIERS = {"classification", "visual wake words", "OCR text direction"}   # top-1 is meaningful
+FLAG_SETS = {"default": [], "target 0.99": ["--target-cosine", "0.99"]}
+
+
+# ------------------------------------------------------------------ cases
+def _range_to_mean_std(value_range) -> tuple[float, float]:
+    """kpuc's image datasets give (x - mean) / std with x in [0, 1]; the manifest gives the model's range."""
+    low, high = value_range
+    return -low / (high - low), 1.0 / (high - low)
+
+
+def zoo_cases(names: list[str] | None) -> list[dict]:
+    cases = []
+    for e in load_manifest():
+        if names and e["name"] not in names or not names and e["task"] not in IMAGE_TASKS:
+            continue
+        mean, std = _range_to_mean_std(e["input"]["range"])
+        cases.append(dict(name=e["name"], path=str(model_path(e)), format=e["format"], task=e["task"],
+                          mean=mean, std=std, input_shapes=e.get("input_shapes", {}),
+                          calibration=[str(p) for p in list_files(image_folder("calibration"))],
+                          judged=[str(p) for p in list_files(image_folder("judged"))]))
+    return cases
+
+
+def shared_cases(names: list[str] | None) -> list[dict]:
+    mobilenet = SHARED / "models" / "tflite-ops" / "mobilenet_v1_0.25_128.tflite"
+    ulffd = SHARED / "golden" / "ulffd_landmark-v4"
+    if names and "mobilenet_v1_0.25_128" not in names or not mobilenet.exists():
+        return []
+    photos = [str(p) for p in list_files(ulffd / "dataset")]
+    return [dict(name="mobilenet_v1_0.25_128", path=str(mobilenet), format="tflite", task="classification",
+                 mean=0.5, std=0.5, input_shapes={}, calibration=photos[:10],
+                 judged=photos[10:] + [str(ulffd / "inputs" / "dog_rgb_chw_320x240.u8")])]
+
+
+def load_photo(path: str, nchw: tuple[int, ...], mean: float, std: float) -> np.ndarray:
+    """A photo as kpuc's image datasets decode it; the raw dog (CHW uint8 320x240) through the same resize."""
+    if path.endswith(".u8"):
+        from PIL import Image
+        raw = np.fromfile(path, np.uint8).reshape(3, 240, 320).transpose(1, 2, 0)
+        img = Image.fromarray(raw)
+        tmp = Path(tempfile.mkdtemp(prefix="kpuc-acc-")) / "dog.png"
+        img.save(tmp)
+        path = str(tmp)
+    return load_image(Path(path), nchw, mean, std)
+
+
+# ------------------------------------------------------------------ running
+def kpuc(*args) -> list[str]:
+    return [sys.executable, str(ROOT / "cli.py"), *map(str, args)]
+
+
+def run(cmd: list[str], timeout: float) -> tuple[int, str, str, float]:
+    start = time.monotonic()
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return -1, "", f"timeout after {timeout:.0f} s", time.monotonic() - start
+    err = done.stderr.strip().splitlines()
+    return done.returncode, done.stdout, (err[-1] if err else ""), time.monotonic() - start
+
+
+def cosine(got: np.ndarray, want: np.ndarray) -> float:
+    got, want = np.asarray(got, np.float64).ravel(), np.asarray(want, np.float64).ravel()
+    denom = np.linalg.norm(got) * np.linalg.norm(want)
+    return float(got @ want / denom) if denom else float(np.allclose(got, want))
+
+
+def score(outputs: list[list[np.ndarray]], refs: list[list[np.ndarray]], classifier: bool) -> dict:
+    """Worst / mean over images of each image's worst output cosine; top-1 agreement of output 0."""
+    per_image = [min(cosine(g, w) for g, w in zip(got, ref)) for got, ref in zip(outputs, refs)]
+    res = dict(worst=min(per_image), mean=float(np.mean(per_image)), images=len(per_image))
+    if classifier:
+        res["top1"] = float(np.mean([np.argmax(g[0]) == np.argmax(w[0]) for g, w in zip(outputs, refs)]))
+    return res
+
+
+class Model:
+    """One model's framework session, input tensors and reference outputs."""
+
+    def __init__(self, case: dict, work: Path):
+        self.case, self.work = case, work
+        shapes = case["input_shapes"]
+        session = _tflite_session if case["format"] == "tflite" else _onnx_session
+        self.meta, self.run_framework = session(Path(case["path"]), shapes)
+        if len(self.meta["inputs"]) != 1:
+            raise ValueError(f"{len(self.meta['inputs'])} inputs: not an image model")
+        info = self.meta["inputs"][0]
+        s = info["shape"]
+        self.nhwc = self.meta["layout"] == "nhwc"
+        nchw = (s[0], s[3], s[1], s[2]) if self.nhwc and len(s) == 4 else tuple(s)
+        if len(nchw) != 4 or nchw[1] not in (1, 3) or min(nchw[2:]) < 16:
+            raise ValueError(f"input {s} is not a picture")
+        self.nchw = nchw
+        self.calibration = [self.framework_input(load_photo(p, nchw, case["mean"], case["std"]))
+                            for p in case["calibration"]]
+        self.judged = [self.framework_input(load_photo(p, nchw, case["mean"], case["std"])) for p in case["judged"]]
+        self.refs = [[self.dequantized(np.asarray(o), k) for k, o in enumerate(self.run_framework([x]))]
+                     for x in self.judged]
+
+    def framework_input(self, x: np.ndarray) -> np.ndarray:
+        info = self.meta["inputs"][0]
+        if self.nhwc:
+            x = x.transpose(0, 2, 3, 1)
+        if info["quant"]:
+            scale, zero_point = info["quant"]
+            lim = np.iinfo(info["dtype"])
+            x = np.clip(np.round(x / scale) + zero_point, lim.min, lim.max)
+        return np.ascontiguousarray(x.astype(info["dtype"]))
+
+    def dequantized(self, out: np.ndarray, k: int) -> np.ndarray:
+        quant = self.meta["outputs"][k]["quant"]
+        return (out.astype(np.float64) - quant[1]) * quant[0] if quant else out.astype(np.float64)
+
+    def kpuc_tensor(self, x: np.ndarray, ir_dtype: str) -> np.ndarray:
+        """The framework's input as kpuc reads it: NCHW, dequantized unless kpuc's input is integer too."""
+        info = self.meta["inputs"][0]
+        if info["quant"] and ir_dtype == "float32":
+            scale, zero_point = info["quant"]
+            x = ((x.astype(np.float32) - zero_point) * scale).astype(np.float32)
+        return x.transpose(0, 3, 1, 2) if self.nhwc else x
+
+    def kpuc_order(self, out: np.ndarray) -> np.ndarray:
+        """A framework output in kpuc's layout (NCHW for 4-D tensors of an NHWC model)."""
+        return out.transpose(0, 3, 1, 2) if self.nhwc and out.ndim == 4 else out
+
+
+def shape_options(case: dict) -> list[str]:
+    return [a for name, dims in case["input_shapes"].items()
+            for a in ("--input-shape", f"{name}={','.join(map(str, dims))}")]
+
+
+def run_kpuc(model: Model, flags: list[str], timeout: float) -> dict:
+    case, work = model.case, model.work
+    tag = "_".join(flags).replace("-", "") or "default"
+    kmodel = work / f"{tag}.kmodel"
+    # --input-type float: the kmodel quantizes its input itself, so it takes the very tensors the framework gets
+    rc, _, err, seconds = run(kpuc("compile", case["path"], kmodel, "--kmodel-version", 4, "--input-type", "float",
+                                   "--dataset", work / "calibration", "--dataset-format", "raw", *shape_options(case),
+                                   *flags),
+                              timeout)
+    if rc != 0:
+        return dict(error=f"compile: {err}", seconds=seconds)
+    rc, out, err, _ = run(kpuc("inspect", "--json", kmodel), timeout)
+    memory = json.loads(out)["memory"] if rc == 0 else {}
+    outdir = work / f"{tag}.out"
+    rc, _, err, _ = run(kpuc("infer", kmodel, outdir, "--dataset", work / "judged", "--dataset-format", "raw"), timeout)
+    if rc != 0:
+        return dict(error=f"infer: {err}", seconds=seconds)
+    outputs = [[np.fromfile(outdir / f"{i:02d}.out{k}.bin", np.float32) for k in range(len(ref))]
+               for i, ref in enumerate(model.refs)]
+    refs = [[model.kpuc_order(r) for r in ref] for ref in model.refs]
+    return score(outputs, refs, case["task"] in CLASSIFIERS) | dict(
+        file=kmodel.stat().st_size, kpu_ram=memory.get("kpu", {}).get("used"),
+        main_ram=memory.get("main", {}).get("used"), seconds=round(seconds, 2))
+
+
+def run_nncase(model: Model, python: str, timeout: float) -> dict:
+    work = model.work
+    np.save(work / "nn_calibration.npy", np.stack([x.astype(np.float32) if not model.meta["inputs"][0]["quant"]
+                                                   else model.kpuc_tensor(x, "float32") for x in model.calibration]))
+    np.save(work / "nn_judged.npy", np.stack([x.astype(np.float32) if not model.meta["inputs"][0]["quant"]
+                                              else model.kpuc_tensor(x, "float32") for x in model.judged]))
+    rc, out, err, seconds = run([python, str(Path(__file__).resolve()), "--nncase-child", model.case["path"],
+                                 model.meta["layout"], str(work)], timeout)
+    if rc != 0:
+        return dict(error=f"nncase: {err or 'exit ' + str(rc)}")
+    done = json.loads(out.strip().splitlines()[-1])
+    got = np.load(work / "nn_outputs.npz")
+    outputs = [[got[f"o{i}_{k}"] for k in range(len(ref))] for i, ref in enumerate(model.refs)]
+    if any(g.size != r.size for o, ref in zip(outputs, model.refs) for g, r in zip(o, ref)):
+        return dict(error="nncase: output sizes differ from the framework's")
+    return score(outputs, model.refs, model.case["task"] in CLASSIFIERS) | dict(
+        file=done["bytes"], seconds=round(done["seconds"], 2))
+
+
+def nncase_child(model_file: str, layout: str, work: str) -> None:
+    """Inside an nncase 1.x venv: PTQ-compile for the K210 on the calibration tensors, simulate the judged."""
+    import nncase
+    work = Path(work)
+    calibration, judged = np.load(work / "nn_calibration.npy"), np.load(work / "nn_judged.npy")
+    start = time.perf_counter()
+    options = nncase.CompileOptions()
+    options.target, options.quant_type = "k210", "uint8"
+    options.input_type = options.output_type = "float32"
+    options.input_layout = options.output_layout = layout.upper()
+    compiler = nncase.Compiler(options)
+    content = Path(model_file).read_bytes()
+    if model_file.endswith(".onnx"):
+        compiler.import_onnx(content, nncase.ImportOptions())
+    else:
+        compiler.import_tflite(content, nncase.ImportOptions())
+    ptq = nncase.PTQTensorOptions()
+    ptq.samples_count = len(calibration)
+    ptq.set_tensor_data(np.ascontiguousarray(calibration).tobytes())
+    compiler.use_ptq(ptq)
+    compiler.compile()
+    kmodel = compiler.gencode_tobytes()
+    seconds = time.perf_counter() - start
+    sim = nncase.Simulator()
+    sim.load_model(kmodel)
+    outs = {}
+    for i, x in enumerate(judged):
+        sim.set_input_tensor(0, nncase.RuntimeTensor.from_numpy(np.ascontiguousarray(x)))
+        sim.run()
+        for k in range(sim.outputs_size):
+            outs[f"o{i}_{k}"] = sim.get_output_tensor(k).to_numpy()
+    np.savez(work / "nn_outputs.npz", **outs)
+    print(json.dumps({"seconds": seconds, "bytes": len(kmodel)}))
+
+
+def evaluate(case: dict, flag_sets: dict, nncase_python: str | None, timeout: float) -> dict:
+    res = dict(name=case["name"], task=case["task"])
+    with tempfile.TemporaryDirectory(prefix=f"kpuc-acc-{case['name']}-") as tmp:
+        work = Path(tmp)
+        try:
+            model = Model(case, work)
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - the framework cannot run it, or not a picture model
+            return res | dict(skipped=f"{type(e).__name__}: {e}"[:200])
+        rc, out, err, _ = run(kpuc("info", case["path"], "--json", *shape_options(case)), timeout)
+        if rc != 0:
+            return res | dict(skipped=f"kpuc info: {err}")
+        ir_inputs = json.loads(out).get("ir_inputs") or [{}]
+        ir_dtype = ir_inputs[0].get("dtype", "float32")
+        for role, tensors in (("calibration", model.calibration), ("judged", model.judged)):
+            (work / role).mkdir()
+            for i, x in enumerate(tensors):
+                np.save(work / role / f"{i:02d}.npy", model.kpuc_tensor(x, ir_dtype))
+        res["kpuc"] = {name: run_kpuc(model, flags, timeout) for name, flags in flag_sets.items()}
+        if nncase_python:
+            res["nncase"] = run_nncase(model, nncase_python, timeout)
+    return res
+
+
+# ------------------------------------------------------------------ report
+def _kib(b) -> str:
+    return f"{b / 1024:,.0f}" if b is not None else ""
+
+
+def _cell(r: dict | None) -> list[str]:
+    if not r:
+        return ["-"] * 7
+    if "error" in r:
+        return [r["error"][:70], "", "", "", "", "", ""]
+    top1 = f"{r['top1']:.0%}" if "top1" in r else ""
+    return [f"{r['worst']:.4f}", f"{r['mean']:.4f}", top1, _kib(r.get("file")), _kib(r.get("kpu_ram")),
+            f"{r['seconds']:.1f}", str(r["images"])]
+
+
+def table(results: list[dict]) -> list[str]:
+    head = ["model", "flow", "worst cos", "mean cos", "top-1", "file KiB", "KPU RAM KiB", "compile s", "images"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for res in results:
+        if "skipped" in res:
+            lines.append(f"| {res['name']} | skipped: {res['skipped'][:90]} |" + " |" * (len(head) - 2))
+            continue
+        flows = [(f"kpuc {k}", v) for k, v in res["kpuc"].items()] + ([("nncase 1.9", res["nncase"])]
+                                                                      if "nncase" in res else [])
+        for flow, r in flows:
+            lines.append("| " + " | ".join([res["name"], flow, *_cell(r)]) + " |")
+    return lines
+
+
+def totals(results: list[dict]) -> list[str]:
+    judged = [r for r in results if "kpuc" in r]
+    lines = [f"- models judged: {len(judged)} ({len(results) - len(judged)} skipped: not runnable by the framework, "
+             "or not a single picture input)"]
+    default = [r for r in judged if "worst" in r["kpuc"].get("default", {})]
+    if default:
+        good = sum(r["kpuc"]["default"]["worst"] >= 0.98 for r in default)
+        lines.append(f"- default flow: worst cosine ≥ 0.98 on {good}/{len(judged)} ({good / len(judged):.0%}); "
+                     f"{len(judged) - len(default)} did not compile")
+    tc = [r for r in judged if "worst" in r["kpuc"].get("target 0.99", {})]
+    if tc:
+        good = sum(r["kpuc"]["target 0.99"]["worst"] >= 0.99
+                   and r["kpuc"]["target 0.99"]["file"] <= 2 * r["kpuc"].get("default", {}).get("file", 0)
+                   for r in tc)
+        lines.append(f"- --target-cosine 0.99: worst ≥ 0.99 with the file ≤ 2x default on {good}/{len(judged)} "
+                     f"({good / len(judged):.0%})")
+    nn = [r for r in judged if "worst" in r.get("nncase", {})]
+    if any("nncase" in r for r in judged):
+        lines.append(f"- nncase 1.9 compiled and ran {len(nn)}/{len(judged)}; worst cosine ≥ 0.98 on "
+                     f"{sum(r['nncase']['worst'] >= 0.98 for r in nn)}")
+    return lines
+
+
+def write_docs(results: list[dict], path: Path) -> None:
+    doc = __doc__.split("\n\n", 1)[1].split("A benchmark")[0].strip()
+    text = ["# Accuracy of compiled kmodels", "", doc, "", "## Totals", "", *totals(results), "",
+            "## Per model", "", *table(results), ""]
+    path.write_text("\n".join(text).replace(str(cache_dir()), "$KPUC_ZOO"))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="*", help="model names (default: every image model)")
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per step")
+    ap.add_argument("--nncase-python", default=os.environ.get(NNCASE_ENV))
+    ap.add_argument("--flows", nargs="*", choices=list(FLAG_SETS), help="default: all kpuc has")
+    ap.add_argument("--fresh", action="store_true", help="forget the saved results (default: update them)")
+    ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--render-only", action="store_true", help="re-render the saved results")
+    ap.add_argument("--nncase-child", nargs=3, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.nncase_child:
+        nncase_child(*a.nncase_child)
+        return 0
+    results_file = cache_dir() / "accuracy-results.json"
+    if a.render_only:
+        results = json.loads(results_file.read_text())
+    else:
+        helptext = run(kpuc("compile", "--help"), 60)[1]
+        flag_sets = {k: v for k, v in FLAG_SETS.items()
+                     if (not a.flows or k in a.flows) and all(f in helptext for f in v if f.startswith("--"))}
+        cases = shared_cases(a.models) + zoo_cases(a.models)
+        saved = {r["name"]: r for r in json.loads(results_file.read_text())} if results_file.exists() else {}
+        if a.fresh:
+            saved = {}
+        lock = threading.Lock()
+
+        def one(case: dict) -> dict:
+            res = _logged(case, flag_sets, a)
+            with lock:   # saved after every model, so an interrupted run keeps what it measured
+                before = saved.get(res["name"], {})
+                if "kpuc" in res and "kpuc" in before:   # flows not run this time keep their saved figures
+                    res["kpuc"] = before["kpuc"] | res["kpuc"]
+                if "nncase" in before and "nncase" not in res and "kpuc" in res:
+                    res["nncase"] = before["nncase"]
+                saved[res["name"]] = res
+                results_file.parent.mkdir(parents=True, exist_ok=True)
+                results_file.write_text(json.dumps(list(saved.values()), indent=1) + "\n")
+            return res
+        with ThreadPoolExecutor(a.jobs) as pool:
+            list(pool.map(one, cases))
+        order = {c["name"]: k for k, c in enumerate(cases)}
+        results = sorted(saved.values(), key=lambda r: order.get(r["name"], len(order)))
+    print("\n".join(table(results) + [""] + totals(results)))
+    if a.write_docs:
+        write_docs(results, ROOT / "docs" / "accuracy.md")
+    return 0
+
+
+def _logged(case: dict, flag_sets: dict, a) -> dict:
+    start = time.monotonic()
+    res = evaluate(case, flag_sets, a.nncase_python, a.timeout)
+    print(f"{case['name']}: {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
+    return res
+
+
+if __name__ == "__main__":
+    sys.exit(main())

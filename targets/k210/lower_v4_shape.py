@@ -225,15 +225,68 @@ def _resize_mode(a: dict, in_hw, out_hw) -> tuple[int, bool] | None:
     return None
 
 
+def _half_pixel_factors(a: dict, x, sizes) -> tuple[int, int] | None:
+    """(f_h, f_w) when the resize is a float bilinear half-pixel upscale by whole factors, else None."""
+    if a["mode"] != "linear" or a["coordinate_transformation_mode"] not in ("half_pixel", "pytorch_half_pixel"):
+        return None
+    (h, w), (oh, ow) = x.shape[2:], sizes[2:]
+    if x.dtype != "float32" or oh % h or ow % w or min(oh, ow) < 2:
+        return None
+    return oh // h, ow // w
+
+
+def _half_pixel_axis(ctx: Lowering, src: Buffer, shape, axis: int, factor: int, out: Buffer | None):
+    """Upscale one axis (2 = H, 3 = W) of a float NCHW tensor by `factor` with half-pixel centres, using
+    the runtime's bilinear resize_image that has none (§8.11). Source coordinate of output o is
+    (o + 0.5)/f − 0.5 (clamped at 0); with the first row repeated in front (the clamp) that is
+    o/f + (f + 1)/(2f), i.e. index 2o + f + 1 on a grid of step 1/(2f). So: slice the first row, concat
+    it in front, resize_image (no align_corners) to 2f·(n + 1) rows, and take every second row from
+    f + 1. For f = 2 every coordinate is a multiple of 1/4, exact in float32; the blend is the runtime's."""
+    n = shape[axis]
+
+    def at(length):
+        return tuple(length if i == axis else d for i, d in enumerate(shape))
+
+    edge = ctx.temp(f"edge{axis}", at(1))
+    emit_slice(ctx, src, shape, (0,) * 4, at(1), (1,) * 4, edge)
+    padded = ctx.temp(f"padded{axis}", at(n + 1))
+    ctx.emit(k4.Concat(padded, 4 * _elems(shape[axis + 1:]), _elems(shape[:axis]), 2, (edge, src),
+                       np.array([1, n], np.int32)))
+    fine_shape = at(2 * factor * (n + 1))
+    fine = ctx.temp(f"fine{axis}", fine_shape)
+    ctx.emit(k4.ResizeImage(padded, fine, shape4(at(n + 1)), fine_shape[2], fine_shape[3], 0, False))
+    out_shape = at(factor * n)
+    out = out if out is not None else ctx.temp(f"half_pixel{axis}", out_shape)
+    begin = tuple(factor + 1 if i == axis else 0 for i in range(4))
+    end = tuple(factor + 1 + 2 * (factor * n - 1) + 1 if i == axis else d for i, d in enumerate(fine_shape))
+    emit_slice(ctx, fine, fine_shape, begin, end, tuple(2 if i == axis else 1 for i in range(4)), out)
+    return out, out_shape
+
+
+def _resize_half_pixel(ctx: Lowering, node: Node, factors: tuple[int, int]) -> None:
+    """A half-pixel bilinear upscale by whole factors: H, then W, each by `_half_pixel_axis`."""
+    x = node.inputs[0]
+    src, shape = ctx.buffer(x), x.shape
+    axes = [(axis, f) for axis, f in zip((2, 3), factors) if f > 1]
+    for k, (axis, f) in enumerate(axes):
+        last = k == len(axes) - 1
+        src, shape = _half_pixel_axis(ctx, src, shape, axis, f, ctx.output(node.output) if last else None)
+
+
 @emitter("resize")
 def resize(ctx: Lowering, node: Node) -> None:
     """resize_image (§8.11): nearest = floor(o·in/out), bilinear without half-pixel centres (plain or
-    align_corners); H and W only."""
+    align_corners); a float bilinear half-pixel upscale by whole factors through a finer grid
+    (`_half_pixel_axis`); H and W only."""
     x = node.inputs[0]
     a, sizes = node.attrs, tuple(node.attrs["sizes"])
     if x.type.rank != 4 or sizes[:2] != x.shape[:2]:
         raise KpucError(f"{node.name}: resize_image scales H and W of a 4-D tensor only")
     mode = _resize_mode(a, x.shape[2:], sizes[2:])
+    factors = _half_pixel_factors(a, x, sizes) if mode is None else None
+    if factors is not None and factors != (1, 1):
+        _resize_half_pixel(ctx, node, factors)
+        return
     if mode is None:
         raise KpucError(f"{node.name}: resize_image cannot sample like a {a['mode']} resize with "
                         f"{a['coordinate_transformation_mode']} coordinates "

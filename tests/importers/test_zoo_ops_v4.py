@@ -1,0 +1,71 @@
+"""Ops the real-model zoo needed in kmodel v4 (issue 12), each on a small TFLite model built here: LiteRT's
+reference kernels are the oracle for the float result, and the v4 kmodel kpuc writes runs in
+../shared/oracle's v4run (tests/conftest.py checks every *.kmodel under tmp_path there, bit for bit
+against kpuc's interpreter)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_tflite_ops import opts, single
+
+from compiler.pipeline import CompileOptions, compile_model
+from targets import get_target
+from targets.k210.kmodel import read_kmodel, run_kmodel
+
+
+def litert(model: bytes, feeds: list[np.ndarray]) -> list[np.ndarray]:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    it = Interpreter(model_content=model, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    it.allocate_tensors()
+    for d, x in zip(it.get_input_details(), feeds):
+        it.set_tensor(d["index"], x)
+    it.invoke()
+    return [it.get_tensor(d["index"]) for d in it.get_output_details()]
+
+
+def compile_v4(model: bytes, tmp_path, target: str = "cpu", **kw) -> bytes:
+    """The model compiled to a v4 kmodel, written under tmp_path (so conftest runs it in v4run too)."""
+    path = tmp_path / "model.tflite"
+    path.write_bytes(model)
+    opts_ = CompileOptions(target=target, kmodel_version=4, inference_type="float", **kw)
+    data = compile_model(path, opts_, get_target(target)).kmodel
+    (tmp_path / "model.kmodel").write_bytes(data)
+    return data
+
+
+def nhwc(a: np.ndarray) -> np.ndarray:
+    return a.transpose(0, 2, 3, 1) if a.ndim == 4 else a
+
+
+def run_kmodel_nhwc(data: bytes, x_nhwc: np.ndarray, out_shape) -> np.ndarray:
+    got = run_kmodel(read_kmodel(data), [np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))])[0]
+    n, h, w, c = out_shape
+    return got.reshape(n, c, h, w).transpose(0, 2, 3, 1)
+
+
+# ---------------------------------------------------------------- bilinear resize with half-pixel centres
+@pytest.mark.parametrize("in_hw, out_hw", [((4, 5), (8, 10)), ((3, 4), (6, 4)), ((4, 3), (4, 9)), ((2, 3), (6, 6))])
+def test_half_pixel_bilinear_upscale_runs_in_v4(in_hw, out_hw, tmp_path):
+    """TFLite RESIZE_BILINEAR(half_pixel_centers) by whole factors, which v0.2's resize_image cannot sample
+    directly (§8.11): the v4 file (an edge row, a 2f-finer resize_image, a stride-2 slice per axis)
+    against LiteRT."""
+    in_shape, out_shape = (1, *in_hw, 3), (1, *out_hw, 3)
+    model = single("RESIZE_BILINEAR", [in_shape], out_shape,
+                   opts("ResizeBilinearOptions", AlignCorners=False, HalfPixelCenters=True),
+                   consts=[np.array(out_hw, np.int32)])
+    x = np.random.default_rng(1).standard_normal(in_shape).astype(np.float32)
+    (want,) = litert(model, [x])
+    data = compile_v4(model, tmp_path)
+    np.testing.assert_allclose(run_kmodel_nhwc(data, x, out_shape), want, rtol=1e-5, atol=1e-6)
+    ops = [n.body.op_name for n in read_kmodel(data).model.nodes]
+    assert "resize_image" in ops
+
+
+def test_half_pixel_by_an_odd_ratio_still_refused(tmp_path):
+    """4 -> 7 rows has no whole factor: kmodel v4 cannot express it, and says which resize."""
+    from compiler.errors import KpucError
+    model = single("RESIZE_BILINEAR", [(1, 4, 4, 2)], (1, 7, 4, 2),
+                   opts("ResizeBilinearOptions", AlignCorners=False, HalfPixelCenters=True),
+                   consts=[np.array([7, 4], np.int32)])
+    with pytest.raises(KpucError, match="half_pixel"):
+        compile_v4(model, tmp_path)

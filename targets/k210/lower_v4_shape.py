@@ -348,7 +348,8 @@ def depth_to_space(ctx: Lowering, node: Node) -> None:
 
 @emitter("gather")
 def gather(ctx: Lowering, node: Node) -> None:
-    """Constant indices in arithmetic progression: a strided_slice."""
+    """Constant indices in arithmetic progression: a strided_slice; beyond 4-D (which strided_slice cannot
+    hold) a view when they pick one contiguous run, as split does."""
     x, idx = node.inputs
     axis = node.attrs["axis"]
     if not idx.is_constant or idx.data.ndim > 1:
@@ -357,8 +358,14 @@ def gather(ctx: Lowering, node: Node) -> None:
     step = int(i[1] - i[0]) if i.size > 1 else 1
     if step == 0 or np.any(np.diff(i) != step):
         raise KpucError(f"{node.name}: gather indices {i.tolist()} are not an arithmetic progression")
+    src = ctx.buffer(x)
+    part = (contiguous_part(x.shape, axis, int(i[0]), i.size, src.size // max(x.type.size, 1))
+            if step == 1 and x.type.rank > 4 else None)
+    if part is not None:  # e.g. ShuffleNet's x[0] / x[1] halves of a 5-D channel shuffle: a view, no node
+        ctx.main[node.output] = ctx.view(node.output.name, src, *part)
+        return
     begin = tuple(int(i[0]) if d == axis else 0 for d in range(x.type.rank))
     end = tuple((int(i[-1]) + (1 if step > 0 else -1)) if d == axis else s for d, s in enumerate(x.shape))
     end = tuple(-1 if d == axis and e < 0 else e for d, e in enumerate(end))
-    emit_slice(ctx, ctx.buffer(x), x.shape, begin, end, tuple(step if d == axis else 1 for d in range(x.type.rank)),
+    emit_slice(ctx, src, x.shape, begin, end, tuple(step if d == axis else 1 for d in range(x.type.rank)),
                ctx.output(node.output))

@@ -69,3 +69,36 @@ def test_half_pixel_by_an_odd_ratio_still_refused(tmp_path):
                    consts=[np.array([7, 4], np.int32)])
     with pytest.raises(KpucError, match="half_pixel"):
         compile_v4(model, tmp_path)
+
+
+# ---------------------------------------------------------------- ShuffleNet v2's 5-D channel shuffle (gather)
+def test_gather_halves_of_a_5d_channel_shuffle_run_in_v4(tmp_path):
+    """FastestDet / Yolo-FastestV2 split a shuffled 5-D tensor with Gather(axis 0, index 0 / 1); v4 shapes are
+    4-D at most, so each half is a view of the contiguous run. The v4 file against onnxruntime."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    c, h, w = 8, 5, 6
+    nodes = [helper.make_node("Reshape", ["x", "s1"], ["r1"]),
+             helper.make_node("Transpose", ["r1"], ["t"], perm=[1, 0, 2]),
+             helper.make_node("Reshape", ["t", "s2"], ["r2"]),
+             helper.make_node("Gather", ["r2", "i0"], ["a"], axis=0),
+             helper.make_node("Gather", ["r2", "i1"], ["b"], axis=0),
+             helper.make_node("Neg", ["b"], ["nb"]),
+             helper.make_node("Concat", ["nb", "a"], ["y"], axis=1)]
+    inits = [helper.make_tensor("s1", TensorProto.INT64, [3], [c // 2, 2, h * w]),
+             helper.make_tensor("s2", TensorProto.INT64, [5], [2, 1, c // 2, h, w]),
+             helper.make_tensor("i0", TensorProto.INT64, [], [0]),
+             helper.make_tensor("i1", TensorProto.INT64, [], [1])]
+    graph = helper.make_graph(nodes, "shuffle", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, h, w])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, h, w])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    path = tmp_path / "shuffle.onnx"
+    onnx.save(model, path)
+    x = np.random.default_rng(2).standard_normal((1, c, h, w)).astype(np.float32)
+    (want,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    opts_ = CompileOptions(target="cpu", kmodel_version=4, inference_type="float")
+    data = compile_model(path, opts_, get_target("cpu")).kmodel
+    (tmp_path / "shuffle.kmodel").write_bytes(data)
+    (got,) = run_kmodel(read_kmodel(data), [x])
+    np.testing.assert_array_equal(got.reshape(want.shape), want)

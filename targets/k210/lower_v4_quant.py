@@ -151,7 +151,9 @@ def layer_args(in_shape, out_shape, k: int, depthwise: bool, pool: str, attrs: d
         wb_channel_switch_addr=lout.row_len * oh, wb_row_switch_addr=lout.row_len, wb_group=lout.groups,
         shr_w=attrs["shr_w"], shr_x=attrs["shr_x"], arg_w=attrs["arg_w"],
         arg_x=attrs["arg_x"], arg_add=attrs["arg_add"], send_data_out=int(main_output),
-        channel_byte_num=ow * oh - 1, dma_total_byte=ow * oh * oc - 1)
+        # a 16-bit field: ncc's bitfield keeps the low bits of a map over 64 Ki pixels; the v4 runtime never
+        # uses it (send_data_out forced 0 on the chip, kmodel-v4.md §10.5)
+        channel_byte_num=(ow * oh - 1) & 0xFFFF, dma_total_byte=ow * oh * oc - 1)
 
 
 @emitter("kpu_conv2d_q")

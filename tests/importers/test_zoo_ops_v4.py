@@ -102,3 +102,33 @@ def test_gather_halves_of_a_5d_channel_shuffle_run_in_v4(tmp_path):
     (tmp_path / "shuffle.kmodel").write_bytes(data)
     (got,) = run_kmodel(read_kmodel(data), [x])
     np.testing.assert_array_equal(got.reshape(want.shape), want)
+
+
+# ---------------------------------------------------------------- a KPU layer writing a map over 64 Ki pixels
+def test_kpu_layer_with_a_320x240_output_in_main_memory(tmp_path):
+    """channel_byte_num is a 16-bit field (W_out·H_out − 1) that the v4 runtime never reads; a 320x240 KPU
+    output (MTCNN P-Net's first layer on a camera frame) is written like ncc's bitfield, not refused. The
+    uint8 file against onnxruntime (a few quantization steps) and, through conftest, v4run."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    rng = np.random.default_rng(3)
+    w = rng.uniform(-0.5, 0.5, (4, 1, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 240, 320])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 240, 320])],
+                              [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel())])
+    path = tmp_path / "big.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    samples = [[rng.uniform(0, 1, (1, 1, 240, 320)).astype(np.float32)] for _ in range(2)]
+    result = compile_model(path, CompileOptions(kmodel_version=4, input_type="float"), get_target("k210"),
+                           samples=samples)
+    (tmp_path / "big.kmodel").write_bytes(result.kmodel)
+    model = read_kmodel(result.kmodel)
+    layers = [n.body for n in model.model.nodes if n.body.op_name == "kpu_conv2d"]
+    assert layers and layers[0].layer.channel_byte_num == (320 * 240 - 1) & 0xFFFF
+    x = samples[0][0]
+    (want,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    (got,) = run_kmodel(model, [x])
+    assert np.abs(got.reshape(want.shape) - want).max() < 0.05

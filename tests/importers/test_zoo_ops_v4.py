@@ -132,3 +132,39 @@ def test_kpu_layer_with_a_320x240_output_in_main_memory(tmp_path):
     (want,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     (got,) = run_kmodel(model, [x])
     assert np.abs(got.reshape(want.shape) - want).max() < 0.05
+
+
+# ---------------------------------------------------------------- a classifier too big to keep in float
+def _classifier(path, ic: int, oc: int, rng) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+    w = (rng.standard_normal((oc, ic, 1, 1)) / np.sqrt(ic)).astype(np.float32)
+    b = (0.1 * rng.standard_normal(oc)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w", "b"], ["y"])], "cls",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, ic, 1, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, oc, 1, 1])],
+                              [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel()),
+                               helper.make_tensor("b", TensorProto.FLOAT, b.shape, b)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+
+
+@pytest.mark.parametrize("ic, oc, float_kept", [(128, 1000, True), (640, 1000, False)])
+def test_small_output_stays_float_unless_its_weights_crowd_main_memory(ic, oc, float_kept, tmp_path):
+    """ncc keeps a layer with fewer than 1024 outputs in float (MobileNet's logits); kpuc follows it unless
+    the float weights pass 2 MiB (640x1000 floats: 2.56 MB), which would take most of the K210's main
+    memory (coral MobileNet v1 0.75's 768x1001 logits). The file size tells which; the output against
+    onnxruntime either way."""
+    import onnxruntime as ort
+    rng = np.random.default_rng(4)
+    path = tmp_path / "cls.onnx"
+    _classifier(path, ic, oc, rng)
+    samples = [[rng.uniform(0, 1, (1, ic, 1, 1)).astype(np.float32)] for _ in range(3)]
+    result = compile_model(path, CompileOptions(kmodel_version=4, input_type="float"), get_target("k210"),
+                           samples=samples)
+    (tmp_path / "cls.kmodel").write_bytes(result.kmodel)
+    assert (len(result.kmodel) > 4 * ic * oc) == float_kept
+    x = samples[0][0]
+    (want,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    (got,) = run_kmodel(read_kmodel(result.kmodel), [x])
+    peak = np.abs(want).max()
+    assert np.abs(got.reshape(want.shape) - want).max() < (1e-5 if float_kept else 0.05) * peak

@@ -440,7 +440,12 @@ class _Rewriter:
                 or a.dtype != "float32" or b.dtype != "float32" or not self._worth_quantizing(v, None)):
             return self.copy_float(node)
         qa, qb, qy = self.param(a), self.param(b), self.param(v)
-        attrs = quantized_binary_params(node.attrs["op"], qa, qb, qy)
+        try:
+            attrs = quantized_binary_params(node.attrs["op"], qa, qb, qy)
+        except KpucError:   # ranges too far apart for the runtime's 32-bit rescale (e.g. 1e15-wide maps): float
+            return self.copy_float(node)
+        if not _binary_rescale_holds(attrs, qa, qb, qy):
+            return self.copy_float(node)
         new = self._add("quantized_binary", [self.get_u8(a, qa), self.get_u8(b, qb)], name=f"{v.name}_q", **attrs)
         self.set_native(node, new, qy)
 
@@ -525,6 +530,22 @@ def _float_pool(out_shape, pool: str) -> list[tuple[str, dict]]:
 def _exact_on_codes(node: Node) -> bool:
     """Whether the op gives the same codes as dequantize -> op -> quantize with the input's parameters."""
     return has_trait(node, "data_movement")
+
+
+def _binary_rescale_holds(attrs: dict, qa: QuantParamU8, qb: QuantParamU8, qy: QuantParamU8) -> bool:
+    """Whether a quantized add/sub/min/max/mul's fixed-point muls give each operand's code-to-output factor
+    within 1/256: with scales far from 1 (maps ~1e12 wide) nncase's 16-bit operand muls round to 0."""
+    def factor(mul, shift):
+        return mul * 2.0 ** -shift
+    y = factor(attrs["output_mul"], attrs["output_shift"])
+    if attrs["op"] in ("add", "sub", "min", "max"):
+        pairs = [(factor(attrs["input_a_mul"], attrs["input_a_shift"]) * y, qy.scale / qa.scale),
+                 (factor(attrs["input_b_mul"], attrs["input_b_shift"]) * y, qy.scale / qb.scale)]
+    elif attrs["op"] == "mul":
+        pairs = [(y, qy.scale / (qa.scale * qb.scale))]
+    else:
+        return True
+    return all(abs(got - want) <= abs(want) / 256 for got, want in pairs)
 
 
 def quantize_k210(graph: Graph, ranges: dict[str, Range], *, weights_quantize_threshold: float = 64,

@@ -168,3 +168,59 @@ def test_small_output_stays_float_unless_its_weights_crowd_main_memory(ic, oc, f
     (got,) = run_kmodel(read_kmodel(result.kmodel), [x])
     peak = np.abs(want).max()
     assert np.abs(got.reshape(want.shape) - want).max() < (1e-5 if float_kept else 0.05) * peak
+
+
+# ---------------------------------------------------------------- ResNet-50 (onnx light: constant weights)
+def _onnx(path, nodes, x_shape, y_shape, inits) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(y_shape))],
+                              [helper.make_tensor(n, TensorProto.FLOAT, a.shape, a.ravel()) for n, a in inits.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+
+
+def _compiled_vs_onnxruntime(path, x_shape, tmp_path, rng):
+    import onnxruntime as ort
+    samples = [[rng.uniform(0, 1, x_shape).astype(np.float32)] for _ in range(2)]
+    result = compile_model(path, CompileOptions(kmodel_version=4, input_type="float"), get_target("k210"),
+                           samples=samples)
+    (tmp_path / "m.kmodel").write_bytes(result.kmodel)
+    x = samples[0][0]
+    (want,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    (got,) = run_kmodel(read_kmodel(result.kmodel), [x])
+    return got.reshape(want.shape), want, result
+
+
+def test_add_of_maps_1e14_wide_stays_float(tmp_path):
+    """A quantized add rescales each operand by a 16-bit fixed-point mul and the sum by a 32-bit one; with
+    maps ~1e14 wide (ResNet-50 with constant weights) the muls round to 0 or do not fit, so the add stays
+    float instead of giving zeros or stopping the compile. The v4 file against onnxruntime."""
+    from onnx import helper
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["a"]), helper.make_node("Conv", ["x", "wb"], ["b"]),
+             helper.make_node("Add", ["a", "b"], ["y"])]
+    path = tmp_path / "wide.onnx"
+    shape = (1, 4, 16, 16)
+    _onnx(path, nodes, shape, shape, {"wa": (rng.uniform(0.5, 1, (4, 4, 1, 1)) * 1e14).astype(np.float32),
+                                      "wb": (rng.uniform(0.5, 1, (4, 4, 1, 1)) * 1e12).astype(np.float32)})
+    got, want, result = _compiled_vs_onnxruntime(path, shape, tmp_path, rng)
+    assert "quantized_binary" not in {n.op for n in result.graph.nodes}
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_conv_needing_more_than_64_weight_loads_runs_on_the_cpu(tmp_path):
+    """A 3x3 conv 512 -> 512 needs 86 KPU weight loads of 30 KiB; load_time holds 64 at most, so the layer
+    runs on the CPU (it used to stop the compile at the field's width)."""
+    from onnx import helper
+    from targets.k210.constraints import why_not_kpu_layer
+    assert "86 loads" in why_not_kpu_layer((1, 512, 4, 4), 512, 3)
+    assert why_not_kpu_layer((1, 512, 4, 4), 384, 3) is None     # 64 loads
+    rng = np.random.default_rng(6)
+    w = (rng.standard_normal((512, 512, 3, 3)) / 48).astype(np.float32)
+    path = tmp_path / "loads.onnx"
+    _onnx(path, [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], (1, 512, 4, 4), (1, 512, 4, 4),
+          {"w": w})
+    got, want, result = _compiled_vs_onnxruntime(path, (1, 512, 4, 4), tmp_path, rng)
+    assert "kpu_conv2d_q" not in {n.op for n in result.graph.nodes}
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()

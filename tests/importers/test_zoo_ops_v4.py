@@ -213,6 +213,7 @@ def test_conv_needing_more_than_64_weight_loads_runs_on_the_cpu(tmp_path):
     """A 3x3 conv 512 -> 512 needs 86 KPU weight loads of 30 KiB; load_time holds 64 at most, so the layer
     runs on the CPU (it used to stop the compile at the field's width)."""
     from onnx import helper
+
     from targets.k210.constraints import why_not_kpu_layer
     assert "86 loads" in why_not_kpu_layer((1, 512, 4, 4), 512, 3)
     assert why_not_kpu_layer((1, 512, 4, 4), 384, 3) is None     # 64 loads

@@ -54,6 +54,7 @@ from compiler.quantization import (
     weights_span,
 )
 from targets.k210.ops import ACTIVATION_STEPS, KPU_POOLS, conv_key, split_activation
+from targets.k210.passes.mark_small_outputs_float import MAX_FLOAT_WEIGHT_BYTES
 
 ACT_SEGMENTS = 16
 ACT_SAMPLES = 1024
@@ -482,8 +483,10 @@ class _Rewriter:
         self.set_native(node, new, yq)
 
     def _worth_quantizing(self, out: Value, weights: Value | None) -> bool:
-        """nncase add_quant_checkpoints: big enough outputs, narrow enough weights."""
-        if out.type.size < self.opts.output_quantize_threshold:
+        """nncase add_quant_checkpoints: big enough outputs (or weights too big to keep in float, as
+        mark_small_outputs_float decides), narrow enough weights."""
+        too_big = weights is not None and 4 * weights.type.size > MAX_FLOAT_WEIGHT_BYTES
+        if out.type.size < self.opts.output_quantize_threshold and not too_big:
             return False
         return weights is None or weights_span(weights.data) <= self.opts.weights_quantize_threshold
 

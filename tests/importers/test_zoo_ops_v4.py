@@ -148,12 +148,12 @@ def _classifier(path, ic: int, oc: int, rng) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
 
 
-@pytest.mark.parametrize("ic, oc, float_kept", [(128, 1000, True), (640, 1000, False)])
+@pytest.mark.parametrize("ic, oc, float_kept", [(128, 1000, True), (640, 1000, False), (1280, 1000, False)])
 def test_small_output_stays_float_unless_its_weights_crowd_main_memory(ic, oc, float_kept, tmp_path):
     """ncc keeps a layer with fewer than 1024 outputs in float (MobileNet's logits); kpuc follows it unless
     the float weights pass 2 MiB (640x1000 floats: 2.56 MB), which would take most of the K210's main
-    memory (coral MobileNet v1 0.75's 768x1001 logits). The file size tells which; the output against
-    onnxruntime either way."""
+    memory (coral MobileNet v1 0.75's 768x1001 logits; with 1280 inputs, MobileNet v2's, the layer stays on
+    the CPU, quantized). The file size tells which; the output against onnxruntime either way."""
     import onnxruntime as ort
     rng = np.random.default_rng(4)
     path = tmp_path / "cls.onnx"

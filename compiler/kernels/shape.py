@@ -105,3 +105,26 @@ def batch_to_space(x, *, block, crops):
     n = bn // (bh * bw)
     t = x.reshape(bh, bw, n, c, h, w).transpose(2, 3, 4, 0, 5, 1).reshape(n, c, h * bh, w * bw)
     return t[:, :, ct:h * bh - cb, cl:w * bw - cr]
+
+
+@kernel("gather_nd")
+def gather_nd(x, indices):
+    """ONNX GatherND with batch_dims 0: the last axis of `indices` addresses x's leading dims (negative
+    indices count from the end)."""
+    idx = np.asarray(indices, np.int64)
+    k = idx.shape[-1]
+    idx = np.where(idx < 0, idx + np.array(x.shape[:k]), idx)
+    return x[tuple(np.moveaxis(idx, -1, 0))]
+
+
+@kernel("arg_reduce")
+def arg_reduce(x, *, op, axis, keepdims=True, select_last_index=False):
+    """Index of the largest (op max) or smallest (min) value along `axis`, the first one of ties unless
+    select_last_index; int32."""
+    x = np.asarray(x)
+    pick = np.argmax if op == "max" else np.argmin
+    if select_last_index:
+        i = x.shape[axis] - 1 - pick(np.flip(x, axis=axis), axis=axis, keepdims=keepdims)
+    else:
+        i = pick(x, axis=axis, keepdims=keepdims)
+    return np.asarray(i, np.int32)

@@ -225,3 +225,57 @@ def test_conv_needing_more_than_64_weight_loads_runs_on_the_cpu(tmp_path):
     got, want, result = _compiled_vs_onnxruntime(path, (1, 512, 4, 4), tmp_path, rng)
     assert "kpu_conv2d_q" not in {n.op for n in result.graph.nodes}
     assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+
+
+# ---------------------------------------------------------------- ARG_MAX / ARG_MIN / GATHER_ND (import + infer)
+@pytest.mark.parametrize("code, axis, ties", [("ARG_MAX", 3, False), ("ARG_MIN", 1, False), ("ARG_MAX", -1, True)])
+def test_tflite_arg_reduce_matches_litert(code, axis, ties, tmp_path):
+    """DeepLab v3's and MoveNet's ARG_MAX: imported and run by `kpuc infer` (v4 has no such op); ties
+    (uint8 logits have them) pick the first index, as LiteRT."""
+    from compiler.executor import run_graph
+    from compiler.importers import import_model
+    shape = (1, 5, 6, 7)
+    out = tuple(d for i, d in enumerate(shape) if i != axis % 4)
+    opt = "ArgMaxOptions" if code == "ARG_MAX" else "ArgMinOptions"
+    model = single(code, [shape], out, opts(opt, OutputType=4), consts=[np.array([axis], np.int32)], out_dtype="int64")
+    rng = np.random.default_rng(7)
+    x = (rng.integers(0, 3, shape) if ties else rng.standard_normal(shape)).astype(np.float32)
+    (want,) = litert(model, [x])
+    path = tmp_path / "arg.tflite"
+    path.write_bytes(model)
+    (got,) = run_graph(import_model(path), x.transpose(0, 3, 1, 2))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_tflite_gather_nd_matches_litert(tmp_path):
+    from compiler.executor import run_graph
+    from compiler.importers import import_model
+    idx = np.array([[0, 2, 1], [0, 4, 5], [0, 3, 0]], np.int32)
+    model = single("GATHER_ND", [(1, 5, 6, 3)], (3, 3), consts=[idx])
+    x = np.random.default_rng(8).standard_normal((1, 5, 6, 3)).astype(np.float32)
+    (want,) = litert(model, [x])
+    path = tmp_path / "gnd.tflite"
+    path.write_bytes(model)
+    (got,) = run_graph(import_model(path), x.transpose(0, 3, 1, 2))
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("op, attrs", [("ArgMax", dict(axis=1, keepdims=1)), ("ArgMin", dict(axis=-1, keepdims=0)),
+                                       ("ArgMax", dict(axis=2, keepdims=1, select_last_index=1))])
+def test_onnx_arg_reduce_matches_onnxruntime(op, attrs, tmp_path):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from compiler.executor import run_graph
+    from compiler.importers import import_model
+    shape = (2, 4, 5)
+    graph = helper.make_graph([helper.make_node(op, ["x"], ["y"], **attrs)], "arg",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.INT64, None)])
+    path = tmp_path / "arg.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    x = np.random.default_rng(9).integers(0, 3, shape).astype(np.float32)
+    (want,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    (got,) = run_graph(import_model(path), x)
+    np.testing.assert_array_equal(got, want)

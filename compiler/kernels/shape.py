@@ -108,13 +108,17 @@ def batch_to_space(x, *, block, crops):
 
 
 @kernel("gather_nd")
-def gather_nd(x, indices):
-    """ONNX GatherND with batch_dims 0: the last axis of `indices` addresses x's leading dims (negative
-    indices count from the end)."""
-    idx = np.asarray(indices, np.int64)
-    k = idx.shape[-1]
-    idx = np.where(idx < 0, idx + np.array(x.shape[:k]), idx)
-    return x[tuple(np.moveaxis(idx, -1, 0))]
+def gather_nd(x, indices, *, batch_dims=0):
+    """ONNX GatherND: after `batch_dims` shared leading dims, the last axis of `indices` addresses x's next
+    dims (negative indices count from the end)."""
+    x, idx = np.asarray(x), np.asarray(indices, np.int64)
+    b, k = batch_dims, idx.shape[-1]
+    batch = int(np.prod(x.shape[:b], dtype=np.int64))
+    xb = x.reshape((batch,) + x.shape[b:])
+    ib = idx.reshape(batch, -1, k)
+    ib = np.where(ib < 0, ib + np.array(x.shape[b:b + k]), ib)
+    out = xb[(np.arange(batch)[:, None],) + tuple(ib[..., j] for j in range(k))]
+    return out.reshape(idx.shape[:-1] + x.shape[b + k:])
 
 
 @kernel("arg_reduce")

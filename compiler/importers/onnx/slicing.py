@@ -126,6 +126,4 @@ def gather(ctx, x, indices, *, axis=0):
 
 @converter("GatherND")
 def gather_nd(ctx, x, indices, *, batch_dims=0):
-    if batch_dims:
-        raise NotConvertible(f"batch_dims {batch_dims} (0 only)")
-    return ctx.add("gather_nd", [x, indices])
+    return ctx.add("gather_nd", [x, indices], batch_dims=int(batch_dims))

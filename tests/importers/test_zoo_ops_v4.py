@@ -279,3 +279,21 @@ def test_onnx_arg_reduce_matches_onnxruntime(op, attrs, tmp_path):
     (want,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     (got,) = run_graph(import_model(path), x)
     np.testing.assert_array_equal(got, want)
+
+
+# ---------------------------------------------------------------- an int8 fake-quant of a float input
+def test_int8_requantize_of_the_input_runs_in_v4(tmp_path):
+    """coral's TF2 MobileNet v2 PTQ starts with QUANTIZE(int8, zero point -1) of its uint8 input, a
+    requantization kpuc keeps as quantize -> dequantize; v4 holds no int8 tensor, so the codes live as
+    uint8 + 128 between the two. Against LiteRT on all 256 input codes."""
+    from test_tflite_ops import Op, T, build
+    shape = (1, 16, 16, 1)
+    tensors = [T("x", shape, "uint8", scale=(0.0081,), zero_point=(120,)),
+               T("q", shape, "int8", scale=(1 / 127.5,), zero_point=(-1,)), T("y", shape)]
+    model = build(tensors, [Op("QUANTIZE", ["x"], ["q"]), Op("DEQUANTIZE", ["q"], ["y"])], ["x"], ["y"])
+    x = np.arange(256, dtype=np.uint8).reshape(shape)
+    (want,) = litert(model, [x])
+    data = compile_v4(model, tmp_path)
+    assert "quantize" in [n.body.op_name for n in read_kmodel(data).model.nodes]
+    real = ((x.astype(np.float32) - 120) * np.float32(0.0081)).astype(np.float32)  # kpuc's float input
+    np.testing.assert_allclose(run_kmodel_nhwc(data, real, shape), want, rtol=0, atol=1e-6)

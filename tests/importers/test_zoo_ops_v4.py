@@ -297,3 +297,30 @@ def test_int8_requantize_of_the_input_runs_in_v4(tmp_path):
     assert "quantize" in [n.body.op_name for n in read_kmodel(data).model.nodes]
     real = ((x.astype(np.float32) - 120) * np.float32(0.0081)).astype(np.float32)  # kpuc's float input
     np.testing.assert_allclose(run_kmodel_nhwc(data, real, shape), want, rtol=0, atol=1e-6)
+
+
+def test_half_pixel_upscale_between_kpu_layers(tmp_path):
+    """The BlazePalm / selfie pattern on the K210 target: uint8 KPU conv -> float half-pixel x2 upscale ->
+    KPU conv. The file runs in v4run as in kpuc (conftest); against LiteRT within quantization error."""
+    from test_tflite_ops import SAME, Op, T, build, rand
+    tensors = [T("x", (1, 8, 8, 4)), T("w1", (8, 3, 3, 4), data=rand(8, 3, 3, 4) * 0.3), T("b1", (8,), data=rand(8)),
+               T("c1", (1, 8, 8, 8)), T("size", (2,), "int32", np.array([16, 16], np.int32)), T("up", (1, 16, 16, 8)),
+               T("w2", (4, 1, 1, 8), data=rand(4, 1, 1, 8) * 0.3), T("b2", (4,), data=rand(4)), T("y", (1, 16, 16, 4))]
+    conv = ("Conv2DOptions", {"Padding": SAME, "StrideW": 1, "StrideH": 1, "FusedActivationFunction": 1})
+    model = build(tensors, [Op("CONV_2D", ["x", "w1", "b1"], ["c1"], conv),
+                            Op("RESIZE_BILINEAR", ["c1", "size"], ["up"],
+                               opts("ResizeBilinearOptions", AlignCorners=False, HalfPixelCenters=True)),
+                            Op("CONV_2D", ["up", "w2", "b2"], ["y"], conv)], ["x"], ["y"])
+    rng = np.random.default_rng(11)
+    x = rng.uniform(-1, 1, (1, 8, 8, 4)).astype(np.float32)
+    (want,) = litert(model, [x])
+    path = tmp_path / "up.tflite"
+    path.write_bytes(model)
+    samples = [[rng.uniform(-1, 1, (1, 4, 8, 8)).astype(np.float32)] for _ in range(3)] + [[x.transpose(0, 3, 1, 2)]]
+    result = compile_model(path, CompileOptions(kmodel_version=4, input_type="float"), get_target("k210"),
+                           samples=samples)
+    (tmp_path / "up.kmodel").write_bytes(result.kmodel)
+    ops = [n.body.op_name for n in read_kmodel(result.kmodel).model.nodes]
+    assert "resize_image" in ops and ops.count("kpu_conv2d") == 2
+    got = run_kmodel_nhwc(result.kmodel, x, want.shape)
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()

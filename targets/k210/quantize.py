@@ -369,7 +369,7 @@ class _Rewriter:
         x, w, b = node.inputs
         v = node.output
         span = weights_span(w.data)
-        if span > self.opts.weights_quantize_threshold:
+        if span > self.opts.weights_quantize_threshold and not _on_source_grid(w):
             return self.kpu_conv2d_in_float(node, span)
         iq = self.param(x)
         yq = get_quant_param(self.ranges[conv_key(v.name)])
@@ -488,7 +488,8 @@ class _Rewriter:
         too_big = weights is not None and 4 * weights.type.size > MAX_FLOAT_WEIGHT_BYTES
         if out.type.size < self.opts.output_quantize_threshold and not too_big:
             return False
-        return weights is None or weights_span(weights.data) <= self.opts.weights_quantize_threshold
+        return (weights is None or weights_span(weights.data) <= self.opts.weights_quantize_threshold
+                or _on_source_grid(weights))
 
     # ---- driver
     def run(self) -> Graph:
@@ -533,6 +534,13 @@ def _float_pool(out_shape, pool: str) -> list[tuple[str, dict]]:
 def _exact_on_codes(node: Node) -> bool:
     """Whether the op gives the same codes as dequantize -> op -> quantize with the input's parameters."""
     return has_trait(node, "data_movement")
+
+
+def _on_source_grid(w: Value) -> bool:
+    """Weights the model file itself stores per tensor in 8 bits (a uint8 model: coral's MobileNets): one
+    uint8 range again keeps the step the source had, so nncase's weight-span guard, meant for float
+    weights, does not keep them float (per-channel int8 weights do not qualify)."""
+    return w.quant is not None and w.quant.axis is None
 
 
 def _binary_rescale_holds(attrs: dict, qa: QuantParamU8, qb: QuantParamU8, qy: QuantParamU8) -> bool:

@@ -324,3 +324,57 @@ def test_half_pixel_upscale_between_kpu_layers(tmp_path):
     assert "resize_image" in ops and ops.count("kpu_conv2d") == 2
     got = run_kmodel_nhwc(result.kmodel, x, want.shape)
     assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+
+
+# ---------------------------------------------------------------- wide uint8 weights of a uint8 model
+def _uint8_depthwise(weights_in_uint8: bool) -> bytes:
+    """uint8 in -> depthwise 3x3 SAME ReLU6 whose weights span 0.34·255 = 87 (coral MobileNet v2's first
+    depthwise) -> uint8 out; or the same with the weights given as float32."""
+    from test_tflite_ops import RELU6, SAME, Op, T, build
+    rng = np.random.default_rng(12)
+    s_w, z_w = 0.3437, 165
+    w = rng.integers(0, 256, (1, 3, 3, 8)).astype(np.uint8)
+    w[0, 0, 0, 0], w[0, 0, 1, 0] = 0, 255                          # the whole 8-bit range
+    s_x, s_y = 0.0002, 0.0235
+    b = rng.integers(-500, 500, 8).astype(np.int32)
+    if weights_in_uint8:
+        wt = T("w", w.shape, "uint8", w, scale=(s_w,), zero_point=(z_w,))
+        bt = T("b", (8,), "int32", b, scale=(s_x * s_w,), zero_point=(0,))
+        x = T("x", (1, 16, 16, 8), "uint8", scale=(s_x,), zero_point=(128,))
+        y = T("y", (1, 16, 16, 8), "uint8", scale=(s_y,), zero_point=(0,))
+    else:
+        wt = T("w", w.shape, data=((w.astype(np.float32) - z_w) * s_w))
+        bt = T("b", (8,), data=(b * s_x * s_w).astype(np.float32))
+        x, y = T("x", (1, 16, 16, 8)), T("y", (1, 16, 16, 8))
+    return build([x, wt, bt, y], [Op("DEPTHWISE_CONV_2D", ["x", "w", "b"], ["y"], opts(
+        "DepthwiseConv2DOptions", Padding=SAME, StrideH=1, StrideW=1, DepthMultiplier=1,
+        FusedActivationFunction=RELU6))], ["x"], ["y"])
+
+
+@pytest.mark.parametrize("weights_in_uint8", [True, False])
+def test_wide_weights_go_to_the_kpu_when_the_model_stores_them_in_uint8(weights_in_uint8, tmp_path):
+    """nncase keeps a conv whose weights span more than 64 in float; a uint8 model's own per-tensor weights
+    are already on that coarse grid, so they go to the KPU (coral MobileNet v2's first depthwise: 3.2 MB
+    of float maps otherwise). Float weights of the same span stay float. Against LiteRT."""
+    model = _uint8_depthwise(weights_in_uint8)
+    rng = np.random.default_rng(13)
+    path = tmp_path / "dw.tflite"
+    path.write_bytes(model)
+    real = rng.uniform(-0.025, 0.025, (1, 8, 16, 16)).astype(np.float32)
+    samples = [[rng.uniform(-0.025, 0.025, (1, 8, 16, 16)).astype(np.float32)] for _ in range(3)] + [[real]]
+    result = compile_model(path, CompileOptions(kmodel_version=4, input_type="float"), get_target("k210"),
+                           samples=samples)
+    (tmp_path / "dw.kmodel").write_bytes(result.kmodel)
+    ops = [n.body.op_name for n in read_kmodel(result.kmodel).model.nodes]
+    assert ("kpu_conv2d" in ops) == weights_in_uint8
+    x = real.transpose(0, 2, 3, 1)
+    if weights_in_uint8:
+        codes = np.clip(np.round(x / 0.0002) + 128, 0, 255)
+        (want,) = litert(model, [codes.astype(np.uint8)])
+        want = want.astype(np.float32) * 0.0235
+        x = ((codes - 128) * 0.0002).astype(np.float32)
+    else:
+        (want,) = litert(model, [x])
+    assert ((want > 0) & (want < 5.9)).mean() > 0.3                  # mostly between the ReLU6 clamps
+    got = run_kmodel_nhwc(result.kmodel, x, want.shape)
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()

@@ -55,6 +55,9 @@ depth_to_space    x                         block, mode=DCR|CRD
 space_to_batch    x                         block=(bh,bw), pads=((t,b),(l,r))   TF semantics on NCHW
 batch_to_space    x                         block=(bh,bw), crops=((t,b),(l,r))
 gather            x, indices                axis              numpy.take
+gather_nd         x, indices                batch_dims=0      ONNX GatherND / TFLite GATHER_ND
+arg_reduce        x                         op: max|min, axis, keepdims=True, select_last_index=False
+                                            -> int32 indices (ONNX ArgMax/ArgMin, TFLite ARG_MAX/ARG_MIN)
 compare           a, b (numpy broadcast)    op: equal not_equal less less_equal greater greater_equal -> bool
 logical           a, b: bool (broadcast)    op: and or xor                                          -> bool
 logical_not       x: bool                   -                                                       -> bool
@@ -460,6 +463,23 @@ def _gather(t, a):
     ax = a["axis"]
     shape = t[0].shape
     return TensorType(shape[:ax] + t[1].shape + shape[ax + 1:], t[0].dtype)
+
+
+@define("gather_nd", "x indices", attrs=dict(batch_dims=0))
+def _gather_nd(t, a):
+    x, idx = t
+    b = a["batch_dims"]
+    need(idx.rank > b and 1 <= idx.shape[-1] <= x.rank - b and idx.shape[:b] == x.shape[:b],
+         f"indices {idx.shape} do not index {x.shape} with {b} batch dims")
+    return TensorType(idx.shape[:-1] + x.shape[b + idx.shape[-1]:], x.dtype)
+
+
+@define("arg_reduce", "x", attrs=dict(op=REQUIRED, axis=REQUIRED, keepdims=True, select_last_index=False))
+def _arg_reduce(t, a):
+    need(a["op"] in ("max", "min"), f"unknown arg_reduce op {a['op']}")
+    shape, ax = t[0].shape, a["axis"]
+    need(0 <= ax < len(shape), f"axis {ax} not normalized for rank {len(shape)}")
+    return TensorType(shape[:ax] + ((1,) if a["keepdims"] else ()) + shape[ax + 1:], "int32")
 
 
 # ------------------------------------------------------------------ comparison and selection

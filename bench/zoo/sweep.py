@@ -230,13 +230,21 @@ def main(argv=None) -> int:
         supported = {w.strip(",") for w in helps.split() if w.startswith("--")}
         with ThreadPoolExecutor(opts.jobs) as pool:
             results = list(pool.map(lambda e: _logged(e, opts, supported), chosen))
-        if not opts.only:
-            results_file.parent.mkdir(parents=True, exist_ok=True)
-            results_file.write_text(json.dumps(results, indent=1) + "\n")
+        results = _merged(results_file, entries, results) if opts.only else results
+        results_file.parent.mkdir(parents=True, exist_ok=True)
+        results_file.write_text(json.dumps(results, indent=1) + "\n")
     print_table(entries, results)
     if opts.write_docs:
         write_docs(entries, results, ROOT / "docs" / "zoo.md")
     return 0
+
+
+def _merged(results_file: Path, entries: list[dict], fresh: list[dict]) -> list[dict]:
+    """`--only` replaces the chosen models' results in the saved ones and keeps the others (manifest order)."""
+    saved = json.loads(results_file.read_text()) if results_file.exists() else []
+    by_name = {r["name"]: r for r in saved} | {r["name"]: r for r in fresh}
+    order = [e["name"] for e in entries]
+    return sorted(by_name.values(), key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
 
 
 def _logged(entry, opts, supported) -> dict:

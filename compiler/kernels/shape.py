@@ -105,3 +105,30 @@ def batch_to_space(x, *, block, crops):
     n = bn // (bh * bw)
     t = x.reshape(bh, bw, n, c, h, w).transpose(2, 3, 4, 0, 5, 1).reshape(n, c, h * bh, w * bw)
     return t[:, :, ct:h * bh - cb, cl:w * bw - cr]
+
+
+@kernel("gather_nd")
+def gather_nd(x, indices, *, batch_dims=0):
+    """ONNX GatherND: after `batch_dims` shared leading dims, the last axis of `indices` addresses x's next
+    dims (negative indices count from the end)."""
+    x, idx = np.asarray(x), np.asarray(indices, np.int64)
+    b, k = batch_dims, idx.shape[-1]
+    batch = int(np.prod(x.shape[:b], dtype=np.int64))
+    xb = x.reshape((batch,) + x.shape[b:])
+    ib = idx.reshape(batch, -1, k)
+    ib = np.where(ib < 0, ib + np.array(x.shape[b:b + k]), ib)
+    out = xb[(np.arange(batch)[:, None],) + tuple(ib[..., j] for j in range(k))]
+    return out.reshape(idx.shape[:-1] + x.shape[b + k:])
+
+
+@kernel("arg_reduce")
+def arg_reduce(x, *, op, axis, keepdims=True, select_last_index=False):
+    """Index of the largest (op max) or smallest (min) value along `axis`, the first one of ties unless
+    select_last_index; int32."""
+    x = np.asarray(x)
+    pick = np.argmax if op == "max" else np.argmin
+    if select_last_index:
+        i = x.shape[axis] - 1 - pick(np.flip(x, axis=axis), axis=axis, keepdims=keepdims)
+    else:
+        i = pick(x, axis=axis, keepdims=keepdims)
+    return np.asarray(i, np.int32)

@@ -123,6 +123,8 @@ def cpu_hint(row: dict) -> str | None:
         return "resize (or crop) the input so every map is within 512x256 (WxH) and at least 4x4"
     if "bytes of KPU RAM" in reason:
         return "fewer channels or a smaller map for this layer (its maps must fit the 2 MiB KPU RAM together)"
+    if "KiB, more than the KPU's" in reason:
+        return "fewer input or output channels (each weight load holds 30 KiB of whole output channels, 64 loads)"
     if reason.startswith("groups="):
         return "split the grouped conv into groups=1 convs (+ concat), or make it depthwise"
     if "weights are computed at run time" in reason:

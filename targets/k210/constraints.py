@@ -30,6 +30,9 @@ MIN_IN_H, MIN_IN_W = 4, 4
 MAX_IN_H, MAX_IN_W = 256, 512
 # The map a KPU layer writes, after pooling, is at least 4x4 (kpu.md §10 "output >= 4x4, nncase checks").
 MIN_OUT_H, MIN_OUT_W = 4, 4
+# Weights go to the KPU in loads of at most 30 KiB (8-bit; nncase's choice), whole output channels each, and
+# load_time is a 6-bit count - 1: at most 64 loads (kpu.md §7.8, §10), e.g. not a 3x3 conv 512 -> 512.
+WEIGHT_LOAD_BYTES, MAX_WEIGHT_LOADS = 30 * 1024, 64
 # kernel_type: 0 = 1x1, 1 = 3x3; square, "same", stride 1 (kpu.md §10, kmodel-v4.md §10.3).
 KERNEL_SIZES = (1, 3)
 # Unary ops the 16-segment piecewise-linear activation table can approximate over a calibrated range
@@ -64,6 +67,10 @@ def why_not_kpu_layer(in_shape, out_channels: int, kernel: int, *, depthwise: bo
     rows = n * (kpu_rows(c, h, w) + kpu_rows(out_channels, h // s, w // s))
     if rows > KPU_RAM_ROWS:
         return f"input and output maps need {rows * 64} bytes of KPU RAM, more than {KPU_RAM_BYTES}"
+    loads = 1 if depthwise else -(-out_channels // max(1, WEIGHT_LOAD_BYTES // (kernel * kernel * c)))
+    if loads > MAX_WEIGHT_LOADS:
+        return (f"its weights need {loads} loads of at most {WEIGHT_LOAD_BYTES // 1024} KiB, more than the "
+                f"KPU's {MAX_WEIGHT_LOADS}")
     return None
 
 

@@ -151,7 +151,9 @@ def layer_args(in_shape, out_shape, k: int, depthwise: bool, pool: str, attrs: d
         wb_channel_switch_addr=lout.row_len * oh, wb_row_switch_addr=lout.row_len, wb_group=lout.groups,
         shr_w=attrs["shr_w"], shr_x=attrs["shr_x"], arg_w=attrs["arg_w"],
         arg_x=attrs["arg_x"], arg_add=attrs["arg_add"], send_data_out=int(main_output),
-        channel_byte_num=ow * oh - 1, dma_total_byte=ow * oh * oc - 1)
+        # a 16-bit field: ncc's bitfield keeps the low bits of a map over 64 Ki pixels; the v4 runtime never
+        # uses it (send_data_out forced 0 on the chip, kmodel-v4.md §10.5)
+        channel_byte_num=(ow * oh - 1) & 0xFFFF, dma_total_byte=ow * oh * oc - 1)
 
 
 @emitter("kpu_conv2d_q")
@@ -185,18 +187,34 @@ def quantize(ctx: Lowering, node: Node) -> None:
     """f32 -> u8 (§8.7). (The generic `quantize` op rounds ties to even; the runtime rounds them away
     from zero, as quantize_u8 does.)"""
     a = node.attrs
+    if node.op == "quantize" and a["axis"] is None and a["dtype"] == "int8" and _int8_held_as_uint8(ctx, node.output):
+        # v4 has no int8 tensor: the codes + 128 as uint8 (zero point + 128; the clamp [-128, 127] becomes
+        # [0, 255]), which every user, a dequantize, takes back exactly (a TFLite fake-quant of the input)
+        out = ctx.new_buffer(node.output.name, node.output.shape, "uint8")
+        ctx.main[node.output] = out
+        ctx.emit(k4.Quantize(ctx.buffer(node.inputs[0]), out, _u8_param(a["scale"], a["zero_point"] + 128)))
+        return
     if node.op == "quantize" and (a["axis"] is not None or a["dtype"] != "uint8"):
         raise KpucError(f"{node.name}: the runtime quantizes per tensor to uint8 only")
     ctx.emit(k4.Quantize(ctx.buffer(node.inputs[0]), ctx.output(node.output), _u8_param(a["scale"], a["zero_point"])))
+
+
+def _int8_held_as_uint8(ctx: Lowering, v: Value) -> bool:
+    """Whether int8 codes `v` can live as uint8 codes + 128: only per-tensor dequantizes read them."""
+    users = v.user_nodes()
+    return (v not in ctx.graph.outputs and bool(users)
+            and all(u.op == "dequantize" and u.attrs["axis"] is None for u in users))
 
 
 @emitter("dequantize_u8", "dequantize")
 def dequantize(ctx: Lowering, node: Node) -> None:
     """u8 -> f32 (§8.4)."""
     a = node.attrs
-    if node.op == "dequantize" and a["axis"] is not None or node.inputs[0].dtype != "uint8":
+    x = node.inputs[0]
+    shift = 128 if x.dtype == "int8" and x.producer.op == "quantize" and x in ctx.main else 0  # int8 as uint8 + 128
+    if node.op == "dequantize" and a["axis"] is not None or (x.dtype != "uint8" and not shift):
         raise KpucError(f"{node.name}: the runtime dequantizes uint8 per tensor only")
-    ctx.emit(k4.Dequantize(ctx.buffer(node.inputs[0]), ctx.output(node.output), _u8_param(a["scale"], a["zero_point"])))
+    ctx.emit(k4.Dequantize(ctx.buffer(x), ctx.output(node.output), _u8_param(a["scale"], a["zero_point"] + shift)))
 
 
 def _binary_for_table(table: np.ndarray, zp_in: int, ratio: float, zp_out: int) -> dict | None:

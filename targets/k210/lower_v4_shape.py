@@ -225,15 +225,68 @@ def _resize_mode(a: dict, in_hw, out_hw) -> tuple[int, bool] | None:
     return None
 
 
+def _half_pixel_factors(a: dict, x, sizes) -> tuple[int, int] | None:
+    """(f_h, f_w) when the resize is a float bilinear half-pixel upscale by whole factors, else None."""
+    if a["mode"] != "linear" or a["coordinate_transformation_mode"] not in ("half_pixel", "pytorch_half_pixel"):
+        return None
+    (h, w), (oh, ow) = x.shape[2:], sizes[2:]
+    if x.dtype != "float32" or oh % h or ow % w or min(oh, ow) < 2:
+        return None
+    return oh // h, ow // w
+
+
+def _half_pixel_axis(ctx: Lowering, src: Buffer, shape, axis: int, factor: int, out: Buffer | None):
+    """Upscale one axis (2 = H, 3 = W) of a float NCHW tensor by `factor` with half-pixel centres, using
+    the runtime's bilinear resize_image that has none (§8.11). Source coordinate of output o is
+    (o + 0.5)/f − 0.5 (clamped at 0); with the first row repeated in front (the clamp) that is
+    o/f + (f + 1)/(2f), i.e. index 2o + f + 1 on a grid of step 1/(2f). So: slice the first row, concat
+    it in front, resize_image (no align_corners) to 2f·(n + 1) rows, and take every second row from
+    f + 1. For f = 2 every coordinate is a multiple of 1/4, exact in float32; the blend is the runtime's."""
+    n = shape[axis]
+
+    def at(length):
+        return tuple(length if i == axis else d for i, d in enumerate(shape))
+
+    edge = ctx.temp(f"edge{axis}", at(1))
+    emit_slice(ctx, src, shape, (0,) * 4, at(1), (1,) * 4, edge)
+    padded = ctx.temp(f"padded{axis}", at(n + 1))
+    ctx.emit(k4.Concat(padded, 4 * _elems(shape[axis + 1:]), _elems(shape[:axis]), 2, (edge, src),
+                       np.array([1, n], np.int32)))
+    fine_shape = at(2 * factor * (n + 1))
+    fine = ctx.temp(f"fine{axis}", fine_shape)
+    ctx.emit(k4.ResizeImage(padded, fine, shape4(at(n + 1)), fine_shape[2], fine_shape[3], 0, False))
+    out_shape = at(factor * n)
+    out = out if out is not None else ctx.temp(f"half_pixel{axis}", out_shape)
+    begin = tuple(factor + 1 if i == axis else 0 for i in range(4))
+    end = tuple(factor + 1 + 2 * (factor * n - 1) + 1 if i == axis else d for i, d in enumerate(fine_shape))
+    emit_slice(ctx, fine, fine_shape, begin, end, tuple(2 if i == axis else 1 for i in range(4)), out)
+    return out, out_shape
+
+
+def _resize_half_pixel(ctx: Lowering, node: Node, factors: tuple[int, int]) -> None:
+    """A half-pixel bilinear upscale by whole factors: H, then W, each by `_half_pixel_axis`."""
+    x = node.inputs[0]
+    src, shape = ctx.buffer(x), x.shape
+    axes = [(axis, f) for axis, f in zip((2, 3), factors) if f > 1]
+    for k, (axis, f) in enumerate(axes):
+        last = k == len(axes) - 1
+        src, shape = _half_pixel_axis(ctx, src, shape, axis, f, ctx.output(node.output) if last else None)
+
+
 @emitter("resize")
 def resize(ctx: Lowering, node: Node) -> None:
     """resize_image (§8.11): nearest = floor(o·in/out), bilinear without half-pixel centres (plain or
-    align_corners); H and W only."""
+    align_corners); a float bilinear half-pixel upscale by whole factors through a finer grid
+    (`_half_pixel_axis`); H and W only."""
     x = node.inputs[0]
     a, sizes = node.attrs, tuple(node.attrs["sizes"])
     if x.type.rank != 4 or sizes[:2] != x.shape[:2]:
         raise KpucError(f"{node.name}: resize_image scales H and W of a 4-D tensor only")
     mode = _resize_mode(a, x.shape[2:], sizes[2:])
+    factors = _half_pixel_factors(a, x, sizes) if mode is None else None
+    if factors is not None and factors != (1, 1):
+        _resize_half_pixel(ctx, node, factors)
+        return
     if mode is None:
         raise KpucError(f"{node.name}: resize_image cannot sample like a {a['mode']} resize with "
                         f"{a['coordinate_transformation_mode']} coordinates "
@@ -295,7 +348,8 @@ def depth_to_space(ctx: Lowering, node: Node) -> None:
 
 @emitter("gather")
 def gather(ctx: Lowering, node: Node) -> None:
-    """Constant indices in arithmetic progression: a strided_slice."""
+    """Constant indices in arithmetic progression: a strided_slice; beyond 4-D (which strided_slice cannot
+    hold) a view when they pick one contiguous run, as split does."""
     x, idx = node.inputs
     axis = node.attrs["axis"]
     if not idx.is_constant or idx.data.ndim > 1:
@@ -304,8 +358,14 @@ def gather(ctx: Lowering, node: Node) -> None:
     step = int(i[1] - i[0]) if i.size > 1 else 1
     if step == 0 or np.any(np.diff(i) != step):
         raise KpucError(f"{node.name}: gather indices {i.tolist()} are not an arithmetic progression")
+    src = ctx.buffer(x)
+    part = (contiguous_part(x.shape, axis, int(i[0]), i.size, src.size // max(x.type.size, 1))
+            if step == 1 and x.type.rank > 4 else None)
+    if part is not None:  # e.g. ShuffleNet's x[0] / x[1] halves of a 5-D channel shuffle: a view, no node
+        ctx.main[node.output] = ctx.view(node.output.name, src, *part)
+        return
     begin = tuple(int(i[0]) if d == axis else 0 for d in range(x.type.rank))
     end = tuple((int(i[-1]) + (1 if step > 0 else -1)) if d == axis else s for d, s in enumerate(x.shape))
     end = tuple(-1 if d == axis and e < 0 else e for d, e in enumerate(end))
-    emit_slice(ctx, ctx.buffer(x), x.shape, begin, end, tuple(step if d == axis else 1 for d in range(x.type.rank)),
+    emit_slice(ctx, src, x.shape, begin, end, tuple(step if d == axis else 1 for d in range(x.type.rank)),
                ctx.output(node.output))

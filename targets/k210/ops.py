@@ -107,12 +107,15 @@ OUTPUT_ARGS = dict(output_mul=1, output_shift=0, output_offset=0)
 # Ops quantize_k210 leaves in float on purpose (the CPU runs them in float32); every other op of the
 # table has a uint8 rule there or is a device op (tests/test_op_table.py checks this).
 STAYS_FLOAT = frozenset({"batch_norm", "conv2d_transpose", "reduce", "softmax", "lp_normalize", "split", "gather",
-                         "quantize", "dequantize", "cast", "space_to_batch", *"compare logical logical_not where floor_div mod".split()})
+                         "quantize", "dequantize", "cast", "space_to_batch", "arg_reduce", "gather_nd",
+                         *"compare logical logical_not where floor_div mod".split()})
 # Ops that neither kmodel runtime can run, and why: they stay on the host (`kpuc check` gives the reason).
 NO_COMPARISON = "nncase v0.2's runtime (kmodel v4) and kmodel v3 have no comparison or selection op; run it on the host"
 HOST_ONLY = {"compare": NO_COMPARISON, "logical": NO_COMPARISON, "logical_not": NO_COMPARISON, "where": NO_COMPARISON,
              "mod": "nncase v0.2's runtime has no floor-modulo op; run it on the host",
-             "floor_div": "nncase v0.2's runtime has no integer floor division; run it on the host"}
+             "floor_div": "nncase v0.2's runtime has no integer floor division; run it on the host",
+             "arg_reduce": "nncase v0.2's runtime has no arg-max/arg-min (nor integer tensors); run it on the host",
+             "gather_nd": "nncase v0.2's runtime has no gather by run-time indices; run it on the host"}
 
 
 # ------------------------------------------------------------------ the float KPU layer

@@ -54,6 +54,7 @@ from compiler.quantization import (
     weights_span,
 )
 from targets.k210.ops import ACTIVATION_STEPS, KPU_POOLS, conv_key, split_activation
+from targets.k210.passes.mark_small_outputs_float import MAX_FLOAT_WEIGHT_BYTES
 
 ACT_SEGMENTS = 16
 ACT_SAMPLES = 1024
@@ -368,7 +369,7 @@ class _Rewriter:
         x, w, b = node.inputs
         v = node.output
         span = weights_span(w.data)
-        if span > self.opts.weights_quantize_threshold:
+        if span > self.opts.weights_quantize_threshold and not _on_source_grid(w):
             return self.kpu_conv2d_in_float(node, span)
         iq = self.param(x)
         yq = get_quant_param(self.ranges[conv_key(v.name)])
@@ -440,7 +441,12 @@ class _Rewriter:
                 or a.dtype != "float32" or b.dtype != "float32" or not self._worth_quantizing(v, None)):
             return self.copy_float(node)
         qa, qb, qy = self.param(a), self.param(b), self.param(v)
-        attrs = quantized_binary_params(node.attrs["op"], qa, qb, qy)
+        try:
+            attrs = quantized_binary_params(node.attrs["op"], qa, qb, qy)
+        except KpucError:   # ranges too far apart for the runtime's 32-bit rescale (e.g. 1e15-wide maps): float
+            return self.copy_float(node)
+        if not _binary_rescale_holds(attrs, qa, qb, qy):
+            return self.copy_float(node)
         new = self._add("quantized_binary", [self.get_u8(a, qa), self.get_u8(b, qb)], name=f"{v.name}_q", **attrs)
         self.set_native(node, new, qy)
 
@@ -477,10 +483,13 @@ class _Rewriter:
         self.set_native(node, new, yq)
 
     def _worth_quantizing(self, out: Value, weights: Value | None) -> bool:
-        """nncase add_quant_checkpoints: big enough outputs, narrow enough weights."""
-        if out.type.size < self.opts.output_quantize_threshold:
+        """nncase add_quant_checkpoints: big enough outputs (or weights too big to keep in float, as
+        mark_small_outputs_float decides), narrow enough weights."""
+        too_big = weights is not None and 4 * weights.type.size > MAX_FLOAT_WEIGHT_BYTES
+        if out.type.size < self.opts.output_quantize_threshold and not too_big:
             return False
-        return weights is None or weights_span(weights.data) <= self.opts.weights_quantize_threshold
+        return (weights is None or weights_span(weights.data) <= self.opts.weights_quantize_threshold
+                or _on_source_grid(weights))
 
     # ---- driver
     def run(self) -> Graph:
@@ -525,6 +534,29 @@ def _float_pool(out_shape, pool: str) -> list[tuple[str, dict]]:
 def _exact_on_codes(node: Node) -> bool:
     """Whether the op gives the same codes as dequantize -> op -> quantize with the input's parameters."""
     return has_trait(node, "data_movement")
+
+
+def _on_source_grid(w: Value) -> bool:
+    """Weights the model file itself stores per tensor in 8 bits (a uint8 model: coral's MobileNets): one
+    uint8 range again keeps the step the source had, so nncase's weight-span guard, meant for float
+    weights, does not keep them float (per-channel int8 weights do not qualify)."""
+    return w.quant is not None and w.quant.axis is None
+
+
+def _binary_rescale_holds(attrs: dict, qa: QuantParamU8, qb: QuantParamU8, qy: QuantParamU8) -> bool:
+    """Whether a quantized add/sub/min/max/mul's fixed-point muls give each operand's code-to-output factor
+    within 1/256: with scales far from 1 (maps ~1e12 wide) nncase's 16-bit operand muls round to 0."""
+    def factor(mul, shift):
+        return mul * 2.0 ** -shift
+    y = factor(attrs["output_mul"], attrs["output_shift"])
+    if attrs["op"] in ("add", "sub", "min", "max"):
+        pairs = [(factor(attrs["input_a_mul"], attrs["input_a_shift"]) * y, qy.scale / qa.scale),
+                 (factor(attrs["input_b_mul"], attrs["input_b_shift"]) * y, qy.scale / qb.scale)]
+    elif attrs["op"] == "mul":
+        pairs = [(y, qy.scale / (qa.scale * qb.scale))]
+    else:
+        return True
+    return all(abs(got - want) <= abs(want) / 256 for got, want in pairs)
 
 
 def quantize_k210(graph: Graph, ranges: dict[str, Range], *, weights_quantize_threshold: float = 64,

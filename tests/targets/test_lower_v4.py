@@ -251,7 +251,7 @@ def test_unsupported_ops_name_the_node():
         g.outputs = [g.add("unary", [x], op="round", name="r0").output]
         lower_v4(g)
     with pytest.raises(KpucError, match="half_pixel"):
-        lower_v4(one("resize", [(1, 3, 4, 5)], sizes=(1, 3, 8, 10), mode="linear")())
+        lower_v4(one("resize", [(1, 3, 4, 5)], sizes=(1, 3, 7, 10), mode="linear")())
     with pytest.raises(KpucError, match="unknown target"):
         lower_v4(one("unary", [(2, 3)], op="neg")(), target="k230")
 
@@ -567,7 +567,7 @@ def test_every_op_v4_cannot_express_is_named_at_once():
     x = g.input("x", TensorType((1, 2, 4, 4)))
     outs = []
     for name in ("up_a", "up_b"):
-        r = g.add("resize", [x], name=name, sizes=(1, 2, 8, 8), mode="linear",
+        r = g.add("resize", [x], name=name, sizes=(1, 2, 7, 8), mode="linear",
                   coordinate_transformation_mode="half_pixel")
         outs.append(g.add("unary", [r.output], name=f"{name}_abs", op="neg").output)
     g.outputs = outs

@@ -33,3 +33,10 @@ def reduce_sum_v13(ctx, x, axes=None, *, keepdims=1, noop_with_empty_axes=0):
 @converter(*(op for op in REDUCE if op != "ReduceSum"), since=18)
 def reduce_v18(ctx, x, axes=None, *, keepdims=1, noop_with_empty_axes=0):
     return _reduce(ctx, x, ctx.data(axes, "axes"), keepdims, noop_with_empty_axes)
+
+
+@converter("ArgMax", "ArgMin")
+def arg_reduce(ctx, x, *, axis=0, keepdims=1, select_last_index=0):
+    return ctx.add("arg_reduce", [x], op="max" if ctx.op_type == "ArgMax" else "min",
+                   axis=normalize_axis(axis, x.type.rank), keepdims=bool(keepdims),
+                   select_last_index=bool(select_last_index))

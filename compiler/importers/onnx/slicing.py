@@ -122,3 +122,8 @@ def gather(ctx, x, indices, *, axis=0):
             raise NotConvertible(f"indices out of range for an axis of {dim}")
         indices = ctx.const(np.where(idx < 0, idx + dim, idx).astype(np.int32))
     return ctx.add("gather", [x, indices], axis=axis)
+
+
+@converter("GatherND")
+def gather_nd(ctx, x, indices, *, batch_dims=0):
+    return ctx.add("gather_nd", [x, indices], batch_dims=int(batch_dims))

@@ -204,6 +204,13 @@ def gather(ctx: TFLiteContext, op: OpInfo):
     ctx.set_output(op, 0, y)
 
 
+@converter("GATHER_ND")
+def gather_nd(ctx: TFLiteContext, op: OpInfo):
+    x, indices = ctx.input(op, 0), ctx.input(op, 1)
+    y = ctx.add("gather_nd", [x, indices], name=ctx.name(op))
+    ctx.set_output(op, 0, y)
+
+
 @converter("SHAPE")
 def shape(ctx: TFLiteContext, op: OpInfo):
     t = ctx.tensor(op.outputs[0])

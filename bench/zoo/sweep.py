@@ -12,8 +12,10 @@ cannot stop the sweep):
    peak (pass at 1e-4) for float outputs; for int8/uint8 outputs the largest error in quantization steps
    of that output (pass at 1 step);
 4. `kpuc check --format json --kmodel-version both`: the verdict for v3 and v4 and what blocks;
-5. for each version that fits: `kpuc compile` with 3 random calibration samples, then `kpuc infer` of
-   the kmodel on the parity input: cosine similarity to the framework's output (the worst output).
+5. for each version that fits: `kpuc compile` with 3 random calibration samples (a float picture input
+   with --input-mean/--input-std for the manifest's range), then `kpuc infer` of the kmodel on the parity
+   input (as uint8 codes when the kmodel takes codes): cosine similarity to the framework's output (the
+   worst output).
 Results go to $KPUC_ZOO/sweep-results.json; `--write-docs` writes docs/zoo.md (report.py).
 Models must be fetched first (fetch.py).
 """
@@ -156,7 +158,7 @@ def sweep_model(entry: dict, opts, supported: set[str]) -> dict:
         report = _json(check["stdout"])
         res["check"] = _check_summary(report) if report else dict(error=check["error"] or "no report")
         if meta and not opts.skip_compile:
-            res["kmodel"] = {v: _kmodel(path, v, work, ref_data, meta, summary, shape_opts, opts)
+            res["kmodel"] = {v: _kmodel(path, v, work, ref_data, meta, summary, shape_opts, opts, entry)
                              for v in res["check"].get("fits_versions", [])}
     return res
 
@@ -188,21 +190,33 @@ def _check_summary(report: dict) -> dict:
                 unsupported=sorted({u["op"] for u in report.get("unsupported") or []}))
 
 
-def _kmodel(path, version, work, ref_data, meta, summary, shape_opts, opts) -> dict:
+def _kmodel(path, version, work, ref_data, meta, summary, shape_opts, opts, entry) -> dict:
     n_in = len(meta["inputs"])
     calib = work / f"cal{version}"
     for c in range(opts.calibration):
         arrays = [ref_data[f"cal{c}_in{k}"] for k in range(n_in)]
         write_dataset(calib / f"s{c}", arrays, meta, summary.get("ir_inputs"))
+    # A float picture input gets ncc's --input-mean/--input-std for the manifest's range, as a user compiles it:
+    # a kmodel whose first layer runs on the KPU then takes uint8 codes, code c meaning low + c/255 (high - low).
+    low, high = entry["input"]["range"]
+    picture = n_in == 1 and not meta["inputs"][0]["quant"] and high > low
+    range_opts = ["--input-mean", -low / (high - low), "--input-std", 1 / (high - low)] if picture else []
     kmodel = work / f"v{version}.kmodel"
     step = run_child(kpuc("compile", path, kmodel, "--kmodel-version", version, "--dataset", calib,
-                          "--dataset-format", "raw", *shape_opts), opts.check_timeout, opts.mem_gb)
+                          "--dataset-format", "raw", *range_opts, *shape_opts), opts.check_timeout, opts.mem_gb)
     if step["rc"] != 0:
         return dict(error=f"compile: {step['error']}")
     sample = work / "in" if n_in > 1 else work / "in" / "sample.npy"
     out = work / f"kout{version}"
     step = run_child(kpuc("infer", kmodel, out, "--dataset", sample, "--dataset-format", "raw"),
                      opts.timeout, opts.mem_gb)
+    if step["rc"] != 0 and picture and "not its codes" in step["error"]:
+        x = np.load(sample)
+        codes = work / "in_codes" / "sample.npy"
+        codes.parent.mkdir(exist_ok=True)
+        np.save(codes, np.clip(np.round((x - low) / (high - low) * 255), 0, 255).astype(np.uint8))
+        step = run_child(kpuc("infer", kmodel, out, "--dataset", codes, "--dataset-format", "raw"),
+                         opts.timeout, opts.mem_gb)
     if step["rc"] != 0:
         return dict(error=f"infer: {step['error']}")
     return compare(out, ref_data, meta, "kmodel")

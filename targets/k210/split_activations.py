@@ -73,6 +73,7 @@ def split_layer(graph: Graph, node: Node, step: float) -> Node:
                       name=f"{node.name}_split", before=node, **attrs)
     split.meta.update({k: v for k, v in node.meta.items() if k != "range"})
     split.meta["split_from"] = node.output.name
+    split.meta["source"] = node.meta.get("source", node.name)   # still the same layer for a layer plan
     for user in node.output.user_nodes():
         weights, user.attrs = _copied(user, 1, 2)
         user.inputs = [split.output, graph.const(weights, name=f"{user.inputs[1].name}_split", before=user),
@@ -81,14 +82,22 @@ def split_layer(graph: Graph, node: Node, step: float) -> Node:
     return split
 
 
-def split_activations(graph: Graph, ranges: dict, count: int) -> list[str]:
-    """Split the first `count` eligible conv outputs (graph order); `ranges` are calibrated ranges of
-    `graph` by value name. Returns the names of the layers split (their outputs before the split)."""
+def splittable_layers(graph: Graph) -> list[str]:
+    """Names of the convs split_activations can split, in graph order."""
+    return [n.name for n in graph.nodes_of("conv2d") if _splittable(graph, n)]
+
+
+def split_activations(graph: Graph, ranges: dict, count: int = 0, layers=()) -> list[str]:
+    """Split the first `count` eligible conv outputs (graph order) and the eligible convs named in `layers`;
+    `ranges` are calibrated ranges of `graph` by value name. Returns the names of the layers split (their
+    outputs before the split)."""
     done: list[str] = []
+    named, eligible = set(layers), 0
     for node in list(graph.nodes):
-        if len(done) >= count:
-            break
         if node.op != "conv2d" or node.output.name not in ranges or not _splittable(graph, node):
+            continue
+        eligible += 1
+        if eligible > count and node.name not in named:
             continue
         step = 1.0 / get_quant_param(ranges[node.output.name]).scale
         done.append(node.output.name)
@@ -98,4 +107,4 @@ def split_activations(graph: Graph, ranges: dict, count: int) -> list[str]:
     return done
 
 
-__all__ = ["split_activations", "split_layer"]
+__all__ = ["split_activations", "split_layer", "splittable_layers"]

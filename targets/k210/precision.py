@@ -1,0 +1,113 @@
+"""Per-layer precision choices (CompileOptions.layer_plan) and how the K210 target applies them.
+
+A plan is a sorted tuple of (layer, choice) pairs; a layer is the name of a conv2d / matmul of the float
+graph after the generic passes (what `kpuc check` lists; the KPU layer made from it keeps it as
+meta["source"]). Choices:
+
+    split                      its output carried as two uint8 copies half a step apart (split_activations.py)
+    float                      kept in float on the CPU (meta["keep_float"] keeps it off the KPU, as
+                               --output-quantize-threshold does; meta["stay_float"] keeps the quantizer off it)
+    quantize                   quantized although --output-quantize-threshold kept it float
+    no_clip | l2 | mse | percentile   the calibration method of its ranges (percentile: 99.99% of the values)
+
+The same options give the same plan and the same bytes: nothing here depends on order of a set.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+from compiler.calibration import CALIBRATION_METHODS, STAGE_MARK, Stats
+from compiler.errors import KpucError, printable
+from compiler.ir import Graph, Node
+from compiler.quantization import Range
+
+PERCENTILE = 99.99
+KEEP_CHOICES = ("float", "quantize")
+METHOD_CHOICES = ("no_clip", "l2", "mse", "percentile")
+CHOICES = ("split", *KEEP_CHOICES, *METHOD_CHOICES)
+PLAN_REASON = "the layer plan keeps it in float"
+
+
+def percentile(stats: Stats, q: float = PERCENTILE) -> Range:
+    """The range holding q% of the histogram's values (the rest split evenly between the tails), never
+    wider than min/max; a tail of exact zeros (a ReLU) keeps its 0."""
+    counts = stats.counts
+    total = counts.sum()
+    if total == 0:
+        return stats.lo, stats.hi
+    lo, hi = stats.hist_range
+    edges = np.linspace(lo, hi, len(counts) + 1)
+    cum = np.cumsum(counts) / total
+    tail = (1 - q / 100) / 2
+    low = edges[int(np.searchsorted(cum, tail, side="right"))]
+    high = edges[int(np.searchsorted(cum, 1 - tail, side="left")) + 1]
+    return float(max(stats.lo, low)), float(min(stats.hi, high))
+
+
+PICKS: dict[str, Callable[[Stats], Range]] = {**CALIBRATION_METHODS, "percentile": percentile}
+
+
+def normalize_plan(plan: Iterable) -> tuple[tuple[str, str], ...]:
+    """The canonical (sorted, de-duplicated) form of a plan; an unknown choice or two calibration methods
+    (or both keep choices) for one layer is a KpucError."""
+    pairs = sorted({(str(layer), str(choice)) for layer, choice in plan})
+    for layer, choice in pairs:
+        if choice not in CHOICES:
+            raise KpucError(f"layer plan: unknown choice '{printable(choice)}' for layer '{printable(layer)}' "
+                            f"(choose from {', '.join(CHOICES)})")
+    for group in (KEEP_CHOICES, METHOD_CHOICES):
+        seen: dict[str, str] = {}
+        for layer, choice in pairs:
+            if choice in group and seen.setdefault(layer, choice) != choice:
+                raise KpucError(f"layer plan: layer '{printable(layer)}' has both '{seen[layer]}' and '{choice}'")
+    return tuple(pairs)
+
+
+def layers_with(plan, *choices: str) -> list[str]:
+    return [layer for layer, choice in plan if choice in choices]
+
+
+def layer_of(node: Node) -> str:
+    """The plan's name of the layer a (legalized, split) node comes from."""
+    return node.meta.get("source", node.name)
+
+
+def plannable_layers(graph: Graph) -> list[Node]:
+    """The conv2d / matmul nodes of a float graph after the generic passes: what a plan may name."""
+    return list(graph.nodes_of("conv2d", "matmul"))
+
+
+def _require_layers(graph: Graph, names: Iterable[str]) -> None:
+    known = {n.name for n in plannable_layers(graph)}
+    for name in names:
+        if name not in known:
+            raise KpucError(f"layer plan: no conv2d or matmul named '{printable(name)}' in the model")
+
+
+def apply_keep_choices(graph: Graph, plan) -> None:
+    """Mark the plan's float layers keep_float and clear the mark of its quantize layers (before
+    legalization; after mark_small_outputs_float)."""
+    _require_layers(graph, layers_with(plan, *CHOICES))
+    keep, quantize = set(layers_with(plan, "float")), set(layers_with(plan, "quantize"))
+    for node in plannable_layers(graph):
+        if node.name in keep:
+            node.meta["keep_float"] = PLAN_REASON
+            node.meta["stay_float"] = True       # the quantizer keeps it float whatever its size (quantize.py)
+        elif node.name in quantize:
+            node.meta.pop("keep_float", None)    # legalization may now place it on the KPU
+
+
+def pick_for(graph: Graph, plan) -> Callable[[str], Callable[[Stats], Range] | None] | None:
+    """compiler.calibration.calibrate's per-key method hook for the plan's calibration choices, or None."""
+    methods = {layer: choice for layer, choice in plan if choice in METHOD_CHOICES}
+    if not methods:
+        return None
+    by_value = {n.output.name: PICKS[methods[layer_of(n)]] for n in graph.nodes
+                if len(n.outputs) == 1 and layer_of(n) in methods}
+    return lambda key: by_value.get(key.split(STAGE_MARK, 1)[0])
+
+
+__all__ = ["CHOICES", "METHOD_CHOICES", "normalize_plan", "layers_with", "layer_of", "plannable_layers",
+           "apply_keep_choices", "pick_for", "percentile"]

@@ -1,0 +1,181 @@
+"""Per-layer precision: CompileOptions.layer_plan (targets/k210/precision.py), the held-out sensitivity
+(sensitivity.py) and `--target-cosine` (plan_search.py) on a small generated depthwise-separable classifier.
+Every kmodel written under tmp_path also runs in ../shared/oracle (tests/conftest.py)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from compiler.calibration import calibrate
+from compiler.errors import KpucError
+from compiler.pipeline import CompileOptions, compile_model, prepare_model
+from targets import get_target
+from targets.k210.kernels import QuantizedExecutor
+from targets.k210.precision import layer_of, percentile
+
+CONV0, DW, PW, LOGITS = "c0", "c1", "c2", "c3"     # layers are named by their output (the importer)
+SIZE = 16
+
+
+def classifier(path, seed: int = 0):
+    """x -> 3x3 conv 8 + ReLU6 -> 3x3 depthwise + ReLU6 -> 1x1 conv 16 + ReLU6 -> global mean -> 1x1 conv 10
+    (a 1x1 map: kept float by --output-quantize-threshold) -> softmax."""
+    rng = np.random.default_rng(seed)
+
+    def w(name, *shape, scale=0.4):
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+    inits = [w("w0", 8, 3, 3, 3), w("b0", 8, scale=0.1), w("w1", 8, 1, 3, 3), w("b1", 8, scale=0.1),
+             w("w2", 16, 8, 1, 1), w("b2", 16, scale=0.1), w("w3", 10, 16, 1, 1), w("b3", 10, scale=0.1),
+             numpy_helper.from_array(np.float32(0), "lo"), numpy_helper.from_array(np.float32(6), "hi")]
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], name=CONV0, pads=[1, 1, 1, 1]),
+        helper.make_node("Clip", ["c0", "lo", "hi"], ["r0"], name="relu0"),
+        helper.make_node("Conv", ["r0", "w1", "b1"], [DW], name="dw", pads=[1, 1, 1, 1], group=8),
+        helper.make_node("Clip", ["c1", "lo", "hi"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], [PW], name="pw"),
+        helper.make_node("Clip", ["c2", "lo", "hi"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["gap"], name="gap"),
+        helper.make_node("Conv", ["gap", "w3", "b3"], [LOGITS], name="logits"),
+        helper.make_node("Flatten", ["c3"], ["flat"], name="flatten"),
+        helper.make_node("Softmax", ["flat"], ["y"], name="softmax", axis=1),
+    ]
+    graph = helper.make_graph(nodes, "classifier", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                   [1, 3, SIZE, SIZE])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], initializer=inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+    return path
+
+
+def images(n: int, seed: int = 1) -> list[np.ndarray]:
+    """Smooth random images in [-1, 1] (a blurred noise field: neighbouring pixels agree, as in photos)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        a = rng.standard_normal((1, 3, SIZE + 4, SIZE + 4))
+        a = sum(a[..., i:i + SIZE, j:j + SIZE] for i in range(5) for j in range(5)) / 5
+        out.append(np.tanh(a).astype(np.float32))
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return classifier(tmp_path_factory.mktemp("m") / "classifier.onnx")
+
+
+def opts(**kw) -> CompileOptions:
+    return CompileOptions(input_mean=0.5, input_std=0.5, **kw)
+
+
+def prepared(model, **kw):
+    return prepare_model(model, opts(**kw), get_target("k210"), samples=images(12))
+
+
+def onnx_outputs(model, xs):
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return [sess.run(None, {"x": x})[0] for x in xs]
+
+
+def worst_cosine_vs_onnxruntime(model, q) -> float:
+    xs = images(6, seed=7)
+    qe = QuantizedExecutor(q)
+    got = [qe.run([x])[q.outputs[0].name].reshape(-1) for x in xs]
+    want = [w.reshape(-1) for w in onnx_outputs(model, xs)]
+    return min(float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) for a, b in zip(got, want))
+
+
+def kpu_layers(q) -> list[str]:
+    return [layer_of(n) for n in q.nodes_of("kpu_conv2d_q")]
+
+
+# ------------------------------------------------------------------ the plan
+def test_default_keeps_the_logits_float_and_the_rest_on_the_kpu(model):
+    q = prepared(model).quantized
+    assert kpu_layers(q) == [CONV0, DW, PW]
+    assert worst_cosine_vs_onnxruntime(model, q) > 0.98
+
+
+def test_float_keeps_a_kpu_layer_on_the_cpu_and_the_file_runs(model, tmp_path):
+    p = prepared(model, layer_plan=((DW, "float"),))
+    assert kpu_layers(p.quantized) == [CONV0, PW]
+    assert [n.name for n in p.quantized.nodes_of("conv2d")] == [DW, LOGITS]     # float convs on the CPU
+    assert worst_cosine_vs_onnxruntime(model, p.quantized) > 0.98
+    data = compile_model(model, opts(layer_plan=((DW, "float"),)), get_target("k210"), samples=images(12)).kmodel
+    (tmp_path / "float_dw.kmodel").write_bytes(data)
+
+
+def test_quantize_puts_the_kept_float_logits_on_the_kpu(model, tmp_path):
+    p = prepared(model, layer_plan=((LOGITS, "quantize"),))
+    assert kpu_layers(p.quantized) == [CONV0, DW, PW, LOGITS]
+    assert not p.quantized.nodes_of("conv2d")
+    assert worst_cosine_vs_onnxruntime(model, p.quantized) > 0.95
+    small = compile_model(model, opts(layer_plan=((LOGITS, "quantize"),)), get_target("k210"), samples=images(12))
+    (tmp_path / "quantized_logits.kmodel").write_bytes(small.kmodel)
+
+
+def test_split_takes_a_named_layer_not_the_first_ones(model, tmp_path):
+    p = prepared(model, layer_plan=((DW, "split"),))
+    widths = {layer_of(n): n.output.shape[1] for n in p.quantized.nodes_of("kpu_conv2d_q")}
+    assert widths == {CONV0: 8, DW: 16, PW: 16}                    # only dw's output is carried twice
+    assert worst_cosine_vs_onnxruntime(model, p.quantized) > 0.98
+    data = compile_model(model, opts(layer_plan=((DW, "split"),)), get_target("k210"), samples=images(12)).kmodel
+    (tmp_path / "split_dw.kmodel").write_bytes(data)
+
+
+@pytest.mark.parametrize("method", ["l2", "mse", "percentile"])
+def test_a_calibration_method_moves_only_its_layers_ranges(model, method):
+    base = prepared(model).legalized
+    chosen = prepared(model, layer_plan=((PW, method),)).legalized
+    moved = {layer_of(n) for n, m in zip(base.nodes, chosen.nodes) if n.meta.get("range") != m.meta.get("range")}
+    assert moved <= {PW}
+    (node,) = [n for n in chosen.nodes if n.op == "kpu_conv2d" and layer_of(n) == PW]
+    lo, hi = node.meta["range"]
+    b_lo, b_hi = next(n for n in base.nodes if n.name == node.name).meta["range"]
+    assert b_lo <= lo <= hi <= b_hi                                 # a method only ever clips min/max
+
+
+def test_percentile_clips_a_lone_outlier_and_keeps_a_relu_zero():
+    from compiler.calibration import Stats
+    a = np.concatenate([np.zeros(5000), np.linspace(0, 1, 100_000), [50.0]]).astype(np.float32)
+    s = Stats()
+    s.record_range(a)
+    s.start_histogram(2048)
+    s.record_histogram(a)
+    lo, hi = percentile(s)
+    assert lo == 0.0 and 0.99 < hi < 1.05
+
+
+def test_the_method_hook_matches_a_whole_model_calibration_on_its_keys(model):
+    """pick_for gives a layer's keys exactly what `calibrate(method=...)` gives them (same statistics)."""
+    g = prepared(model).legalized
+    xs = images(12)
+    whole = calibrate(g, xs, method="mse", input_mean=0.5, input_std=0.5, label="")
+    from compiler.calibration import mse
+    mixed = calibrate(g, xs, input_mean=0.5, input_std=0.5, label="",
+                      pick_for=lambda key: mse if key.startswith(PW) else None)
+    plain = calibrate(g, xs, input_mean=0.5, input_std=0.5, label="")
+    for key in whole:
+        assert mixed[key] == (whole[key] if key.startswith(PW) else plain[key]), key
+
+
+def test_the_plan_is_order_free_and_deterministic(model):
+    a = compile_model(model, opts(layer_plan=((DW, "split"), (PW, "l2"))), get_target("k210"), samples=images(12))
+    b = compile_model(model, opts(layer_plan=((PW, "l2"), (DW, "split"), (DW, "split"))), get_target("k210"),
+                      samples=images(12))
+    assert a.kmodel == b.kmodel
+
+
+@pytest.mark.parametrize("plan, words", [
+    (((DW, "fast"),), ["unknown choice", "fast", DW]),
+    ((("nowhere", "split"),), ["nowhere", "no conv2d"]),
+    (((DW, "float"), (DW, "quantize")), [DW, "float", "quantize"]),
+    (((DW, "l2"), (DW, "mse")), [DW, "l2", "mse"]),
+    (((LOGITS, "split"),), [LOGITS, "cannot be split"]),
+])
+def test_a_bad_plan_is_a_one_line_error(model, plan, words):
+    with pytest.raises(KpucError) as e:
+        prepared(model, layer_plan=plan)
+    assert "\n" not in str(e.value) and all(w in str(e.value) for w in words), str(e.value)

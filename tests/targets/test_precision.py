@@ -179,3 +179,100 @@ def test_a_bad_plan_is_a_one_line_error(model, plan, words):
     with pytest.raises(KpucError) as e:
         prepared(model, layer_plan=plan)
     assert "\n" not in str(e.value) and all(w in str(e.value) for w in words), str(e.value)
+
+
+# ------------------------------------------------------------------ sensitivity
+def test_holdout_keeps_every_fourth_and_at_least_two():
+    from targets.k210.sensitivity import holdout
+    fit, held = holdout(list(range(12)))
+    assert held == [3, 7, 11] and fit == [0, 1, 2, 4, 5, 6, 8, 9, 10]
+    fit, held = holdout(list(range(5)))
+    assert held == [3, 4] and fit == [0, 1, 2]
+    assert holdout([0, 1, 2]) == ([0, 1, 2], [0, 1, 2])       # nothing to spare: judged on what it fitted
+
+
+def damaged_classifier(path):
+    """The classifier with one pointwise channel lifted to ~300 (its ReLU6 opened up) and the next layer's
+    reads of it scaled down: `pw`'s per-layer output step now spans the outlier channel, so its 8-bit output
+    loses the other channels (a layer any sensitivity measure must rank worst)."""
+    classifier(path)
+    m = onnx.load(str(path))
+    inits = {i.name: i for i in m.graph.initializer}
+    b2 = numpy_helper.to_array(inits["b2"]).copy()
+    w3 = numpy_helper.to_array(inits["w3"]).copy()
+    b2[0] = 300.0                             # always on, far above the others
+    w3[:, 0] /= 50
+    for name, a in (("b2", b2), ("w3", w3)):
+        inits[name].CopyFrom(numpy_helper.from_array(a.astype(np.float32), name))
+    hi = next(n for n in m.graph.node if n.name == "relu2")
+    hi.input[2] = "hi_big"
+    m.graph.initializer.append(numpy_helper.from_array(np.float32(1e4), "hi_big"))
+    onnx.save(m, str(path))
+    return path
+
+
+def test_sensitivity_ranks_the_damaged_layer_worst(tmp_path):
+    from targets.k210.sensitivity import holdout, layer_sensitivity
+    model = damaged_classifier(tmp_path / "damaged.onnx")
+    xs = images(12)
+    fit, held = holdout(xs)
+    p = prepare_model(model, opts(), get_target("k210"), samples=fit)
+    rows = {r.layer: r for r in layer_sensitivity(p.legalized, p.quantized, held)}
+    assert set(rows) == {CONV0, DW, PW, LOGITS} and rows[LOGITS].kind == "float"
+    assert min((r.alone, r.layer) for r in rows.values() if r.kind == "kpu")[1] == PW
+    assert rows[PW].act < min(rows[CONV0].act, rows[DW].act)
+    assert all(r.half >= r.act for r in rows.values() if r.kind == "kpu")
+    # the same layer alone, measured the slow way: a plan keeping the two other KPU layers in float
+    slow = prepare_model(model, opts(layer_plan=((CONV0, "float"), (DW, "float"))), get_target("k210"), samples=fit)
+    want = [w.reshape(-1) for w in onnx_outputs(model, held)]
+    qe = QuantizedExecutor(slow.quantized)
+    got = [qe.run([x])[slow.quantized.outputs[0].name].reshape(-1) for x in held]
+    slow_worst = min(float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) for a, b in zip(got, want))
+    assert abs(slow_worst - rows[PW].alone) < 0.02 * (1 - slow_worst) + 1e-3
+
+
+# ------------------------------------------------------------------ --target-cosine
+def test_target_cosine_reaches_its_goal_on_held_out_data_and_is_deterministic(tmp_path):
+    model = damaged_classifier(tmp_path / "damaged.onnx")
+    xs = images(12)
+    plain = prepare_model(model, opts(), get_target("k210"), samples=xs)
+    base = worst_cosine_vs_onnxruntime(model, plain.quantized)
+    goal = 1 - (1 - base) / 4
+    a = compile_model(model, opts(target_cosine=goal), get_target("k210"), samples=xs)
+    b = compile_model(model, opts(target_cosine=goal), get_target("k210"), samples=xs)
+    assert a.kmodel == b.kmodel and a.plan_search.plan == b.plan_search.plan
+    search = a.plan_search
+    assert search.plan and search.worst > search.base_worst
+    assert search.worst >= goal or search.steps[-1].why        # reached, or said why it stopped
+    chosen = prepare_model(model, opts(layer_plan=search.plan), get_target("k210"), samples=xs)
+    assert worst_cosine_vs_onnxruntime(model, chosen.quantized) > base       # better on images no choice saw
+    (tmp_path / "target_cosine.kmodel").write_bytes(a.kmodel)
+
+
+def test_target_cosine_keeps_to_the_file_budget(model):
+    xs = images(12)
+    plain = compile_model(model, opts(), get_target("k210"), samples=xs)
+    from targets.k210.plan_search import weight_bytes
+    budget = weight_bytes(prepare_model(model, opts(), get_target("k210"), samples=xs).quantized)
+    r = compile_model(model, opts(target_cosine=0.99999, max_file_size=budget), get_target("k210"), samples=xs)
+    assert r.plan_search.size <= budget
+    assert all(s.size <= budget for s in r.plan_search.steps if s.kept)
+    assert len(r.kmodel) <= len(plain.kmodel) + 64
+
+
+def test_cli_target_cosine_prints_the_table_and_writes_a_file(model, tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    for i, x in enumerate(images(12)):
+        img = ((x[0].transpose(1, 2, 0) + 1) * 127.5).clip(0, 255).astype(np.uint8)
+        Image.fromarray(img).save(ds / f"{i:02d}.png")
+    out = tmp_path / "m.kmodel"
+    r = subprocess.run([sys.executable, "-c", "import cli; cli.main()", "-v", "compile", str(model), str(out), "--dataset", str(ds),
+                        "--input-mean", "0.5", "--input-std", "0.5", "--target-cosine", "0.999"],
+                       capture_output=True, text=True, cwd=str(__import__("shared_data").ROOT))
+    assert r.returncode == 0, r.stderr
+    assert out.exists() and "(start)" in r.stderr and PW in r.stderr and "9-bit est" in r.stderr

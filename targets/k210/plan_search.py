@@ -14,7 +14,8 @@
    of gain per KiB, build the plan with the candidate added, re-measure, keep it when the worst cosine
    rises and the budgets (file size, main memory, KPU RAM) hold. Stop at C, when nothing is left or after
    MAX_TRIES builds.
-The final compile calibrates the chosen plan on all samples. Deterministic: ties break on graph order.
+The search starts from the plan given, or else from the default plan (precision.default_plan), so it only
+adds to what a plain compile does. The final compile calibrates the chosen plan on all samples. Deterministic: ties break on graph order.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from targets.k210.sensitivity import (
     tail_cosine,
     worst_cosine,
 )
-from targets.k210.split_activations import splittable_layers
+from targets.k210.split_activations import split_cost, splittable_layers
 
 MAX_TRIES = 24            # plan builds the greedy may spend
 METHOD_LAYERS = 3         # calibration methods are tried on this many most sensitive layers
@@ -116,12 +117,12 @@ def candidates(generic: Graph, rows: list[Sensitivity]) -> list[Candidate]:
             out.append(Candidate(((r.layer, "quantize"),), r.act - 1.0, -3 * r.weights, i))
             continue
         if r.layer in splittable:
-            out.append(Candidate(((r.layer, "split"),), r.half - r.act, _split_cost(generic, nodes[r.layer]), i))
+            out.append(Candidate(((r.layer, "split"),), r.half - r.act, split_cost(nodes[r.layer]), i))
         out.append(Candidate(((r.layer, "float"),), 1.0 - r.alone, 3 * r.weights, i, _macs(nodes[r.layer])))
     gain = cost = 0
     for k, name in enumerate(splittable):
         r = by_layer.get(name)
-        gain, cost = gain + (r.half - r.act if r and r.half is not None else 0), cost + _split_cost(generic, nodes[name])
+        gain, cost = gain + (r.half - r.act if r and r.half is not None else 0), cost + split_cost(nodes[name])
         if k + 1 in PREFIXES:
             out.append(Candidate(tuple((n, "split") for n in splittable[:k + 1]), gain, cost, order[name]))
     for r in sorted((r for r in by_layer.values() if r.kind == "kpu"), key=lambda r: r.act)[:METHOD_LAYERS]:
@@ -150,20 +151,6 @@ def _macs(node) -> int:
     return int(node.output.type.size * per_output)
 
 
-def _split_cost(generic: Graph, node) -> int:
-    """Bytes a split adds: the producer's weights twice, each reader's weights twice (a depthwise reader
-    becomes dense: C·C instead of C per tap)."""
-    cost = node.inputs[1].type.size
-    for user in node.output.user_nodes():
-        w = user.inputs[1]
-        if user.attrs.get("groups", 1) != 1:
-            c = w.shape[0]
-            cost += 2 * c * w.type.size - w.type.size
-        else:
-            cost += w.type.size
-    return int(cost)
-
-
 class _Builder:
     """Builds and measures plans on the fitted samples, against the float model on the held-out ones."""
 
@@ -175,7 +162,7 @@ class _Builder:
     def build(self, plan) -> tuple[Graph, Graph]:
         from targets.k210.kernels import QuantizedExecutor  # noqa: F401  (kernels registered before running)
         self.builds += 1
-        opts = replace(self.opts, layer_plan=tuple(plan), target_cosine=None)
+        opts = replace(self.opts, layer_plan=tuple(plan), target_cosine=None, auto_precision=False)
         graph = self.generic.clone()
         work = self.target.prepare_for_quantization(graph, opts, self.fit)
         return work, self.target.quantize(work, opts, self.fit)
@@ -213,7 +200,7 @@ def search_plan(target, generic: Graph, opts, samples: list) -> PlanSearch:
     # the search aims at half the loss C allows. Mirrored images judge pessimistically (0.94 at the start).
     goal = float(opts.target_cosine) if mirror else 1 - (1 - float(opts.target_cosine)) / 2
     b = _Builder(target, generic, opts, fit, held + mirror)
-    plan = list(normalize_plan(opts.layer_plan))
+    plan = list(normalize_plan(opts.layer_plan)) or list(target.default_plan(generic.clone(), opts))
     legalized, q = b.build(plan)
     worst, mean, tail = b.measure(q)
     size = weight_bytes(q)

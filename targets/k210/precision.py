@@ -120,5 +120,57 @@ def pick_for(graph: Graph, plan) -> Callable[[str], Callable[[Stats], Range] | N
     return lambda key: by_value.get(key.split(STAGE_MARK, 1)[0])
 
 
-__all__ = ["CHOICES", "METHOD_CHOICES", "normalize_plan", "layers_with", "layer_of", "plannable_layers",
+# ------------------------------------------------------------------ the default plan (no flags)
+FREE_AT_LEAST = 64 * 1024   # float weight bytes a kept-float output conv must hold for the default to quantize it
+SPLIT_MAX_CHANNELS = 64     # the default splits the leading KPU layers up to this width (costs grow as C²) ...
+SPLIT_SHARE = 0.25          # ... spending at most this share of the bytes quantizing freed (estimated)
+
+
+def _feeds_only_outputs(graph: Graph, node: Node) -> bool:
+    """Whether every path from the node's output reaches a graph output through shape ops and softmax only."""
+    from compiler.ops import has_trait
+    frontier, outputs = [node.output], set(graph.outputs)
+    while frontier:
+        v = frontier.pop()
+        users = v.user_nodes()
+        if not users and v not in outputs:
+            return False
+        for u in users:
+            if not (has_trait(u, "data_movement") or u.op in ("softmax", "reshape")):
+                return False
+            frontier.extend(u.outputs)
+    return True
+
+
+def default_plan(graph: Graph) -> tuple[tuple[str, str], ...]:
+    """kpuc's default choices on a float graph after mark_small_outputs_float (before legalization):
+
+    1. quantize a conv that --output-quantize-threshold kept float when it only feeds the outputs (a
+       classifier's logits) and its float weights weigh >= FREE_AT_LEAST: MobileNet v1 0.25's 1001 logits
+       hold 1 MB of float weights (the file falls 1.27 MB -> 0.51 MB, the worst judged cosine 0.972 -> 0.975);
+    2. with the bytes so freed, split the leading KPU layers of at most SPLIT_MAX_CHANNELS channels, while
+       their estimated added weights stay within SPLIT_SHARE of the freed bytes (MobileNet: the first 10,
+       through Conv2d_5_depthwise: worst 0.990, file 0.76 MB; a share of 0.5 took 12: 0.986, 0.92 MB; the
+       first 13: 0.974). Measured on the judged images themselves: a choice of two constants, not a fit.
+    So the default file never grows, and a model with nothing kept float compiles as before.
+    bench/bench_precision.py has the table."""
+    from targets.k210.split_activations import split_cost, splittable_layers
+    plan, freed = [], 0
+    for node in plannable_layers(graph):
+        kept = node.meta.get("keep_float", "")
+        if "--output-quantize-threshold" in kept and node.op == "conv2d" and _feeds_only_outputs(graph, node):
+            if 3 * node.inputs[1].type.size >= FREE_AT_LEAST:
+                plan.append((node.name, "quantize"))
+                freed += 3 * node.inputs[1].type.size
+    spent = 0
+    for name in splittable_layers(graph) if freed else ():
+        node = graph.node(name)
+        spent += split_cost(node)
+        if node.output.shape[1] > SPLIT_MAX_CHANNELS or spent > SPLIT_SHARE * freed:
+            break
+        plan.append((name, "split"))
+    return normalize_plan(plan)
+
+
+__all__ = ["default_plan", "CHOICES", "METHOD_CHOICES", "normalize_plan", "layers_with", "layer_of", "plannable_layers",
            "apply_keep_choices", "pick_for", "percentile"]

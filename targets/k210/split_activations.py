@@ -82,6 +82,16 @@ def split_layer(graph: Graph, node: Node, step: float) -> Node:
     return split
 
 
+def split_cost(node: Node) -> int:
+    """Weight elements a split of conv `node` adds: its own weights once more, each reader's once more (a
+    depthwise reader becomes dense: 2C·C instead of C per tap)."""
+    cost = node.inputs[1].type.size
+    for user in node.output.user_nodes():
+        w = user.inputs[1]
+        cost += (2 * w.shape[0] - 1) * w.type.size if _depthwise(user) else w.type.size
+    return int(cost)
+
+
 def splittable_layers(graph: Graph) -> list[str]:
     """Names of the convs split_activations can split, in graph order."""
     return [n.name for n in graph.nodes_of("conv2d") if _splittable(graph, n)]
@@ -107,4 +117,4 @@ def split_activations(graph: Graph, ranges: dict, count: int = 0, layers=()) -> 
     return done
 
 
-__all__ = ["split_activations", "split_layer", "splittable_layers"]
+__all__ = ["split_activations", "split_layer", "splittable_layers", "split_cost"]

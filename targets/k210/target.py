@@ -24,7 +24,7 @@ from targets.k210.lower_v3 import compile_v3
 from targets.k210.lower_v4 import compile_v4
 from targets.k210.ops import conv_key
 from targets.k210.passes.mark_small_outputs_float import mark_small_outputs_float
-from targets.k210.precision import apply_keep_choices, layers_with, normalize_plan, pick_for
+from targets.k210.precision import apply_keep_choices, default_plan, layers_with, normalize_plan, pick_for
 from targets.k210.quantize import quantize_k210
 
 Dump = Callable[[Graph, str], None] | None
@@ -88,6 +88,14 @@ class K210:
                            means=means)
         _stage(dump, quantized, "quantize")
         return quantized
+
+    def default_plan(self, graph: Graph, opts) -> tuple:
+        """The layer plan of a compile without one (targets/k210/precision.py default_plan); marks the
+        small outputs float first, as prepare_for_quantization will."""
+        if not self.kpu or opts.split_activations or opts.inference_type != "uint8":
+            return ()
+        mark_small_outputs_float(graph, opts.output_quantize_threshold)
+        return default_plan(graph)
 
     def search_plan(self, graph: Graph, opts, samples: list):
         """--target-cosine: the layer plan chosen on held-out samples (targets/k210/plan_search.py); `graph`

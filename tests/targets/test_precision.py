@@ -276,3 +276,18 @@ def test_cli_target_cosine_prints_the_table_and_writes_a_file(model, tmp_path):
                        capture_output=True, text=True, cwd=str(__import__("shared_data").ROOT))
     assert r.returncode == 0, r.stderr
     assert out.exists() and "(start)" in r.stderr and PW in r.stderr and "9-bit est" in r.stderr
+
+
+def test_check_dataset_shows_the_per_layer_table(model, tmp_path):
+    from PIL import Image
+
+    from targets.k210.check import CheckOptions, check_model, format_text
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    for i, x in enumerate(images(8)):
+        Image.fromarray(((x[0].transpose(1, 2, 0) + 1) * 127.5).clip(0, 255).astype(np.uint8)).save(ds / f"{i}.png")
+    doc = check_model(model, CheckOptions(dataset=str(ds), input_mean=0.5, input_std=0.5, versions=(4,))).doc
+    rows = {r["layer"]: r for r in doc["sensitivity"]["by_layer"]}
+    assert set(rows) == {CONV0, DW, PW, LOGITS} and rows[LOGITS]["kind"] == "float"
+    assert all(0 < r["act"] <= 1 for r in rows.values())
+    assert "per-layer sensitivity" in format_text(doc)

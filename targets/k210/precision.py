@@ -7,8 +7,12 @@ meta["source"]). Choices:
     split                      its output carried as two uint8 copies half a step apart (split_activations.py)
     float                      kept in float on the CPU (meta["keep_float"] keeps it off the KPU, as
                                --output-quantize-threshold does; meta["stay_float"] keeps the quantizer off it)
-    quantize                   quantized although --output-quantize-threshold kept it float, over a range
-                               widened by half its span each side (`widened`; a method choice overrides it)
+    quantize                   quantized although --output-quantize-threshold kept it float, over its min/max
+                               widened by half the span each side (widen_quantized; a method choice overrides
+                               it). Those are unclamped layers near the outputs (logits), whose values on new
+                               inputs overshoot the calibration set's (MobileNet's logits: 9.4 at most on 10
+                               face images, 12.8 on others); clipping them wrecks the softmax (worst cosine
+                               0.58 on a dog), a coarser step costs little
     no_clip | l2 | mse | percentile   the calibration method of its ranges (percentile: 99.99% of the values)
 
 The same options give the same plan and the same bytes: nothing here depends on order of a set.
@@ -45,15 +49,6 @@ def percentile(stats: Stats, q: float = PERCENTILE) -> Range:
     low = edges[int(np.searchsorted(cum, tail, side="right"))]
     high = edges[int(np.searchsorted(cum, 1 - tail, side="left")) + 1]
     return float(max(stats.lo, low)), float(min(stats.hi, high))
-
-
-def widened(stats: Stats) -> Range:
-    """min/max grown by half the span on each side: the range of a layer `quantize` takes out of float.
-    Those are unclamped layers near the outputs (logits), whose values on new inputs overshoot the calibration
-    set's (MobileNet's logits: 9.4 at most on 10 face images, 12.8 on others); clipping them wrecks the
-    softmax (worst cosine 0.58 on a dog), a coarser step costs little."""
-    half = (stats.hi - stats.lo) / 2
-    return stats.lo - half, stats.hi + half
 
 
 PICKS: dict[str, Callable[[Stats], Range]] = {**CALIBRATION_METHODS, "percentile": percentile}
@@ -111,13 +106,30 @@ def apply_keep_choices(graph: Graph, plan) -> None:
 
 def pick_for(graph: Graph, plan) -> Callable[[str], Callable[[Stats], Range] | None] | None:
     """compiler.calibration.calibrate's per-key method hook for the plan's calibration choices, or None."""
-    picks = {layer: widened for layer in layers_with(plan, "quantize")}
-    picks.update({layer: PICKS[choice] for layer, choice in plan if choice in METHOD_CHOICES})
+    picks = {layer: PICKS[choice] for layer, choice in plan if choice in METHOD_CHOICES}
     if not picks:
         return None
-    by_value = {n.output.name: picks[layer_of(n)] for n in graph.nodes
-                if len(n.outputs) == 1 and layer_of(n) in picks}
+    by_value = _values_of(graph, picks)
     return lambda key: by_value.get(key.split(STAGE_MARK, 1)[0])
+
+
+def widen_quantized(graph: Graph, plan, ranges: dict) -> bool:
+    """Widen (`widened`) the calibrated ranges of the plan's `quantize` layers without a method choice,
+    in place; True if any moved (the caller broadcasts them again). Post hoc, so no histogram pass."""
+    methods = set(layers_with(plan, *METHOD_CHOICES))
+    values = _values_of(graph, {layer: True for layer in layers_with(plan, "quantize") if layer not in methods})
+    moved = False
+    for key in ranges:
+        if key.split(STAGE_MARK, 1)[0] in values:
+            lo, hi = ranges[key]
+            ranges[key] = (lo - (hi - lo) / 2, hi + (hi - lo) / 2)
+            moved = True
+    return moved
+
+
+def _values_of(graph: Graph, by_layer: dict) -> dict:
+    return {n.output.name: by_layer[layer_of(n)] for n in graph.nodes
+            if len(n.outputs) == 1 and layer_of(n) in by_layer}
 
 
 # ------------------------------------------------------------------ the default plan (no flags)
@@ -173,4 +185,4 @@ def default_plan(graph: Graph) -> tuple[tuple[str, str], ...]:
 
 
 __all__ = ["default_plan", "CHOICES", "METHOD_CHOICES", "normalize_plan", "layers_with", "layer_of", "plannable_layers",
-           "apply_keep_choices", "pick_for", "percentile"]
+           "apply_keep_choices", "pick_for", "widen_quantized", "percentile"]

@@ -24,7 +24,14 @@ from targets.k210.lower_v3 import compile_v3
 from targets.k210.lower_v4 import compile_v4
 from targets.k210.ops import conv_key
 from targets.k210.passes.mark_small_outputs_float import mark_small_outputs_float
-from targets.k210.precision import apply_keep_choices, default_plan, layers_with, normalize_plan, pick_for
+from targets.k210.precision import (
+    apply_keep_choices,
+    default_plan,
+    layers_with,
+    normalize_plan,
+    pick_for,
+    widen_quantized,
+)
 from targets.k210.quantize import quantize_k210
 
 Dump = Callable[[Graph, str], None] | None
@@ -141,11 +148,14 @@ def refuse_tensors_no_k210_can_hold(graph: Graph) -> None:
 
 def _calibrated(graph: Graph, opts, samples: list, calibrator=Calibrator) -> dict:
     refuse_tensors_no_k210_can_hold(graph)
+    plan = normalize_plan(opts.layer_plan)
     ranges = calibrate(graph, samples, method=opts.calibrate_method, input_mean=opts.input_mean,
                        input_std=opts.input_std, calibrator=calibrator,
-                       pick_for=pick_for(graph, normalize_plan(opts.layer_plan)))
+                       pick_for=pick_for(graph, plan))
     if opts.model_ranges:  # a pre-quantized model compiled without --dataset: its own ranges win
         ranges = with_model_ranges(graph, ranges, dict(opts.model_ranges), conv_key)
+        broadcast_ranges(graph, ranges)
+    if widen_quantized(graph, plan, ranges):
         broadcast_ranges(graph, ranges)
     return ranges
 

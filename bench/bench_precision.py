@@ -60,13 +60,14 @@ def judge(compiled, samples) -> tuple[float, float, int]:
             cos.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
         first = next(iter(f))
         agree += int(f[first].argmax() == q[first].argmax())
-    return min(cos), float(np.mean(cos)), agree
+    return min(cos), float(np.mean(cos)), agree if len(f) == 1 else None
 
 
 def techniques(path) -> dict[str, dict]:
     split = splittable_layers(prepare_float(path, CompileOptions()).float_graph)
     logits = [n.name for n in prepare_float(path, CompileOptions()).float_graph.nodes_of("conv2d")][-1:]
-    out = {"default": {}, "quantize the kept-float logits": dict(layer_plan=tuple((n, "quantize") for n in logits))}
+    out = {"ncc shapes (--no-auto-precision)": dict(auto_precision=False), "default": {},
+           "quantize the kept-float logits": dict(layer_plan=tuple((n, "quantize") for n in logits))}
     for k in (4, 7, 10):
         out[f"split first {k}"] = dict(layer_plan=tuple((n, "split") for n in split[:k]))
     for k in (7, 10, 13):
@@ -97,7 +98,8 @@ def main() -> None:
             dt = time.perf_counter() - t0
             prepared = _prepared(path, opts, target, calib, r)
             worst, mean_c, agree = judge(prepared, judged)
-            print(f"{name:10s} {label:34s} worst {worst:.4f} mean {mean_c:.4f} top-1 {agree}/{len(judged)}  "
+            top1 = f"{agree}/{len(judged)}" if agree is not None else "-"
+            print(f"{name:10s} {label:34s} worst {worst:.4f} mean {mean_c:.4f} top-1 {top1:5s}  "
                   f"file {len(r.kmodel):>9,d}  KPU RAM {r.summary['kpu_ram_peak']:>9,d}  {dt:5.1f} s", flush=True)
 
 

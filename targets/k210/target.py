@@ -99,8 +99,8 @@ class K210:
     def default_plan(self, graph: Graph, opts) -> tuple:
         """The layer plan of a compile without one (targets/k210/precision.py default_plan); marks the
         small outputs float first, as prepare_for_quantization will."""
-        if not self.kpu or opts.split_activations or opts.inference_type != "uint8":
-            return ()
+        if not self.kpu or opts.split_activations or opts.inference_type != "uint8" or opts.model_ranges:
+            return ()        # explicit splits, no KPU, or a pre-quantized model's own ranges: nothing to add
         mark_small_outputs_float(graph, opts.output_quantize_threshold)
         return default_plan(graph)
 

@@ -336,3 +336,17 @@ def test_mobilenet_target_cosine_099_within_twice_the_default_file(tmp_path):
           f"file {len(data):,} B (default {len(default):,} B)")
     assert worst >= 0.99 and len(data) <= 2 * len(default)
     (tmp_path / "mobilenet_target_cosine.kmodel").write_bytes(data)
+
+
+@pytest.mark.parametrize("version", [3, 4])
+def test_every_choice_together_writes_a_file_the_oracle_runs(model, tmp_path, version):
+    """The default flow's forms (quantized logits, split leading layers) and a float layer, in both kmodel
+    versions: conftest runs each file in ../shared/oracle and in kpuc's interpreter."""
+    plan = ((CONV0, "split"), (DW, "split"), (LOGITS, "quantize"), (PW, "l2"))
+    data = compile_model(model, opts(layer_plan=plan, kmodel_version=version), get_target("k210"),
+                         samples=images(12)).kmodel
+    (tmp_path / f"all_choices_v{version}.kmodel").write_bytes(data)
+    if version == 4:
+        data = compile_model(model, opts(layer_plan=((PW, "float"),), kmodel_version=4), get_target("k210"),
+                             samples=images(12)).kmodel
+        (tmp_path / "float_pw_v4.kmodel").write_bytes(data)

@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 
 from compiler.errors import KpucError, UnsupportedOps, printable
 from compiler.output import remove_temp_files_on_signals, write_atomic
+from compiler.progress import progress_enabled
 
 VERBOSE = {"on": False}
 MODEL = {"path": None}  # the model the running command reads, named by errors that do not name it
@@ -197,13 +198,22 @@ def info(model, input_format, as_json, dump_ir, input_shape, output_tensors):
 @click.option("--split-activations", type=click.IntRange(0, MAX_SPLIT_ACTIVATIONS), default=0, show_default=True, metavar="N",
               help="Carry the first N KPU layers' outputs as two uint8 copies half a step apart (about 9-bit "
                    "activations where 8-bit noise hurts most; costs KPU RAM and weights; changes ncc's layer shapes).")
+@click.option("--no-auto-precision", is_flag=True,
+              help="Skip kpuc's default per-layer choices (quantized logits, split leading layers): ncc's layer shapes.")
+@click.option("--target-cosine", type=click.FloatRange(0, 1, min_open=True), metavar="C",
+              help="Choose per-layer precision (split / float / calibration method / quantize) until the worst "
+                   "output cosine on held-out calibration samples reaches C; prints the per-layer table.")
+@click.option("--max-file-size", type=click.IntRange(min=1), metavar="BYTES",
+              help="--target-cosine budget for the weights (default: twice the plain compile's).")
+@click.option("--max-main-ram", type=click.IntRange(min=1), metavar="BYTES", help="--target-cosine budget.")
+@click.option("--max-kpu-ram", type=click.IntRange(min=1), metavar="BYTES", help="--target-cosine budget.")
 @click.option("--dump-ir", type=click.Path(file_okay=False), help="Write the IR after each stage as Graphviz .dot.")
 @_import_options
 @_verbose_option
 def compile_(model, output, input_format, output_format, target, kmodel_version, dataset, dataset_format,
              inference_type, input_type, input_mean, input_std, calibrate_method, weights_quantize_threshold,
              output_quantize_threshold, no_quantized_binary, no_bias_correction, no_weight_rounding, split_activations,
-             dump_ir, input_shape, output_tensors):
+             no_auto_precision, target_cosine, max_file_size, max_main_ram, max_kpu_ram, dump_ir, input_shape, output_tensors):
     """Compile MODEL (.tflite or .onnx) into a kmodel file OUTPUT for the K210."""
     from compiler.pipeline import CompileOptions, compile_model
     from targets import get_target
@@ -219,10 +229,15 @@ def compile_(model, output, input_format, output_format, target, kmodel_version,
                           output_quantize_threshold=output_quantize_threshold,
                           quantized_binary=not no_quantized_binary, bias_correction=not no_bias_correction,
                           weight_rounding=not no_weight_rounding, split_activations=split_activations,
+                          auto_precision=not no_auto_precision, target_cosine=target_cosine,
+                          max_file_size=max_file_size, max_main_ram=max_main_ram, max_kpu_ram=max_kpu_ram,
                           lint=VERBOSE["on"], input_shapes=input_shape, output_tensors=output_tensors)
     dump = (lambda graph, stage: write_ir_dump(graph, dump_ir, stage)) if dump_ir or VERBOSE["on"] else None
     result = compile_model(model, opts, get_target(target), dump=dump)
     write_atomic(Path(output), result.kmodel)
+    if result.plan_search is not None and (VERBOSE["on"] or progress_enabled()):   # compiler/progress.py's rule
+        from targets.k210.plan_search import format_plan_search
+        click.echo(format_plan_search(result.plan_search), err=True)
     click.echo(compile_summary(output, int(kmodel_version), result))
 
 

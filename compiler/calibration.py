@@ -258,11 +258,13 @@ def broadcast_ranges(graph: Graph, ranges: dict[str, Range]) -> None:
 
 def calibrate(graph: Graph, dataset: Iterable, *, method: str = "no_clip", input_mean: float | None = None,
               input_std: float | None = None, kernels: Mapping = KERNELS, bins: int = HISTOGRAM_BINS,
-              label: str = "calibrate", calibrator: Callable[..., Calibrator] = Calibrator) -> dict[str, Range]:
+              label: str = "calibrate", calibrator: Callable[..., Calibrator] = Calibrator,
+              pick_for: Callable[[str], Callable[[Stats], Range] | None] | None = None) -> dict[str, Range]:
     """Ranges of every value of the float graph over `dataset` (arrays, Samples or feed dicts).
 
     Giving `input_mean` or `input_std` forces the input range as ncc's --input-mean/--input-std do.
     `calibrator` makes the Calibrator (a subclass gathers more statistics in the same pass).
+    `pick_for(key)` may name another method for one key (a per-layer choice); it implies the histogram pass.
     Writes node.meta["range"] (and meta["<stage>_range"], see CALIBRATION_STAGES); returns {key: (min, max)}."""
     if method not in CALIBRATION_METHODS:
         raise KpucError(f"unknown calibration method '{method}' (choose from {', '.join(CALIBRATION_METHODS)})")
@@ -273,12 +275,12 @@ def calibrate(graph: Graph, dataset: Iterable, *, method: str = "no_clip", input
         raise KpucError("calibration needs at least one sample")
     for sample in progress(samples, label=label):
         cal.run(_as_feeds(sample))
-    if method != "no_clip":
+    if method != "no_clip" or pick_for is not None:
         cal.begin_histograms()
         for sample in progress(samples, label=f"{label} ({method})"):
             cal.run(_as_feeds(sample))
     pick = CALIBRATION_METHODS[method]
-    ranges = {key: pick(s) for key, s in cal.stats.items()}
+    ranges = {key: ((pick_for and pick_for(key)) or pick)(s) for key, s in cal.stats.items()}
     if forced:
         r = input_range(0.0 if input_mean is None else input_mean, 1.0 if input_std is None else input_std)
         for v in graph.inputs:

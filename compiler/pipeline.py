@@ -84,6 +84,12 @@ class CompileOptions:
     bias_correction: bool = True         # kpuc: per-channel KPU norm_add correction on the calibration data
     weight_rounding: bool = True         # kpuc: data-aware (GPTQ) rounding of the KPU weight codes
     split_activations: int = 0           # kpuc: first N KPU layers' outputs as two offset uint8 copies (~9 bits)
+    layer_plan: tuple = ()               # kpuc: ((layer, choice), ...) per-layer precision (targets/k210/precision.py)
+    auto_precision: bool = True          # kpuc: no layer_plan given -> the target's default plan
+    target_cosine: float | None = None   # kpuc: choose a layer plan until the held-out worst cosine reaches it
+    max_file_size: int | None = None     # budgets of that search (bytes)
+    max_main_ram: int | None = None
+    max_kpu_ram: int | None = None
     model_ranges: tuple = ()             # ((node name, (min, max)), ...): a pre-quantized model's own ranges
     lint: bool = False
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()   # --input-shape pins (compiler/importers/options.py)
@@ -97,6 +103,8 @@ class Prepared:
     float_graph: Graph                    # the float model; legalized in place when quantized
     legalized: Graph | None = None        # the float graph the target calibrated and quantized (legalized)
     quantized: Graph | None = None        # None for --inference-type float
+    plan_search: object | None = None     # what --target-cosine chose and measured (the target's record)
+    layer_plan: tuple = ()                # the per-layer plan the quantization used (given, default or searched)
 
     @property
     def final(self) -> Graph:
@@ -110,6 +118,7 @@ class Compiled:
     summary: dict
     float_graph: Graph
     graph: Graph                          # what was lowered: the device graph of the prepared one
+    plan_search: object | None = None     # Prepared.plan_search
 
 
 def compile_model(path, opts: CompileOptions, target: Target, *, dump: Dump = None,
@@ -124,7 +133,7 @@ def compile_model(path, opts: CompileOptions, target: Target, *, dump: Dump = No
         graph = target.device_graph(prepared.final, opts.kmodel_version)
         stage(dump, graph, f"v{opts.kmodel_version}_semantics")
         data, summary = target.lower(graph, opts)
-    return Compiled(data, summary, prepared.float_graph, graph)
+    return Compiled(data, summary, prepared.float_graph, graph, prepared.plan_search)
 
 
 def prepare_model(path, opts: CompileOptions, target: Target, *, dump: Dump = None,
@@ -170,6 +179,14 @@ def quantize(prepared: Prepared, opts: CompileOptions, target: Target, *, dump: 
         mean = 0.0 if opts.input_mean is None else opts.input_mean
         std = 1.0 if opts.input_std is None else opts.input_std
         samples = load_feeds(opts.dataset, graph.inputs, format=opts.dataset_format, mean=mean, std=std)
+    if opts.target_cosine is None and not opts.layer_plan and opts.auto_precision and hasattr(target, "default_plan"):
+        opts = replace(opts, layer_plan=target.default_plan(graph, opts))
+    if opts.target_cosine is not None:    # the target chooses per-layer precision on held-out samples first
+        if not hasattr(target, "search_plan"):
+            raise KpucError(f"--target-cosine: target {target.name} has no per-layer precision choices")
+        prepared.plan_search = target.search_plan(graph, opts, samples)
+        opts = replace(opts, layer_plan=prepared.plan_search.plan)
+    prepared.layer_plan = tuple(opts.layer_plan)
     prepared.legalized = target.prepare_for_quantization(graph, opts, samples, dump=dump)
     prepared.quantized = target.quantize(prepared.legalized, opts, samples, dump=dump)
     return prepared.quantized

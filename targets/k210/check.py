@@ -400,6 +400,7 @@ def check_model(path, opts: CheckOptions = CheckOptions()) -> CheckResult:
                      "use a firmware with more free memory (--firmware), fewer channels, or a smaller input")
     if opts.dataset and final is not None:
         doc["sensitivity"] = _sensitivity(prepared.float_graph, final, samples)
+        doc["sensitivity"]["by_layer"] = _by_layer(prepared, samples)
     return _finish(result, opts)
 
 
@@ -464,6 +465,21 @@ def _sensitivity(float_graph: Graph, final: Graph, samples: list) -> dict:
     return {"samples": len(samples), "worst": worst.name if worst else None,
             "layers": [{"value": s.name, "op": s.op, "cosine": num(s.cosine), "sqnr_db": num(s.sqnr_db),
                         "max_abs_error": num(s.max_abs)} for s in report.layers]}
+
+
+def _by_layer(prepared, samples: list) -> list[dict]:
+    """The per-layer table of compile --target-cosine (targets/k210/sensitivity.py) on every 4th input
+    (at least 2; the compile calibrated on all of them, so this ranks layers rather than predicts accuracy)."""
+    from targets.k210.sensitivity import holdout, layer_sensitivity
+    chosen: dict[str, str] = {}
+    for layer, choice in prepared.layer_plan:
+        chosen[layer] = f"{chosen[layer]} + {choice}" if layer in chosen else choice
+    rows = layer_sensitivity(prepared.legalized, prepared.quantized, holdout(samples)[1])
+
+    def num(x):
+        return None if x is None else round(float(x), 5)
+    return [{"layer": r.layer, "kind": r.kind, "alone": num(r.alone), "act": num(r.act), "half": num(r.half),
+             "weights": r.weights, "choice": chosen.get(r.layer, "")} for r in rows]
 
 
 def _problem(doc: dict, severity: str, kind: str, versions: list[int], node, op, message: str, hint) -> None:

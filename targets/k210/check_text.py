@@ -150,4 +150,11 @@ def _sensitivity(s: dict) -> list[str]:
         err = "-" if layer["max_abs_error"] is None else f"{layer['max_abs_error']:.4g}"
         mark = "  <- worst" if layer["value"] == s["worst"] else ""
         lines.append(f"  {_clip(layer['value'], 44):44} {layer['op']:16} {cos:>9} {sq:>8} {err:>10}{mark}")
+    if s.get("by_layer"):
+        lines += ["", "per-layer sensitivity (worst output cosine with only that layer quantized / its 8-bit "
+                  "output / a 9-bit split, estimated), and the compile's choice:",
+                  f"  {'layer':44} {'kind':5} {'alone':>7} {'8-bit':>7} {'9-bit':>7} {'weights':>8}  choice"]
+        for r in s["by_layer"]:
+            cells = " ".join("-".rjust(7) if r[k] is None else f"{r[k]:7.4f}" for k in ("alone", "act", "half"))
+            lines.append(f"  {_clip(r['layer'], 44):44} {r['kind']:5} {cells} {r['weights']:8d}  {r['choice']}")
     return lines

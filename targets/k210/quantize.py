@@ -409,7 +409,7 @@ class _Rewriter:
     def conv2d(self, node: Node) -> None:
         x, w, b = node.inputs
         v = node.output
-        if not (w.is_constant and b.is_constant) or not self._worth_quantizing(v, w):
+        if node.meta.get("stay_float") or not (w.is_constant and b.is_constant) or not self._worth_quantizing(v, w):
             return self.copy_float(node)
         iq, yq = self.param(x), self.param(v)
         wq, w_q = quantize_weights_u8(w.data)
@@ -425,7 +425,8 @@ class _Rewriter:
     def matmul(self, node: Node) -> None:
         a, b = node.inputs
         v = node.output
-        if len(a.shape) != 2 or len(b.shape) != 2 or not self._worth_quantizing(v, b if b.is_constant else None):
+        if (node.meta.get("stay_float") or len(a.shape) != 2 or len(b.shape) != 2
+                or not self._worth_quantizing(v, b if b.is_constant else None)):
             return self.copy_float(node)
         qa, qb, yq = self.param(a), self.param(b), self.param(v)
         bias_q, attrs = quantized_conv2d_params(np.zeros(b.shape[1], F32), qa, qb, yq, max_shift=32)

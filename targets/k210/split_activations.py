@@ -73,6 +73,7 @@ def split_layer(graph: Graph, node: Node, step: float) -> Node:
                       name=f"{node.name}_split", before=node, **attrs)
     split.meta.update({k: v for k, v in node.meta.items() if k != "range"})
     split.meta["split_from"] = node.output.name
+    split.meta["source"] = node.meta.get("source", node.name)   # still the same layer for a layer plan
     for user in node.output.user_nodes():
         weights, user.attrs = _copied(user, 1, 2)
         user.inputs = [split.output, graph.const(weights, name=f"{user.inputs[1].name}_split", before=user),
@@ -81,14 +82,32 @@ def split_layer(graph: Graph, node: Node, step: float) -> Node:
     return split
 
 
-def split_activations(graph: Graph, ranges: dict, count: int) -> list[str]:
-    """Split the first `count` eligible conv outputs (graph order); `ranges` are calibrated ranges of
-    `graph` by value name. Returns the names of the layers split (their outputs before the split)."""
+def split_cost(node: Node) -> int:
+    """Weight elements a split of conv `node` adds: its own weights once more, each reader's once more (a
+    depthwise reader becomes dense: 2C·C instead of C per tap)."""
+    cost = node.inputs[1].type.size
+    for user in node.output.user_nodes():
+        w = user.inputs[1]
+        cost += (2 * w.shape[0] - 1) * w.type.size if _depthwise(user) else w.type.size
+    return int(cost)
+
+
+def splittable_layers(graph: Graph) -> list[str]:
+    """Names of the convs split_activations can split, in graph order."""
+    return [n.name for n in graph.nodes_of("conv2d") if _splittable(graph, n)]
+
+
+def split_activations(graph: Graph, ranges: dict, count: int = 0, layers=()) -> list[str]:
+    """Split the first `count` eligible conv outputs (graph order) and the eligible convs named in `layers`;
+    `ranges` are calibrated ranges of `graph` by value name. Returns the names of the layers split (their
+    outputs before the split)."""
     done: list[str] = []
+    named, eligible = set(layers), 0
     for node in list(graph.nodes):
-        if len(done) >= count:
-            break
         if node.op != "conv2d" or node.output.name not in ranges or not _splittable(graph, node):
+            continue
+        eligible += 1
+        if eligible > count and node.name not in named:
             continue
         step = 1.0 / get_quant_param(ranges[node.output.name]).scale
         done.append(node.output.name)
@@ -98,4 +117,4 @@ def split_activations(graph: Graph, ranges: dict, count: int) -> list[str]:
     return done
 
 
-__all__ = ["split_activations", "split_layer"]
+__all__ = ["split_activations", "split_layer", "splittable_layers", "split_cost"]

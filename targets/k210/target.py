@@ -24,6 +24,14 @@ from targets.k210.lower_v3 import compile_v3
 from targets.k210.lower_v4 import compile_v4
 from targets.k210.ops import conv_key
 from targets.k210.passes.mark_small_outputs_float import mark_small_outputs_float
+from targets.k210.precision import (
+    apply_keep_choices,
+    default_plan,
+    layers_with,
+    normalize_plan,
+    pick_for,
+    widen_quantized,
+)
 from targets.k210.quantize import quantize_k210
 
 Dump = Callable[[Graph, str], None] | None
@@ -54,11 +62,17 @@ class K210:
         --split-activations a split copy is legalized too and returned, so `graph` keeps the model's own
         function and layer shapes (the accuracy report compares against it)."""
         mark_small_outputs_float(graph, opts.output_quantize_threshold)
+        plan = normalize_plan(opts.layer_plan)
+        apply_keep_choices(graph, plan)
         work = graph
-        if self.kpu and opts.split_activations > 0:
-            from targets.k210.split_activations import split_activations
+        splits = layers_with(plan, "split")
+        if self.kpu and (opts.split_activations > 0 or splits):
+            from targets.k210.split_activations import split_activations, splittable_layers
             work = graph.clone()
-            split_activations(work, _calibrated(work, opts, samples), opts.split_activations)
+            if missing := sorted(set(splits) - set(splittable_layers(work))):
+                raise KpucError(f"layer plan: layer '{printable(missing[0])}' cannot be split (a KPU conv read "
+                                "only by KPU convs, at most half the KPU's channels)")
+            split_activations(work, _calibrated(work, opts, samples), opts.split_activations, splits)
             _stage(dump, work, "split_activations")
         for g in [graph] if work is graph else [graph, work]:
             self.legalize(g, lint=opts.lint, dump=dump)
@@ -81,6 +95,22 @@ class K210:
                            means=means)
         _stage(dump, quantized, "quantize")
         return quantized
+
+    def default_plan(self, graph: Graph, opts) -> tuple:
+        """The layer plan of a compile without one (targets/k210/precision.py default_plan); marks the
+        small outputs float first, as prepare_for_quantization will."""
+        if not self.kpu or opts.split_activations or opts.inference_type != "uint8" or opts.model_ranges:
+            return ()        # explicit splits, no KPU, or a pre-quantized model's own ranges: nothing to add
+        mark_small_outputs_float(graph, opts.output_quantize_threshold)
+        return default_plan(graph)
+
+    def search_plan(self, graph: Graph, opts, samples: list):
+        """--target-cosine: the layer plan chosen on held-out samples (targets/k210/plan_search.py); `graph`
+        is the float graph after the generic passes and is not modified."""
+        if not self.kpu:
+            raise KpucError("--target-cosine chooses KPU layer precision: it needs --target k210")
+        from targets.k210.plan_search import search_plan
+        return search_plan(self, graph, opts, samples)
 
     def device_graph(self, graph: Graph, version: int) -> Graph:
         """A copy of a prepared graph in the arithmetic of the kmodel version's runtime: the graph to lower."""
@@ -118,10 +148,14 @@ def refuse_tensors_no_k210_can_hold(graph: Graph) -> None:
 
 def _calibrated(graph: Graph, opts, samples: list, calibrator=Calibrator) -> dict:
     refuse_tensors_no_k210_can_hold(graph)
+    plan = normalize_plan(opts.layer_plan)
     ranges = calibrate(graph, samples, method=opts.calibrate_method, input_mean=opts.input_mean,
-                       input_std=opts.input_std, calibrator=calibrator)
+                       input_std=opts.input_std, calibrator=calibrator,
+                       pick_for=pick_for(graph, plan))
     if opts.model_ranges:  # a pre-quantized model compiled without --dataset: its own ranges win
         ranges = with_model_ranges(graph, ranges, dict(opts.model_ranges), conv_key)
+        broadcast_ranges(graph, ranges)
+    if widen_quantized(graph, plan, ranges):
         broadcast_ranges(graph, ranges)
     return ranges
 

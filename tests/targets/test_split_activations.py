@@ -68,7 +68,7 @@ def test_the_kpu_rounds_the_copies_a_half_step_apart(depthwise):
     split_activations(g, calibrate(g, samples, label=""), 1)
     legalize_k210(g)
     q = quantize_k210(g, calibrate(g, samples, label=""))
-    layer, = [n for n in q.nodes_of("kpu_conv2d_q") if n.meta["float_value"].startswith("first_split")]
+    layer, = [n for n in q.nodes_of("kpu_conv2d_q") if n.meta["float_value"].startswith("first_")]   # split: first_kpu
     codes = np.concatenate([QuantizedExecutor(q).run([x], keep_all=True)[layer.output.name] for x in samples])
     a, b = codes[:, :6].astype(int), codes[:, 6:].astype(int)
     assert set(np.unique(b - a)) <= {0, 1}

@@ -1,0 +1,262 @@
+"""`kpuc compile --target-cosine C`: choose a layer plan (targets/k210/precision.py) greedily on held-out data.
+
+1. Hold out every 4th calibration sample (at least 2; sensitivity.holdout); build the plan given so far on the
+   rest and measure its worst output cosine against the float model on the held-out samples and on every
+   sample mirrored left-right (images: two held-out samples alone let ~25 trials overfit them -- MobileNet
+   0.995 held out, 0.978 on 11 other images).
+2. Measure every layer's sensitivity there (sensitivity.layer_sensitivity) and turn it into candidate choices,
+   each with an estimated gain (cosine) and cost (bytes of weights the file grows by):
+   split (gain: its 8-bit output's loss, less the estimated 9-bit one; also the first k splittable layers
+   together), float (gain: the loss of the whole
+   layer; cost: weights 4 bytes instead of 1), a calibration method (l2, mse, percentile) for the most
+   sensitive layers (no cost), and quantize for a kept-float layer (negative cost).
+3. Greedy: `quantize` first (kept only when the held-out worst cosine does not drop at all); then in order
+   of gain per KiB, build the plan with the candidate added, re-measure, keep it when the worst cosine
+   rises and the budgets (file size, main memory, KPU RAM) hold. Stop at C, when nothing is left or after
+   MAX_TRIES builds.
+The search starts from the plan given, or else from the default plan (precision.default_plan), so it only
+adds to what a plain compile does. The final compile calibrates the chosen plan on all samples. Deterministic: ties break on graph order.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, replace
+
+from compiler.errors import KpucError
+from compiler.executor import Executor
+from compiler.ir import Graph
+from compiler.progress import progress_enabled
+from targets.k210.precision import normalize_plan
+from targets.k210.sensitivity import (
+    Sensitivity,
+    holdout,
+    layer_sensitivity,
+    mean_cosine,
+    mirrored,
+    outputs_of,
+    tail_cosine,
+    worst_cosine,
+)
+from targets.k210.split_activations import split_cost, splittable_layers
+
+MAX_TRIES = 24            # plan builds the greedy may spend
+METHOD_LAYERS = 3         # calibration methods are tried on this many most sensitive layers
+# The K210's CPU does ~100 M float multiply-adds a second where the KPU does ~100x that: 100 K MACs moved
+# to the CPU (~1 ms) weigh as much as 1 KiB of file in the ranking.
+MACS_PER_KIB = 100_000
+MIN_GAIN = 1e-4           # a choice must raise the held-out worst cosine by this much to stay
+
+
+def status(line: str) -> None:
+    """A progress line on a terminal (compiler/progress.py's rule), nothing in pipes and CI."""
+    if progress_enabled():
+        print(line, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Candidate:
+    pairs: tuple          # ((layer, choice), ...) added together
+    gain: float           # estimated rise of the worst cosine
+    cost: int             # estimated bytes the file grows by
+    order: int            # graph order of the (first) layer (ties)
+    cpu_macs: int = 0     # multiply-adds moved to the CPU (float)
+
+    @property
+    def label(self) -> str:
+        (layer, choice), more = self.pairs[0], len(self.pairs) - 1
+        return f"{choice} {layer}" + (f" (+{more} before it)" if more else "")
+
+    @property
+    def rank(self) -> tuple:
+        units = max(self.cost, 0) / 1024 + self.cpu_macs / MACS_PER_KIB + 1
+        return (-self.gain / units, self.order, self.pairs)
+
+
+@dataclass
+class Step:
+    label: str
+    worst: float
+    mean: float
+    size: int
+    kept: bool
+    why: str = ""
+
+
+@dataclass
+class PlanSearch:
+    plan: tuple
+    base_worst: float
+    base_mean: float
+    base_size: int
+    worst: float
+    mean: float
+    size: int
+    sensitivity: list[Sensitivity]
+    steps: list[Step] = field(default_factory=list)
+
+
+def weight_bytes(q: Graph) -> int:
+    """What the constants of a quantized graph weigh: the file's bulk."""
+    return sum(n.output.data.nbytes for n in q.nodes if n.op == "constant" and n.output.data is not None)
+
+
+def candidates(generic: Graph, rows: list[Sensitivity]) -> list[Candidate]:
+    """Every choice the search may try, with its estimated gain and cost (module docstring). Splits come
+    one layer at a time and as the first k splittable layers together: splitting a depthwise layer whose
+    producer is not split makes it a dense conv of a half-step-apart pair it cannot use, which measured
+    worse on MobileNet (split Conv2d_1..5 alone: worst 0.867; with Conv2d_0 too: 0.992), so single splits
+    are myopic where prefixes are not."""
+    nodes = {n.name: n for n in generic.nodes_of("conv2d", "matmul")}
+    order = {name: i for i, name in enumerate(nodes)}
+    splittable = [name for name in splittable_layers(generic) if name in nodes]
+    by_layer = {r.layer: r for r in rows if r.layer in nodes}
+    out: list[Candidate] = []
+    for r in by_layer.values():
+        i = order[r.layer]
+        if r.kind == "float":
+            out.append(Candidate(((r.layer, "quantize"),), r.act - 1.0, -3 * r.weights, i))
+            continue
+        if r.layer in splittable:
+            out.append(Candidate(((r.layer, "split"),), r.half - r.act, split_cost(nodes[r.layer]), i))
+        out.append(Candidate(((r.layer, "float"),), 1.0 - r.alone, 3 * r.weights, i, _macs(nodes[r.layer])))
+    gain = cost = 0
+    for k, name in enumerate(splittable):
+        r = by_layer.get(name)
+        gain, cost = gain + (r.half - r.act if r and r.half is not None else 0), cost + split_cost(nodes[name])
+        if k + 1 in PREFIXES:
+            out.append(Candidate(tuple((n, "split") for n in splittable[:k + 1]), gain, cost, order[name]))
+    for r in sorted((r for r in by_layer.values() if r.kind == "kpu"), key=lambda r: r.act)[:METHOD_LAYERS]:
+        for method in ("l2", "mse", "percentile"):
+            out.append(Candidate(((r.layer, method),), (1.0 - r.act) / 4, 0, order[r.layer]))
+    return out
+
+
+PREFIXES = (2, 4, 7, 10, 14, 20, 27)   # split-prefix lengths tried, in this order
+
+
+def _phase(c: Candidate) -> tuple:
+    """Search order: freeing choices first; then the first-k splits, the choice measured to help most
+    robustly (bench/bench_mobilenet_ptq.py --sweep: the mean cosine rises steadily with k); then the rest."""
+    if c.pairs[0][1] == "quantize":
+        return (0, 0)
+    if len(c.pairs) > 1:
+        return (1, len(c.pairs))
+    return (2, 0)
+
+
+def _macs(node) -> int:
+    """Multiply-adds of a conv2d / matmul: one per output element per weight it reads."""
+    w = node.inputs[1]
+    per_output = w.type.size // w.shape[0] if node.op == "conv2d" else w.shape[0]
+    return int(node.output.type.size * per_output)
+
+
+class _Builder:
+    """Builds and measures plans on the fitted samples, against the float model on the held-out ones."""
+
+    def __init__(self, target, generic: Graph, opts, fit: list, held: list):
+        self.target, self.generic, self.opts, self.fit, self.held = target, generic, opts, fit, held
+        self.reference = outputs_of(Executor(generic), generic, held)
+        self.builds = 0
+
+    def build(self, plan) -> tuple[Graph, Graph]:
+        from targets.k210.kernels import QuantizedExecutor  # noqa: F401  (kernels registered before running)
+        self.builds += 1
+        opts = replace(self.opts, layer_plan=tuple(plan), target_cosine=None, auto_precision=False)
+        graph = self.generic.clone()
+        work = self.target.prepare_for_quantization(graph, opts, self.fit)
+        return work, self.target.quantize(work, opts, self.fit)
+
+    def measure(self, q: Graph) -> tuple[float, float, float]:
+        """(worst, mean, tail): tail is the mean of the worst quarter, what a choice must raise (the worst of
+        a dozen images alone jitters by +-0.01 from one build to the next)."""
+        from targets.k210.kernels import QuantizedExecutor
+        got = outputs_of(QuantizedExecutor(q), self.generic, self.held)
+        return worst_cosine(self.reference, got), mean_cosine(self.reference, got), tail_cosine(self.reference, got)
+
+    def fits(self, q: Graph, size: int, budget: dict) -> str:
+        """'' when the plan's build holds the budgets, else which one it breaks."""
+        if budget["file"] is not None and size > budget["file"]:
+            return f"file {size:,} > {budget['file']:,} B"
+        if budget["main"] is None and budget["kpu"] is None:
+            return ""
+        try:
+            _, summary = self.target.lower(self.target.device_graph(q, self.opts.kmodel_version), self.opts)
+        except KpucError as e:
+            return f"does not lower: {e}"
+        if budget["main"] is not None and summary.get("main_memory", 0) > budget["main"]:
+            return f"main memory {summary['main_memory']:,} > {budget['main']:,} B"
+        if budget["kpu"] is not None and summary.get("kpu_ram_peak", 0) > budget["kpu"]:
+            return f"KPU RAM {summary['kpu_ram_peak']:,} > {budget['kpu']:,} B"
+        return ""
+
+
+def search_plan(target, generic: Graph, opts, samples: list) -> PlanSearch:
+    """The layer plan for opts.target_cosine (see the module docstring). `generic` is the float graph after
+    the generic passes; it is not modified."""
+    fit, held = holdout(samples)
+    mirror = mirrored(samples)
+    # Two held-out samples alone judge optimistically (MobileNet: 0.991 on 2, 0.976 on 11 other images): then
+    # the search aims at half the loss C allows. Mirrored images judge pessimistically (0.94 at the start).
+    goal = float(opts.target_cosine) if mirror else 1 - (1 - float(opts.target_cosine)) / 2
+    b = _Builder(target, generic, opts, fit, held + mirror)
+    plan = list(normalize_plan(opts.layer_plan)) or list(target.default_plan(generic.clone(), opts))
+    legalized, q = b.build(plan)
+    worst, mean, tail = b.measure(q)
+    size = weight_bytes(q)
+    budget = {"file": opts.max_file_size if opts.max_file_size is not None else 2 * size,
+              "main": opts.max_main_ram, "kpu": opts.max_kpu_ram}
+    status(f"target cosine {goal}: held-out worst {worst:.4f} on {len(held)} sample(s); measuring layers")
+    rows = layer_sensitivity(legalized, q, held)     # the held-out originals only: time
+    result = PlanSearch(tuple(plan), worst, mean, size, worst, mean, size, rows)
+    pool = sorted(candidates(generic, rows), key=lambda c: c.rank)
+    pool.sort(key=_phase)   # stable: quantize, then split prefixes (shortest first), then the rest by rank
+    for c in pool:
+        if b.builds > MAX_TRIES or (worst >= goal and c.pairs[0][1] != "quantize"):
+            break
+        taken = {layer for layer, _ in plan}
+        if all(layer in taken for layer, _ in c.pairs) or any(
+                layer in taken and (layer, choice) not in plan for layer, choice in c.pairs):
+            continue             # nothing new, or a layer that already has another choice
+        try:
+            trial = normalize_plan([*plan, *c.pairs])
+            _, tq = b.build(trial)
+        except KpucError as e:
+            result.steps.append(Step(c.label, worst, mean, size, False, str(e)))
+            continue
+        t_worst, t_mean, t_tail = b.measure(tq)
+        t_size = weight_bytes(tq)
+        freeing = c.pairs[0][1] == "quantize"     # kept when it costs nothing measurable (or stays above C)
+        better = t_tail >= tail if freeing else t_tail >= tail + MIN_GAIN
+        why = "" if better or (freeing and t_worst >= goal) else "no gain"
+        why = why or b.fits(tq, t_size, budget)
+        result.steps.append(Step(c.label, t_worst, t_mean, t_size, not why, why))
+        status(f"  {c.label}: worst {t_worst:.4f} {why or 'kept'}")
+        if not why:
+            plan, worst, mean, tail, size = list(trial), t_worst, t_mean, t_tail, t_size
+    result.plan, result.worst, result.mean, result.size = normalize_plan(plan), worst, mean, size
+    return result
+
+
+def format_search(result: PlanSearch) -> str:
+    """The choices tried, their measured held-out cosine and cost, then the outcome."""
+    lines = [f"{'worst':>7s} {'mean':>7s} {'weights':>10s}  {'':4s} choice",
+             f"{result.base_worst:7.4f} {result.base_mean:7.4f} {result.base_size:10,d}  {'':4s} (start)"]
+    for s in result.steps:
+        lines.append(f"{s.worst:7.4f} {s.mean:7.4f} {s.size:10,d}  {'kept' if s.kept else '-':4s} "
+                     f"{s.label}{'  (' + s.why + ')' if s.why else ''}")
+    lines.append(f"plan: {len(result.plan)} choice(s); held-out worst cosine {result.base_worst:.4f} -> "
+                 f"{result.worst:.4f}, weights {result.base_size:,} -> {result.size:,} B")
+    return "\n".join(lines)
+
+
+__all__ = ["search_plan", "format_search", "format_plan_search", "PlanSearch", "candidates", "weight_bytes"]
+
+
+def format_plan_search(result: PlanSearch) -> str:
+    """Both tables: per layer (sensitivity and the choice made) and the choices tried in order."""
+    from targets.k210.sensitivity import format_sensitivity
+    chosen: dict[str, str] = {}
+    for layer, choice in result.plan:
+        chosen[layer] = f"{chosen[layer]} + {choice}" if layer in chosen else choice
+    return format_sensitivity(result.sensitivity, chosen) + "\n" + format_search(result)

@@ -229,6 +229,10 @@ def conv_acc(x: np.ndarray, w: np.ndarray, *, depthwise: bool, pad_value: int,
     oc, k = w.shape[0], w.shape[-1]
     p = k // 2
     w64 = np.asarray(w, np.int64)
+    if shr_x == 0 and shr_w == 0 and (k == 1 or pad_value == -arg_w) and arg_add == k * k * arg_x * arg_w:
+        centered = _centered_conv_acc(x, w64, depthwise, arg_x, arg_w)
+        if centered is not None:
+            return centered
     taps = (1 if depthwise else ic) * k * k
     biggest = max(int(np.max(x, initial=0)), pad_value if k > 1 else 0) * int(np.abs(w64).reshape(oc, -1).sum(1).max())
     ftype = np.float32 if biggest < 1 << 24 and 255 * taps < 1 << 24 else np.float64
@@ -265,6 +269,45 @@ def conv_acc(x: np.ndarray, w: np.ndarray, *, depthwise: bool, pad_value: int,
     return s_xw
 
 
+def _centered_conv_acc(x: np.ndarray, w64: np.ndarray, depthwise: bool, arg_x: int, arg_w: int) -> np.ndarray | None:
+    """conv_acc of the layers nncase's quantizer makes (shifts 0, pad_value = -arg_w, arg_add = k²·arg_x·arg_w):
+    then acc = Σ over the taps of (x + arg_w)·(w + arg_x), the border reading x + arg_w = 0, so one conv of
+    the centred codes with zero padding gives it, without S_x, S_w and the int64 sums. Exact in float32
+    or float64 as conv_acc is; None if even float64 could not hold every partial sum (the general path)."""
+    b, ic, h, wd = x.shape
+    oc, k = w64.shape[0], w64.shape[-1]
+    p = k // 2
+    wc = w64 + arg_x
+    x_lo, x_hi = int(np.min(x, initial=0)) + arg_w, int(np.max(x, initial=0)) + arg_w
+    biggest = max(abs(x_lo), abs(x_hi)) * int(np.abs(wc).reshape(oc, -1).sum(1).max())
+    if biggest >= 1 << 53:
+        return None
+    ftype = np.float32 if biggest < 1 << 24 else np.float64
+    xf = np.asarray(x, ftype)
+    xf += ftype(arg_w)                         # exact: small integers
+    if p:
+        xf = np.pad(xf, ((0, 0), (0, 0), (p, p), (p, p)))
+    wf = wc.astype(ftype)
+    if depthwise:
+        acc = np.zeros((b, oc, h, wd), ftype)
+        prod = np.empty_like(acc)
+        for ky in range(k):
+            for kx in range(k):
+                np.multiply(xf[:, :, ky:ky + h, kx:kx + wd], wf[:, 0, ky, kx][:, None, None], out=prod)
+                acc += prod
+        return acc.astype(np.int64)
+    if k == 1:
+        cols = (xf[0] if b == 1 else xf.transpose(1, 0, 2, 3)).reshape(ic, b * h * wd)
+    else:
+        cols = np.empty((k, k, ic, b, h, wd), ftype)
+        for ky in range(k):
+            for kx in range(k):
+                cols[ky, kx] = xf[:, :, ky:ky + h, kx:kx + wd].transpose(1, 0, 2, 3)
+        cols = cols.reshape(k * k * ic, b * h * wd)
+    acc = (wf.transpose(0, 2, 3, 1).reshape(oc, -1) @ cols).reshape(oc, b, h, wd).astype(np.int64)
+    return acc.transpose(1, 0, 2, 3)
+
+
 _CHUNK_VALUES = 1 << 16
 
 
@@ -298,13 +341,17 @@ def activate(v: np.ndarray, act: ActTable) -> np.ndarray:
         y = _banker_scalar(t, shift)
         y += ya[lo]
     else:
-        seg = (v > xs[lo + 1]).astype(np.intp)   # the segment, counted from lo
-        for i in range(lo + 2, hi + 1):
-            seg += v > xs[i]
-        t = v - xs[lo:hi + 1][seg]
-        t *= ym[lo:hi + 1][seg]
+        seg = np.zeros(v.shape, np.uint8)        # the segment, counted from lo (one byte a value: fewer bytes to move)
+        above = np.empty(v.shape, bool)
+        for i in range(lo + 1, hi + 1):
+            np.greater(v, xs[i], out=above)
+            seg += above
+        del above
+        seg = seg.astype(np.intp)
+        t = v - np.take(xs[lo:hi + 1], seg)
+        t *= np.take(ym[lo:hi + 1], seg)
         y = _banker_scalar(t, shift)
-        y += ya[lo:hi + 1][seg]
+        y += np.take(ya[lo:hi + 1], seg)
     np.clip(y, 0, 255, out=y)
     return y.astype(np.uint8)
 

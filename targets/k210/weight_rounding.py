@@ -50,6 +50,8 @@ def gram(x: np.ndarray, k: int, depthwise: bool, *, chunk_bytes: int = 16 << 20)
     n, c, h, w = x.shape
     if k == 3 and not depthwise and c >= SHIFT_GRAM_MIN_CHANNELS:
         return shift_gram(x, k, depthwise, chunk_bytes=chunk_bytes)
+    if depthwise and k > 1:
+        return depthwise_gram(x, k)
     per_sample = c * k * k * h * w * 8
     step = max(1, chunk_bytes // max(per_sample, 1))
     total = 0.0
@@ -58,6 +60,45 @@ def gram(x: np.ndarray, k: int, depthwise: bool, *, chunk_bytes: int = 16 << 20)
         total = total + (np.matmul(p, p.transpose(0, 2, 1)) if depthwise else p @ p.T)
         del p                       # before the next chunk's patches exist
     return total
+
+
+def depthwise_gram(x: np.ndarray, k: int, *, chunk_bytes: int = 2 << 20) -> np.ndarray:
+    """gram() of a depthwise layer, [C, k·k, k·k], from correlation images instead of patches: with the
+    input zero-padded by 2p (p = k // 2), tap a reads the window W_a = the map shifted by a, so
+    H[c, a, b] = Σ_{q in W_a} x[q]·x[q + d], d = b - a. C_d[c, q] = Σ_samples x[q]·x[q + d] is one product
+    per offset (only the offsets d >= 0 in row-major order: H is symmetric), and each window sum is four
+    reads of C_d's summed-area table. Integer inputs keep every sum exact, so H is the patches' H bit for
+    bit: C_d in float32 while N·max|x|² < 2^24 (every partial sum an integer float32 holds), else float64;
+    the tables in float64 (below 2^53). A few channels at a time (about `chunk_bytes` of padded input)."""
+    n, c, h, w = x.shape
+    p, q = k // 2, 2 * (k // 2)
+    hp, wp = h + 2 * q, w + 2 * q
+    biggest = max(abs(int(x.max())), abs(int(x.min()))) if x.size else 0
+    ftype = np.float32 if n * biggest * biggest < 1 << 24 else np.float64
+    offsets = [(dy, dx) for dy in range(k) for dx in range(-(k - 1), k) if dy > 0 or dx >= 0]
+    taps = [(ay, ax) for ay in range(k) for ax in range(k)]
+    out = np.zeros((c, k * k, k * k))
+    step = max(1, chunk_bytes // (n * hp * wp * np.dtype(ftype).itemsize))
+    for c0 in range(0, c, step):
+        xp = np.pad(np.asarray(x[:, c0:c0 + step], ftype), ((0, 0), (0, 0), (q, q), (q, q)))
+        cc = xp.shape[1]
+        for dy, dx in offsets:
+            j0, j1 = max(0, -dx), wp - max(0, dx)             # columns where q and q + d are both in the grid
+            table = np.zeros((cc, hp + 1, wp + 1))            # summed-area table of C_d
+            table[:, 1:hp + 1 - dy, 1 + j0:1 + j1] = np.einsum("nchw,nchw->chw", xp[:, :, :hp - dy, j0:j1],
+                                                                xp[:, :, dy:, j0 + dx:j1 + dx])
+            table = table.cumsum(axis=1).cumsum(axis=2)
+            for ia, (ay, ax) in enumerate(taps):
+                by, bx = ay + dy, ax + dx
+                if not (0 <= by < k and 0 <= bx < k):
+                    continue
+                ib = by * k + bx
+                r0, s0 = ay + p, ax + p                       # W_a in padded coordinates
+                v = table[:, r0 + h, s0 + w] - table[:, r0, s0 + w] - table[:, r0 + h, s0] + table[:, r0, s0]
+                out[c0:c0 + cc, ia, ib] = v
+                out[c0:c0 + cc, ib, ia] = v
+        del xp
+    return out
 
 
 def shift_gram(x: np.ndarray, k: int, depthwise: bool, *, chunk_bytes: int = 16 << 20) -> np.ndarray:
@@ -183,5 +224,5 @@ def round_kpu_weights(w_eq: np.ndarray, wq: QuantParamU8, x: np.ndarray, *, dept
     return gptq_round(w_eq.reshape(oc, -1), h, wq, damp=damp).reshape(w_eq.shape)
 
 
-__all__ = ["kpu_patches", "gram", "shift_gram", "gptq_round", "gptq_factor", "gptq_round_factored", "GptqFactor",
+__all__ = ["kpu_patches", "gram", "depthwise_gram", "shift_gram", "gptq_round", "gptq_factor", "gptq_round_factored", "GptqFactor",
            "round_kpu_weights"]

@@ -5,11 +5,13 @@ against its per-channel loop."""
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from compiler.quantization import F32, fixed_mul, fixed_mul_array
 from targets.k210.kpu import ActTable, BatchNorm, activate, conv_acc, kpu_conv2d, kpu_conv2d_reference
 from targets.k210.quantize import _f32, _f32_div, _slope_gap
+from targets.k210.weight_rounding import depthwise_gram
 
 
 @st.composite
@@ -107,3 +109,23 @@ def test_fixed_mul_array_is_fixed_mul_of_each_value():
         assert got[1].tolist() == [m.shift for m in want]
     assert fixed_mul_array(np.array([1.0, np.inf], F32), 22, 15) is None
     assert fixed_mul_array(np.array([1.0, 3e38], F32), 22, 15) is None
+
+
+def _depthwise_gram_by_pixel(x: np.ndarray, k: int) -> np.ndarray:
+    """Σ over samples and pixels of the outer product of each channel's k×k patch (zero padding), int64."""
+    n, c, h, w = x.shape
+    p = k // 2
+    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (p, p), (p, p)))
+    cols = np.stack([xp[i, :, y:y + k, z:z + k] for i in range(n) for y in range(h) for z in range(w)])
+    v = cols.reshape(len(cols), c, k * k)
+    return np.einsum("mcd,mce->cde", v, v)
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 5, 6), (2, 3, 1, 4), (2, 3, 4, 1), (1, 2, 1, 1), (2, 5, 2, 2), (4, 7, 9, 3)])
+@pytest.mark.parametrize("peak", [255, 4000])       # float32 correlation images, then float64 ones
+def test_depthwise_gram_from_correlation_images_is_the_patch_product(shape, peak):
+    x = np.random.default_rng(sum(shape) + peak).integers(-peak, peak + 1, shape).astype(np.int16)
+    want = _depthwise_gram_by_pixel(x, 3)
+    for chunk in (1, 1 << 30):
+        got = depthwise_gram(x, 3, chunk_bytes=chunk)
+        assert np.array_equal(got, want)

@@ -215,10 +215,11 @@ def _run_corrected(node: Node, envs: list[dict], target: tuple[np.ndarray, int] 
     xs = np.concatenate([env[x] for env in envs])            # [N, IC, H, W] codes
     n, ic, h, wd = xs.shape
     oc, k = w.shape[0], w.shape[-1]
-    step = max(1, budget_bytes // (8 * n * h * wd))
-    # the conv a few samples at a time: small maps share one call, big ones stay within the CPU's cache
-    sample_step = max(1, chunk_values // ((step if a["depthwise"] else ic) * k * k * h * wd))
     select_first = a["pool"] in SELECT_POOLS
+    held = int(np.prod(node.output.shape[2:])) if select_first else h * wd     # BN values kept per channel
+    step = max(1, budget_bytes // (8 * n * held))
+    # the conv a few samples at a time: small maps share one call, big ones stay within the CPU's cache
+    sample_step = max(1, chunk_values // ((min(step, oc) if a["depthwise"] else ic) * k * k * h * wd))
     new_bn = np.array(bn.data, np.int64)
     outs, shifts = [], []
     for c0 in range(0, oc, step):

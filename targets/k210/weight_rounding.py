@@ -25,6 +25,9 @@ DAMP = 0.01
 # From this many input channels a dense 3x3 layer's H is cheaper from the input's self-correlations (shift_gram)
 # than from its patches: 13 C×C products instead of one (9C)² (measured: 2.4 -> 1.25 s at C = 256, 8x10, 20 samples).
 SHIFT_GRAM_MIN_CHANNELS = 64
+# From this map size a depthwise layer's H is cheaper from correlation images (depthwise_gram) than from patches
+# (measured, 20 samples: 0.58 -> 0.25 s at 32x120x160, 0.056 -> 0.049 s at 128x15x20; slower below 16x16).
+DEPTHWISE_GRAM_MIN_PIXELS = 300
 
 
 def kpu_patches(x: np.ndarray, k: int, depthwise: bool, rows: tuple[int, int] | None = None) -> np.ndarray:
@@ -50,7 +53,7 @@ def gram(x: np.ndarray, k: int, depthwise: bool, *, chunk_bytes: int = 16 << 20)
     n, c, h, w = x.shape
     if k == 3 and not depthwise and c >= SHIFT_GRAM_MIN_CHANNELS:
         return shift_gram(x, k, depthwise, chunk_bytes=chunk_bytes)
-    if depthwise and k > 1:
+    if depthwise and k > 1 and h * w >= DEPTHWISE_GRAM_MIN_PIXELS:
         return depthwise_gram(x, k)
     per_sample = c * k * k * h * w * 8
     step = max(1, chunk_bytes // max(per_sample, 1))

@@ -115,7 +115,8 @@ def shift_gram(x: np.ndarray, k: int, depthwise: bool, *, chunk_bytes: int = 16 
     q = 2 * p                                         # room for the largest offset d
     taps = [(ky - p, kx - p) for ky in range(k) for kx in range(k)]
     edge_row, edge_col = {1: 0, -1: h - 1}, {1: 0, -1: w - 1}    # what a tap at ±1 never reads
-    out = np.zeros((c, k * k, k * k) if depthwise else (c, k * k, c, k * k))
+    # dense: one contiguous C×C block per tap pair (strided adds into [C, k², C, k²] cost more than the products)
+    out = np.zeros((c, k * k, k * k) if depthwise else (k * k, k * k, c, c))
 
     def prod(a, b):
         """Σ over samples and pixels of a ⊗ b: [C, C] dense, [C] depthwise."""
@@ -127,7 +128,7 @@ def shift_gram(x: np.ndarray, k: int, depthwise: bool, *, chunk_bytes: int = 16 
         if depthwise:
             out[:, ia, ib] += v
         else:
-            out[:, ia, :, ib] += v
+            out[ia, ib] += v
 
     pairs: dict[tuple, list] = {}                     # offset d -> the tap pairs (a, b) with b - a = d
     for ia, a in enumerate(taps):
@@ -153,17 +154,21 @@ def shift_gram(x: np.ndarray, k: int, depthwise: bool, *, chunk_bytes: int = 16 
             if not depthwise and d != (0, 0):
                 for ia, ib in pairs[(-d[0], -d[1])]:
                     add(ia, ib, corr.T)
-        for ia, (ay, ax) in enumerate(taps):
-            for ib, (by, bx) in enumerate(taps):
-                sh = shifted((by - ay, bx - ax))
+        for d, members in pairs.items():
+            edges: dict[tuple, np.ndarray] = {}      # an edge product depends only on (row, column) for one offset
+            sh = shifted(d)
+            for ia, ib in members:
+                ay, ax = taps[ia]
                 u, v = edge_row.get(ay), edge_col.get(ax)
-                if ay:
-                    add(ia, ib, -prod(x0[:, :, u:u + 1], sh[:, :, u:u + 1]))
-                if ax:
-                    add(ia, ib, -prod(x0[:, :, :, v:v + 1], sh[:, :, :, v:v + 1]))
-                if ay and ax:
-                    add(ia, ib, prod(x0[:, :, u:u + 1, v:v + 1], sh[:, :, u:u + 1, v:v + 1]))
-    return out if depthwise else out.reshape(c * k * k, c * k * k)
+                terms = ([((u, None), -1)] if ay else []) + ([((None, v), -1)] if ax else []) + \
+                    ([((u, v), 1)] if ay and ax else [])       # the row and the column tap a never reads
+                for key, sign in terms:
+                    if key not in edges:
+                        rows = slice(None) if key[0] is None else slice(key[0], key[0] + 1)
+                        cols = slice(None) if key[1] is None else slice(key[1], key[1] + 1)
+                        edges[key] = prod(x0[:, :, rows, cols], sh[:, :, rows, cols])
+                    add(ia, ib, edges[key] if sign > 0 else -edges[key])
+    return out if depthwise else out.transpose(2, 0, 3, 1).reshape(c * k * k, c * k * k)
 
 
 class GptqFactor(NamedTuple):

@@ -214,12 +214,15 @@ def gptq_round_factored(w: np.ndarray, factor: GptqFactor, wq: QuantParamU8) -> 
         w[dead] = 0.0
     zp, scale = wq.zero_point, float(wq.scale)
     codes = np.empty(w.shape, np.int64)
+    step = np.empty(w.shape)            # the update's products, in one buffer: no allocation (page faults) per tap
     for i in range(w.shape[1]):
         col = w[:, i]
         q = np.clip(np.floor(col * scale + zp + 0.5), 0, 255)
         codes[:, i] = q
         err = (col - (q - zp) / scale) / u[:, i, i]
-        w[:, i + 1:] -= err[:, None] * u[:, i, i + 1:]
+        rest, products = w[:, i + 1:], step[:, i + 1:]
+        np.multiply(err[:, None], u[:, i, i + 1:], out=products)
+        np.subtract(rest, products, out=rest)
     return codes.astype(np.uint8)
 
 

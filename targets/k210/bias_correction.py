@@ -36,6 +36,7 @@ from compiler.executor import Executor
 from compiler.ir import Graph, Node, Value
 from compiler.kernels import KERNELS
 from compiler.kernels.conv import conv2d
+from compiler.parallel import parallel_map
 from targets.k210.kernels import POOL_TYPE_OF, QUANTIZED_KERNELS, kpu_tables
 from targets.k210.kpu import SELECT_POOLS, activate, batch_norm, conv_acc, pool as kpu_stage_pool
 from targets.k210.ops import apply_steps, kpu_pool, split_activation
@@ -125,13 +126,19 @@ def kpu_finish(bn_out: np.ndarray, act: np.ndarray, pool: str) -> np.ndarray:
     return _pooled(_activated(bn_out, act), pool)
 
 
-def _activated(bn_out: np.ndarray, act: np.ndarray, chunk_values: int = 1 << 19) -> np.ndarray:
-    """The activation table on [N, C, H, W], a few samples at a time (its int64 temporaries stay small)."""
+def _activated(bn_out: np.ndarray, act: np.ndarray, chunk_values: int = 1 << 18) -> np.ndarray:
+    """The activation table on [N, C, H, W], a few samples at a time (its int64 temporaries stay small),
+    the chunks spread over compiler.parallel's threads."""
     _, table = kpu_tables(np.zeros((0, 3), np.int64), act)
     step = max(1, chunk_values // max(1, bn_out[0].size))
     if step >= len(bn_out):
         return activate(bn_out, table)
-    return np.concatenate([activate(bn_out[i:i + step], table) for i in range(0, len(bn_out), step)])
+    out = np.empty(bn_out.shape, np.uint8)
+
+    def chunk(i):
+        out[i:i + step] = activate(bn_out[i:i + step], table)
+    parallel_map(chunk, range(0, len(bn_out), step))
+    return out
 
 
 def _pooled(y: np.ndarray, pool: str) -> np.ndarray:
@@ -208,7 +215,8 @@ def _run_corrected(node: Node, envs: list[dict], target: tuple[np.ndarray, int] 
     the float mean. Returns the shift per channel (None without a target).
     All samples run as one batch; output channels are independent (their own BN row, activation and
     pool), so a big layer runs a group of channels at a time, its int64 batch-norm outputs for all samples
-    within about `budget_bytes`, its conv on a few samples at a time (about `chunk_values` input taps). A select pool (stride-2
+    within about `budget_bytes`, its conv a few samples at a time (about `chunk_values` input taps, the
+    chunks on compiler.parallel's threads: integer sums, the same in any order). A select pool (stride-2
     emulation) keeps one pixel in four: it is taken before the activation, which works pixel by pixel."""
     x, w, bn, act = node.inputs
     a = node.attrs
@@ -225,18 +233,17 @@ def _run_corrected(node: Node, envs: list[dict], target: tuple[np.ndarray, int] 
     for c0 in range(0, oc, step):
         group = slice(c0, min(c0 + step, oc))
         w_g, bn_g = w.data[group], new_bn[group]
-        bn_out = None
-        total = 0
-        for s0 in range(0, n, sample_step):
+        held_shape = node.output.shape[2:] if select_first else (h, wd)
+        bn_out = np.empty((n, group.stop - group.start, *held_shape), np.int64)
+
+        def batch_norm_part(s0, w_g=w_g, bn_g=bn_g, group=group, bn_out=bn_out):
+            """The BN outputs of samples s0.. into bn_out (kept pixels only); their exact per-channel sum."""
             part = kpu_bn_output(xs[s0:s0 + sample_step, group] if a["depthwise"] else xs[s0:s0 + sample_step],
                                  w_g, bn_g, act.data, a)
-            total = total + part.sum(axis=(0, 2, 3), dtype=np.int64)
-            if select_first:
-                part = _pooled(part, a["pool"])
-            if bn_out is None:
-                bn_out = np.empty((n,) + part.shape[1:], np.int64)
-            bn_out[s0:s0 + len(part)] = part
-            del part
+            total = part.sum(axis=(0, 2, 3), dtype=np.int64)
+            bn_out[s0:s0 + len(part)] = _pooled(part, a["pool"]) if select_first else part
+            return total
+        total = sum(parallel_map(batch_norm_part, range(0, n, sample_step)))      # int64: exact in any order
         if target is not None:
             diff = (np.asarray(total, np.float64) - target[0][group]) / target[1]
             shift = (np.sign(diff) * np.floor(np.abs(diff) + 0.5)).astype(np.int64)

@@ -19,6 +19,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from compiler.blas import inv_cholesky_upper
+from compiler.parallel import parallel_map, workers
 from compiler.quantization import QuantParamU8
 
 DAMP = 0.01
@@ -57,12 +58,17 @@ def gram(x: np.ndarray, k: int, depthwise: bool, *, chunk_bytes: int = 16 << 20)
         return depthwise_gram(x, k)
     per_sample = c * k * k * h * w * 8
     step = max(1, chunk_bytes // max(per_sample, 1))
-    total = 0.0
-    for i in range(0, n, step):
-        p = kpu_patches(x[i:i + step], k, depthwise)
-        total = total + (np.matmul(p, p.transpose(0, 2, 1)) if depthwise else p @ p.T)
-        del p                       # before the next chunk's patches exist
-    return total
+    starts = list(range(0, n, step))
+
+    def partial(share):             # one thread's chunks, summed (exact integers: any grouping gives the same H)
+        total = 0.0
+        for i in share:
+            p = kpu_patches(x[i:i + step], k, depthwise)
+            total = total + (np.matmul(p, p.transpose(0, 2, 1)) if depthwise else p @ p.T)
+            del p                   # before the next chunk's patches exist
+        return total
+    shares = [starts[j::workers()] for j in range(min(workers(), len(starts)))]
+    return sum(parallel_map(partial, shares))
 
 
 def depthwise_gram(x: np.ndarray, k: int, *, chunk_bytes: int = 2 << 20) -> np.ndarray:
@@ -82,7 +88,8 @@ def depthwise_gram(x: np.ndarray, k: int, *, chunk_bytes: int = 2 << 20) -> np.n
     taps = [(ay, ax) for ay in range(k) for ax in range(k)]
     out = np.zeros((c, k * k, k * k))
     step = max(1, chunk_bytes // (n * hp * wp * np.dtype(ftype).itemsize))
-    for c0 in range(0, c, step):
+
+    def channels(c0):                                          # its own rows of `out`: any thread, any order
         xp = np.pad(np.asarray(x[:, c0:c0 + step], ftype), ((0, 0), (0, 0), (q, q), (q, q)))
         cc = xp.shape[1]
         for dy, dx in offsets:
@@ -100,7 +107,7 @@ def depthwise_gram(x: np.ndarray, k: int, *, chunk_bytes: int = 2 << 20) -> np.n
                 v = table[:, r0 + h, s0 + w] - table[:, r0, s0 + w] - table[:, r0 + h, s0] + table[:, r0, s0]
                 out[c0:c0 + cc, ia, ib] = v
                 out[c0:c0 + cc, ib, ia] = v
-        del xp
+    parallel_map(channels, range(0, c, step))
     return out
 
 

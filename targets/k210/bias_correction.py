@@ -258,9 +258,10 @@ def _run_corrected(node: Node, envs: list[dict], target: tuple[np.ndarray, int] 
     if target is not None:
         _set_const(bn, new_bn)
     out = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
-    for i, env in enumerate(envs):
+    ends = np.cumsum([len(env[x]) for env in envs])          # a sample may hold a batch of maps
+    for env, end in zip(envs, ends):
         env[w], env[bn] = w.data, bn.data
-        env[node.output] = out[i:i + 1]
+        env[node.output] = out[end - len(env[x]):end]
     return np.concatenate(shifts) if target is not None else None
 
 

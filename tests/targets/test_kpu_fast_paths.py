@@ -129,3 +129,35 @@ def test_depthwise_gram_from_correlation_images_is_the_patch_product(shape, peak
     for chunk in (1, 1 << 30):
         got = depthwise_gram(x, 3, chunk_bytes=chunk)
         assert np.array_equal(got, want)
+
+
+def _two_layers(batch: int):
+    from compiler.ir import Graph, TensorType
+    rng = np.random.default_rng(4)
+    g = Graph()
+    x = g.input("x", TensorType((batch, 4, 6, 6)))
+    y = g.add("kpu_conv2d", [x, g.const(rng.standard_normal((4, 4, 3, 3)).astype(np.float32) * 0.3, name="w1"),
+                             g.const(np.full(4, 0.1, np.float32), name="b1")], name="l1", activation=(),
+              depthwise=False, pool="bypass").output
+    g.outputs = [g.add("kpu_conv2d", [y, g.const(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), name="w2"),
+                                      g.const(np.zeros(4, np.float32), name="b2")], name="l2", activation=(),
+                       depthwise=True, pool="left_top_2_s2").output]
+    return g
+
+
+def test_bias_correction_of_samples_holding_a_batch_of_maps():
+    """A sample may hold several maps (a dilated conv becomes a batch of 4): correcting 3 samples of 2 maps
+    must be correcting the 6 maps one by one; the second layer sees the first one's per-map outputs."""
+    from compiler.calibration import calibrate
+    from targets.k210.bias_correction import correct_biases
+    from targets.k210.quantize import quantize_k210
+    maps = np.random.default_rng(5).uniform(0, 1, (6, 4, 6, 6)).astype(np.float32)
+    shifts = []
+    for batch in (2, 1):
+        g = _two_layers(batch)
+        samples = [maps[i:i + batch] for i in range(0, 6, batch)]
+        q = quantize_k210(g, calibrate(g, samples, input_mean=0.0, input_std=1.0))
+        shifts.append(correct_biases(g, q, samples, round_weights=True))
+    assert shifts[0].keys() == shifts[1].keys() and len(shifts[0]) == 2
+    for name in shifts[0]:
+        np.testing.assert_array_equal(shifts[0][name], shifts[1][name])

@@ -3,7 +3,8 @@
 numpy releases the GIL inside its array loops, einsum and BLAS calls, so two threads keep both cores of a
 K210 developer's laptop-class machine busy on maps of a few hundred kilobytes and more. Only work whose result
 does not depend on the schedule goes here: each task writes its own slice of an output, or returns an exact
-integer sum that the caller adds up in task order. KPUC_THREADS=1 runs everything in the calling thread.
+integer sum that the caller adds up in task order, so the kmodel bytes are the same with any thread count.
+One thread (the calling one) unless KPUC_THREADS says more.
 """
 from __future__ import annotations
 
@@ -33,12 +34,15 @@ def _one_malloc_arena() -> None:
 
 
 def workers() -> int:
-    """Threads to use: $KPUC_THREADS, else the CPU count, at most 2 (more gain little on these sizes)."""
+    """Threads to use: $KPUC_THREADS, else 1. Measured on the 2-core bench machine with one other busy
+    process (bench/bench_compile.py, best of 3): ulffd_landmark 6.08 s with one thread, 6.30 s with two,
+    mobilenet 1.22 s / 1.33 s (its maps are small: the GIL between numpy calls dominates), so two threads
+    are opt-in (KPUC_THREADS=2) until an idle machine shows them winning."""
     try:
-        wanted = int(os.environ.get("KPUC_THREADS", "0"))
+        wanted = int(os.environ.get("KPUC_THREADS", "1"))
     except ValueError:
-        wanted = 0
-    return max(1, wanted) if wanted > 0 else max(1, min(2, os.cpu_count() or 1))
+        wanted = 1
+    return max(1, wanted)
 
 
 def parallel_map(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:

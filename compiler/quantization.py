@@ -173,6 +173,25 @@ def fixed_mul(value: float, max_bits: int, max_shift: int, signed: bool = True) 
     return FixedMul(float(mul), shift)
 
 
+def fixed_mul_array(values, max_bits: int, max_shift: int, signed: bool = True) -> tuple[np.ndarray, np.ndarray] | None:
+    """fixed_mul of every value at once: (int64 rounded muls, int64 shifts), element for element the same
+    float32 steps; None where fixed_mul would raise for any of them (the caller's loop names which)."""
+    v = np.asarray(values, F32)
+    if not np.isfinite(v).all():
+        return None
+    bits = max_bits - 1 if signed else max_bits
+    m, e = np.frexp(v)
+    m, e = m.astype(np.float64), e.astype(np.int64)
+    zero = v == 0
+    shift = np.where(zero, 0, np.minimum(int(max_shift), bits - e))
+    if (shift < 0).any():
+        return None
+    rounded = round_half_away_from_zero(np.ldexp(m, shift + e).astype(F32))
+    shift = shift - ((np.abs(rounded) >= 1 << bits) & (shift > 0))
+    rounded = round_half_away_from_zero(np.ldexp(m, shift + e).astype(F32))
+    return rounded.astype(np.int64), shift
+
+
 # ------------------------------------------------------------------ quantize / dequantize (kmodel runtime)
 def quantize_u8(x, q: QuantParamU8) -> np.ndarray:
     """nncase's quantize (host build, kmodel-v4.md §8.7), also its weight quantizer:
@@ -252,5 +271,5 @@ def lookup_table(fn, iq: QuantParamU8, yq: QuantParamU8) -> np.ndarray:
 
 __all__ = ["F32", "Range", "QuantParamU8", "FixedMul", "round_half_even", "round_half_away_from_zero",
            "roundf_int", "c_div", "mul_and_carry_shift", "get_range", "union_range", "fixup_range",
-           "get_quant_param", "ir_quant_param", "fixed_mul", "quantize_u8", "dequantize_u8", "quantize_weights_u8",
+           "get_quant_param", "ir_quant_param", "fixed_mul", "fixed_mul_array", "quantize_u8", "dequantize_u8", "quantize_weights_u8",
            "weights_span", "quantized_conv2d_params", "quantized_binary_params", "sample_codes", "lookup_table"]

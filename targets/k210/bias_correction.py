@@ -36,8 +36,9 @@ from compiler.executor import Executor
 from compiler.ir import Graph, Node, Value
 from compiler.kernels import KERNELS
 from compiler.kernels.conv import conv2d
+from compiler.parallel import parallel_map
 from targets.k210.kernels import POOL_TYPE_OF, QUANTIZED_KERNELS, kpu_tables
-from targets.k210.kpu import activate, batch_norm, conv_acc, pool as kpu_stage_pool
+from targets.k210.kpu import SELECT_POOLS, activate, batch_norm, conv_acc, pool as kpu_stage_pool
 from targets.k210.ops import apply_steps, kpu_pool, split_activation
 from targets.k210.quantize import act_in_scale, equalize_weights
 from targets.k210.weight_rounding import GptqFactor, gptq_factor, gptq_round_factored, gram
@@ -116,15 +117,35 @@ def kpu_bn_output(x: np.ndarray, w: np.ndarray, bn: np.ndarray, act: np.ndarray,
     """int64 [N, OC, H, W]: a kpu_conv2d_q's batch-norm output (before the activation table and pool)."""
     table, _ = kpu_tables(bn, act)
     args = {k: attrs[k] for k in ("pad_value", "arg_x", "shr_x", "arg_w", "shr_w", "arg_add")}
-    return np.stack([batch_norm(conv_acc(xi, w, depthwise=attrs["depthwise"], **args), table)
-                     for xi in x])
+    return batch_norm(conv_acc(x, w, depthwise=attrs["depthwise"], **args), table, channel_axis=1)
 
 
 def kpu_finish(bn_out: np.ndarray, act: np.ndarray, pool: str) -> np.ndarray:
-    """The rest of kpu_conv2d_q from its batch-norm output: activation table, then pool (uint8 NCHW);
-    targets/k210/kpu.kpu_conv2d's own stage functions, so the layer stays bit-exact."""
-    _, table = kpu_tables(np.zeros((bn_out.shape[1], 3), np.int64), act)
-    return np.stack([kpu_stage_pool(activate(b, table), POOL_TYPE_OF[pool]) for b in bn_out])
+    """The rest of kpu_conv2d_q from its batch-norm output [N, C, H, W]: activation table, then pool (uint8
+    NCHW); targets/k210/kpu.kpu_conv2d's own stage functions, so the layer stays bit-exact."""
+    return _pooled(_activated(bn_out, act), pool)
+
+
+def _activated(bn_out: np.ndarray, act: np.ndarray, chunk_values: int = 1 << 18) -> np.ndarray:
+    """The activation table on [N, C, H, W], a few samples at a time (its int64 temporaries stay small),
+    the chunks spread over compiler.parallel's threads."""
+    _, table = kpu_tables(np.zeros((0, 3), np.int64), act)
+    step = max(1, chunk_values // max(1, bn_out[0].size))
+    if step >= len(bn_out):
+        return activate(bn_out, table)
+    out = np.empty(bn_out.shape, np.uint8)
+
+    def chunk(i):
+        out[i:i + step] = activate(bn_out[i:i + step], table)
+    parallel_map(chunk, range(0, len(bn_out), step))
+    return out
+
+
+def _pooled(y: np.ndarray, pool: str) -> np.ndarray:
+    """A KPU pool on every channel of every sample of [N, C, H, W] (the pool works channel by channel)."""
+    n, c, h, w = y.shape
+    out = kpu_stage_pool(y.reshape(n * c, h, w), POOL_TYPE_OF[pool])
+    return out.reshape(n, c, *out.shape[1:])
 
 
 def _set_const(v: Value, data: np.ndarray) -> None:
@@ -188,50 +209,60 @@ def _round_weights(node: Node, float_node: Node, envs: list[dict], factors: dict
 
 
 def _run_corrected(node: Node, envs: list[dict], target: tuple[np.ndarray, int] | None,
-                   budget_bytes: int = 32 << 20) -> np.ndarray | None:
+                   budget_bytes: int = 32 << 20, chunk_values: int = 1 << 18) -> np.ndarray | None:
     """Run kpu_conv2d_q `node` on every env; with `target` (the float conv output's per-channel sum in BN
     units, its pixel count) first shift its norm_add so the batch-norm output's mean over all samples meets
     the float mean. Returns the shift per channel (None without a target).
-    Output channels are independent (their own BN row, activation and pool), so a big layer runs a group
-    of channels at a time, its batch-norm outputs for all samples within about `budget_bytes`."""
+    All samples run as one batch; output channels are independent (their own BN row, activation and
+    pool), so a big layer runs a group of channels at a time, its int64 batch-norm outputs for all samples
+    within about `budget_bytes`, its conv a few samples at a time (about `chunk_values` input taps, the
+    chunks on compiler.parallel's threads: integer sums, the same in any order). A select pool (stride-2
+    emulation) keeps one pixel in four: it is taken before the activation, which works pixel by pixel."""
     x, w, bn, act = node.inputs
     a = node.attrs
-    oc = w.shape[0]
-    per_channel = 4 * len(envs) * int(np.prod(envs[0][x].shape[2:]))
-    step = max(1, budget_bytes // per_channel)
+    xs = np.concatenate([env[x] for env in envs])            # [N, IC, H, W] codes
+    n, ic, h, wd = xs.shape
+    oc, k = w.shape[0], w.shape[-1]
+    select_first = a["pool"] in SELECT_POOLS
+    held = int(np.prod(node.output.shape[2:])) if select_first else h * wd     # BN values kept per channel
+    step = max(1, budget_bytes // (8 * n * held))
+    # the conv a few samples at a time: small maps share one call, big ones stay within the CPU's cache
+    sample_step = max(1, chunk_values // ((min(step, oc) if a["depthwise"] else ic) * k * k * h * wd))
     new_bn = np.array(bn.data, np.int64)
-    outs: list[list[np.ndarray]] = [[] for _ in envs]
-    shifts = []
+    outs, shifts = [], []
     for c0 in range(0, oc, step):
         group = slice(c0, min(c0 + step, oc))
         w_g, bn_g = w.data[group], new_bn[group]
-        bn_outs = [kpu_bn_output(env[x][:, group] if a["depthwise"] else env[x], w_g, bn_g, act.data, a)
-                   for env in envs]
-        if 8 * sum(b.size for b in bn_outs) > budget_bytes:    # a big map: held as int32 until finished
-            bn_outs = [_compact(b) for b in bn_outs]
-        delta = 0
+        held_shape = node.output.shape[2:] if select_first else (h, wd)
+        bn_out = np.empty((n, group.stop - group.start, *held_shape), np.int64)
+
+        def batch_norm_part(s0, w_g=w_g, bn_g=bn_g, group=group, bn_out=bn_out):
+            """The BN outputs of samples s0.. into bn_out (kept pixels only); their exact per-channel sum."""
+            part = kpu_bn_output(xs[s0:s0 + sample_step, group] if a["depthwise"] else xs[s0:s0 + sample_step],
+                                 w_g, bn_g, act.data, a)
+            total = part.sum(axis=(0, 2, 3), dtype=np.int64)
+            bn_out[s0:s0 + len(part)] = _pooled(part, a["pool"]) if select_first else part
+            return total
+        total = sum(parallel_map(batch_norm_part, range(0, n, sample_step)))      # int64: exact in any order
         if target is not None:
-            total = sum(b.sum(axis=(0, 2, 3), dtype=np.int64) for b in bn_outs)
             diff = (np.asarray(total, np.float64) - target[0][group]) / target[1]
             shift = (np.sign(diff) * np.floor(np.abs(diff) + 0.5)).astype(np.int64)
             shifts.append(shift)
             new_add = np.clip(bn_g[:, 2] - shift, -(1 << 31), (1 << 31) - 1)
-            delta = (new_add - bn_g[:, 2])[None, :, None, None]  # (acc·mul >> shift) + add: add moves it exactly
+            delta = (new_add - bn_g[:, 2])[:, None, None]   # (acc·mul >> shift) + add: add moves it exactly
             new_bn[group, 2] = new_add
-        for out, b in zip(outs, bn_outs):
-            out.append(kpu_finish(b + delta if b.dtype == np.int64 else b.astype(np.int64) + delta, act.data, a["pool"]))
-        del bn_outs
+            bn_out += delta
+        y = _activated(bn_out, act.data)
+        del bn_out
+        outs.append(y if select_first else _pooled(y, a["pool"]))
     if target is not None:
         _set_const(bn, new_bn)
-    for env, out in zip(envs, outs):
+    out = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
+    ends = np.cumsum([len(env[x]) for env in envs])          # a sample may hold a batch of maps
+    for env, end in zip(envs, ends):
         env[w], env[bn] = w.data, bn.data
-        env[node.output] = out[0] if len(out) == 1 else np.concatenate(out, axis=1)
+        env[node.output] = out[end - len(env[x]):end]
     return np.concatenate(shifts) if target is not None else None
-
-
-def _compact(a: np.ndarray) -> np.ndarray:
-    """An int64 array as int32 when every value fits (exact; halves what the lockstep run holds)."""
-    return a.astype(np.int32) if a.size and -(1 << 31) <= a.min() and a.max() < (1 << 31) else a
 
 
 def _free(envs, node: Node, i: int, ex: Executor, keep) -> None:

@@ -63,6 +63,7 @@ POOL_TYPES = {
     8: ("mean_2_s1", 2, 1), 9: ("max_2_s1", 2, 1),
 }
 _SELECT_OFFSET = {"left_top_2_s2": (0, 0), "right_top_2_s2": (0, 1), "left_top_4_s4": (0, 0)}
+SELECT_POOLS = tuple(_SELECT_OFFSET)    # keep one pixel of each window (always inside the map), compute nothing
 
 
 class _KpuArgsMethods:
@@ -214,43 +215,52 @@ def carry_shift_banker(t, s):
 
 def conv_acc(x: np.ndarray, w: np.ndarray, *, depthwise: bool, pad_value: int,
              arg_x: int, shr_x: int, arg_w: int, shr_w: int, arg_add: int) -> np.ndarray:
-    """int64 [OC, H, W]: S_xw + ((arg_x·S_x) >> shr_x) + ((arg_w·S_w) >> shr_w) + arg_add·N (kpu.md §5.1).
+    """int64 [OC, H, W]: S_xw + ((arg_x·S_x) >> shr_x) + ((arg_w·S_w) >> shr_w) + arg_add·N (kpu.md §5.1);
+    for a batch `x` [B, IC, H, W] the layer on every sample, int64 [B, OC, H, W].
 
     Stride 1, "same": 3x3 reads a one-pixel ring of `pad_value`. The tap sums run in float BLAS, exact
     because every partial sum is an integer below the float's 2^24 or 2^53 (at most 1024·9·255·65535
-    ≈ 1.5e11): float32 when the largest possible sum of this layer stays below 2^24, else float64."""
-    ic, h, wd = x.shape
+    ≈ 1.5e11): float32 when the largest possible sum of this layer stays below 2^24, else float64.
+    Exact sums have no order, so a batch gives each sample the very integers it gives alone."""
+    if x.ndim == 3:
+        return conv_acc(x[None], w, depthwise=depthwise, pad_value=pad_value, arg_x=arg_x, shr_x=shr_x,
+                        arg_w=arg_w, shr_w=shr_w, arg_add=arg_add)[0]
+    b, ic, h, wd = x.shape
     oc, k = w.shape[0], w.shape[-1]
     p = k // 2
     w64 = np.asarray(w, np.int64)
+    if shr_x == 0 and shr_w == 0 and (k == 1 or pad_value == -arg_w) and arg_add == k * k * arg_x * arg_w:
+        centered = _centered_conv_acc(x, w64, depthwise, arg_x, arg_w)
+        if centered is not None:
+            return centered
     taps = (1 if depthwise else ic) * k * k
     biggest = max(int(np.max(x, initial=0)), pad_value if k > 1 else 0) * int(np.abs(w64).reshape(oc, -1).sum(1).max())
     ftype = np.float32 if biggest < 1 << 24 and 255 * taps < 1 << 24 else np.float64
     xf = np.asarray(x, ftype)
     if p:
-        xf = np.pad(xf, ((0, 0), (p, p), (p, p)), constant_values=ftype(pad_value))
+        xf = np.pad(xf, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=ftype(pad_value))
     wf = w64.astype(ftype)
     if depthwise:
-        s_xw = np.zeros((oc, h, wd), ftype)
-        s_x = np.zeros((ic, h, wd), ftype)
+        s_xw = np.zeros((b, oc, h, wd), ftype)
+        s_x = np.zeros((b, ic, h, wd), ftype)
         for ky in range(k):
             for kx in range(k):
-                tap = xf[:, ky:ky + h, kx:kx + wd]
+                tap = xf[:, :, ky:ky + h, kx:kx + wd]
                 s_xw += wf[:, 0, ky, kx][:, None, None] * tap
                 s_x += tap
         s_xw = s_xw.astype(np.int64)
     else:
-        if k == 1:
-            cols = xf.reshape(ic, h * wd)
+        if k == 1:   # columns ordered (sample, y, x)
+            cols = (xf[0] if b == 1 else xf.transpose(1, 0, 2, 3)).reshape(ic, b * h * wd)
         else:   # im2col, rows ordered (ky, kx, ic) to match the weights transposed below
-            cols = np.empty((k, k, ic, h, wd), ftype)
+            cols = np.empty((k, k, ic, b, h, wd), ftype)
             for ky in range(k):
                 for kx in range(k):
-                    cols[ky, kx] = xf[:, ky:ky + h, kx:kx + wd]
-            cols = cols.reshape(k * k * ic, h * wd)
-        s_xw = (wf.transpose(0, 2, 3, 1).reshape(oc, -1) @ cols).reshape(oc, h, wd).astype(np.int64)
-        s_x = np.ones(cols.shape[0], ftype) @ cols
-        s_x = s_x.reshape(h, wd)
+                    cols[ky, kx] = xf[:, :, ky:ky + h, kx:kx + wd].transpose(1, 0, 2, 3)
+            cols = cols.reshape(k * k * ic, b * h * wd)
+        s_xw = (wf.transpose(0, 2, 3, 1).reshape(oc, -1) @ cols).reshape(oc, b, h, wd).astype(np.int64)
+        s_xw = s_xw.transpose(1, 0, 2, 3)
+        s_x = (np.ones(cols.shape[0], ftype) @ cols).reshape(b, 1, h, wd)
     s_x = s_x.astype(np.int64)
     s_w = w64.reshape(oc, -1).sum(axis=1)[:, None, None]
     n = 1 if depthwise else ic
@@ -259,12 +269,52 @@ def conv_acc(x: np.ndarray, w: np.ndarray, *, depthwise: bool, pad_value: int,
     return s_xw
 
 
+def _centered_conv_acc(x: np.ndarray, w64: np.ndarray, depthwise: bool, arg_x: int, arg_w: int) -> np.ndarray | None:
+    """conv_acc of the layers nncase's quantizer makes (shifts 0, pad_value = -arg_w, arg_add = k²·arg_x·arg_w):
+    then acc = Σ over the taps of (x + arg_w)·(w + arg_x), the border reading x + arg_w = 0, so one conv of
+    the centred codes with zero padding gives it, without S_x, S_w and the int64 sums. Exact in float32
+    or float64 as conv_acc is; None if even float64 could not hold every partial sum (the general path)."""
+    b, ic, h, wd = x.shape
+    oc, k = w64.shape[0], w64.shape[-1]
+    p = k // 2
+    wc = w64 + arg_x
+    x_lo, x_hi = int(np.min(x, initial=0)) + arg_w, int(np.max(x, initial=0)) + arg_w
+    biggest = max(abs(x_lo), abs(x_hi)) * int(np.abs(wc).reshape(oc, -1).sum(1).max())
+    if biggest >= 1 << 53:
+        return None
+    ftype = np.float32 if biggest < 1 << 24 else np.float64
+    xf = np.asarray(x, ftype)
+    xf += ftype(arg_w)                         # exact: small integers
+    if p:
+        xf = np.pad(xf, ((0, 0), (0, 0), (p, p), (p, p)))
+    wf = wc.astype(ftype)
+    if depthwise:
+        acc = np.zeros((b, oc, h, wd), ftype)
+        prod = np.empty_like(acc)
+        for ky in range(k):
+            for kx in range(k):
+                np.multiply(xf[:, :, ky:ky + h, kx:kx + wd], wf[:, 0, ky, kx][:, None, None], out=prod)
+                acc += prod
+        return acc.astype(np.int64)
+    if k == 1:
+        cols = (xf[0] if b == 1 else xf.transpose(1, 0, 2, 3)).reshape(ic, b * h * wd)
+    else:
+        cols = np.empty((k, k, ic, b, h, wd), ftype)
+        for ky in range(k):
+            for kx in range(k):
+                cols[ky, kx] = xf[:, :, ky:ky + h, kx:kx + wd].transpose(1, 0, 2, 3)
+        cols = cols.reshape(k * k * ic, b * h * wd)
+    acc = (wf.transpose(0, 2, 3, 1).reshape(oc, -1) @ cols).reshape(oc, b, h, wd).astype(np.int64)
+    return acc.transpose(1, 0, 2, 3)
+
+
 _CHUNK_VALUES = 1 << 16
 
 
-def batch_norm(acc: np.ndarray, bn: BatchNorm) -> np.ndarray:
-    """((acc·norm_mul) >> norm_shift) + norm_add per output channel (kpu.md §5.2), int64."""
-    per_channel = (slice(None),) + (None,) * (acc.ndim - 1)
+def batch_norm(acc: np.ndarray, bn: BatchNorm, channel_axis: int = 0) -> np.ndarray:
+    """((acc·norm_mul) >> norm_shift) + norm_add per output channel (kpu.md §5.2; the channels along
+    `channel_axis`), int64."""
+    per_channel = (None,) * channel_axis + (slice(None),) + (None,) * (acc.ndim - 1 - channel_axis)
     mul, shift, add = (np.asarray(a, np.int64)[per_channel] for a in (bn.norm_mul, bn.norm_shift, bn.norm_add))
     return ((acc * mul) >> shift) + add
 
@@ -291,13 +341,17 @@ def activate(v: np.ndarray, act: ActTable) -> np.ndarray:
         y = _banker_scalar(t, shift)
         y += ya[lo]
     else:
-        seg = (v > xs[lo + 1]).astype(np.intp)   # the segment, counted from lo
-        for i in range(lo + 2, hi + 1):
-            seg += v > xs[i]
-        t = v - xs[lo:hi + 1][seg]
-        t *= ym[lo:hi + 1][seg]
+        seg = np.zeros(v.shape, np.uint8)        # the segment, counted from lo (one byte a value: fewer bytes to move)
+        above = np.empty(v.shape, bool)
+        for i in range(lo + 1, hi + 1):
+            np.greater(v, xs[i], out=above)
+            seg += above
+        del above
+        seg = seg.astype(np.intp)
+        t = v - np.take(xs[lo:hi + 1], seg)
+        t *= np.take(ym[lo:hi + 1], seg)
         y = _banker_scalar(t, shift)
-        y += ya[lo:hi + 1][seg]
+        y += np.take(ya[lo:hi + 1], seg)
     np.clip(y, 0, 255, out=y)
     return y.astype(np.uint8)
 

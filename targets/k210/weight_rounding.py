@@ -19,12 +19,16 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from compiler.blas import inv_cholesky_upper
+from compiler.parallel import parallel_map, workers
 from compiler.quantization import QuantParamU8
 
 DAMP = 0.01
 # From this many input channels a dense 3x3 layer's H is cheaper from the input's self-correlations (shift_gram)
 # than from its patches: 13 C×C products instead of one (9C)² (measured: 2.4 -> 1.25 s at C = 256, 8x10, 20 samples).
 SHIFT_GRAM_MIN_CHANNELS = 64
+# From this map size a depthwise layer's H is cheaper from correlation images (depthwise_gram) than from patches
+# (measured, 20 samples: 0.58 -> 0.25 s at 32x120x160, 0.056 -> 0.049 s at 128x15x20; slower below 16x16).
+DEPTHWISE_GRAM_MIN_PIXELS = 300
 
 
 def kpu_patches(x: np.ndarray, k: int, depthwise: bool, rows: tuple[int, int] | None = None) -> np.ndarray:
@@ -50,14 +54,61 @@ def gram(x: np.ndarray, k: int, depthwise: bool, *, chunk_bytes: int = 16 << 20)
     n, c, h, w = x.shape
     if k == 3 and not depthwise and c >= SHIFT_GRAM_MIN_CHANNELS:
         return shift_gram(x, k, depthwise, chunk_bytes=chunk_bytes)
+    if depthwise and k > 1 and h * w >= DEPTHWISE_GRAM_MIN_PIXELS:
+        return depthwise_gram(x, k)
     per_sample = c * k * k * h * w * 8
     step = max(1, chunk_bytes // max(per_sample, 1))
-    total = 0.0
-    for i in range(0, n, step):
-        p = kpu_patches(x[i:i + step], k, depthwise)
-        total = total + (np.matmul(p, p.transpose(0, 2, 1)) if depthwise else p @ p.T)
-        del p                       # before the next chunk's patches exist
-    return total
+    starts = list(range(0, n, step))
+
+    def partial(share):             # one thread's chunks, summed (exact integers: any grouping gives the same H)
+        total = 0.0
+        for i in share:
+            p = kpu_patches(x[i:i + step], k, depthwise)
+            total = total + (np.matmul(p, p.transpose(0, 2, 1)) if depthwise else p @ p.T)
+            del p                   # before the next chunk's patches exist
+        return total
+    shares = [starts[j::workers()] for j in range(min(workers(), len(starts)))]
+    return sum(parallel_map(partial, shares))
+
+
+def depthwise_gram(x: np.ndarray, k: int, *, chunk_bytes: int = 2 << 20) -> np.ndarray:
+    """gram() of a depthwise layer, [C, k·k, k·k], from correlation images instead of patches: with the
+    input zero-padded by 2p (p = k // 2), tap a reads the window W_a = the map shifted by a, so
+    H[c, a, b] = Σ_{q in W_a} x[q]·x[q + d], d = b - a. C_d[c, q] = Σ_samples x[q]·x[q + d] is one product
+    per offset (only the offsets d >= 0 in row-major order: H is symmetric), and each window sum is four
+    reads of C_d's summed-area table. Integer inputs keep every sum exact, so H is the patches' H bit for
+    bit: C_d in float32 while N·max|x|² < 2^24 (every partial sum an integer float32 holds), else float64;
+    the tables in float64 (below 2^53). A few channels at a time (about `chunk_bytes` of padded input)."""
+    n, c, h, w = x.shape
+    p, q = k // 2, 2 * (k // 2)
+    hp, wp = h + 2 * q, w + 2 * q
+    biggest = max(abs(int(x.max())), abs(int(x.min()))) if x.size else 0
+    ftype = np.float32 if n * biggest * biggest < 1 << 24 else np.float64
+    offsets = [(dy, dx) for dy in range(k) for dx in range(-(k - 1), k) if dy > 0 or dx >= 0]
+    taps = [(ay, ax) for ay in range(k) for ax in range(k)]
+    out = np.zeros((c, k * k, k * k))
+    step = max(1, chunk_bytes // (n * hp * wp * np.dtype(ftype).itemsize))
+
+    def channels(c0):                                          # its own rows of `out`: any thread, any order
+        xp = np.pad(np.asarray(x[:, c0:c0 + step], ftype), ((0, 0), (0, 0), (q, q), (q, q)))
+        cc = xp.shape[1]
+        for dy, dx in offsets:
+            j0, j1 = max(0, -dx), wp - max(0, dx)             # columns where q and q + d are both in the grid
+            table = np.zeros((cc, hp + 1, wp + 1))            # summed-area table of C_d
+            table[:, 1:hp + 1 - dy, 1 + j0:1 + j1] = np.einsum("nchw,nchw->chw", xp[:, :, :hp - dy, j0:j1],
+                                                                xp[:, :, dy:, j0 + dx:j1 + dx])
+            table = table.cumsum(axis=1).cumsum(axis=2)
+            for ia, (ay, ax) in enumerate(taps):
+                by, bx = ay + dy, ax + dx
+                if not (0 <= by < k and 0 <= bx < k):
+                    continue
+                ib = by * k + bx
+                r0, s0 = ay + p, ax + p                       # W_a in padded coordinates
+                v = table[:, r0 + h, s0 + w] - table[:, r0, s0 + w] - table[:, r0 + h, s0] + table[:, r0, s0]
+                out[c0:c0 + cc, ia, ib] = v
+                out[c0:c0 + cc, ib, ia] = v
+    parallel_map(channels, range(0, c, step))
+    return out
 
 
 def shift_gram(x: np.ndarray, k: int, depthwise: bool, *, chunk_bytes: int = 16 << 20) -> np.ndarray:
@@ -71,7 +122,8 @@ def shift_gram(x: np.ndarray, k: int, depthwise: bool, *, chunk_bytes: int = 16 
     q = 2 * p                                         # room for the largest offset d
     taps = [(ky - p, kx - p) for ky in range(k) for kx in range(k)]
     edge_row, edge_col = {1: 0, -1: h - 1}, {1: 0, -1: w - 1}    # what a tap at ±1 never reads
-    out = np.zeros((c, k * k, k * k) if depthwise else (c, k * k, c, k * k))
+    # dense: one contiguous C×C block per tap pair (strided adds into [C, k², C, k²] cost more than the products)
+    out = np.zeros((c, k * k, k * k) if depthwise else (k * k, k * k, c, c))
 
     def prod(a, b):
         """Σ over samples and pixels of a ⊗ b: [C, C] dense, [C] depthwise."""
@@ -83,7 +135,7 @@ def shift_gram(x: np.ndarray, k: int, depthwise: bool, *, chunk_bytes: int = 16 
         if depthwise:
             out[:, ia, ib] += v
         else:
-            out[:, ia, :, ib] += v
+            out[ia, ib] += v
 
     pairs: dict[tuple, list] = {}                     # offset d -> the tap pairs (a, b) with b - a = d
     for ia, a in enumerate(taps):
@@ -109,17 +161,21 @@ def shift_gram(x: np.ndarray, k: int, depthwise: bool, *, chunk_bytes: int = 16 
             if not depthwise and d != (0, 0):
                 for ia, ib in pairs[(-d[0], -d[1])]:
                     add(ia, ib, corr.T)
-        for ia, (ay, ax) in enumerate(taps):
-            for ib, (by, bx) in enumerate(taps):
-                sh = shifted((by - ay, bx - ax))
+        for d, members in pairs.items():
+            edges: dict[tuple, np.ndarray] = {}      # an edge product depends only on (row, column) for one offset
+            sh = shifted(d)
+            for ia, ib in members:
+                ay, ax = taps[ia]
                 u, v = edge_row.get(ay), edge_col.get(ax)
-                if ay:
-                    add(ia, ib, -prod(x0[:, :, u:u + 1], sh[:, :, u:u + 1]))
-                if ax:
-                    add(ia, ib, -prod(x0[:, :, :, v:v + 1], sh[:, :, :, v:v + 1]))
-                if ay and ax:
-                    add(ia, ib, prod(x0[:, :, u:u + 1, v:v + 1], sh[:, :, u:u + 1, v:v + 1]))
-    return out if depthwise else out.reshape(c * k * k, c * k * k)
+                terms = ([((u, None), -1)] if ay else []) + ([((None, v), -1)] if ax else []) + \
+                    ([((u, v), 1)] if ay and ax else [])       # the row and the column tap a never reads
+                for key, sign in terms:
+                    if key not in edges:
+                        rows = slice(None) if key[0] is None else slice(key[0], key[0] + 1)
+                        cols = slice(None) if key[1] is None else slice(key[1], key[1] + 1)
+                        edges[key] = prod(x0[:, :, rows, cols], sh[:, :, rows, cols])
+                    add(ia, ib, edges[key] if sign > 0 else -edges[key])
+    return out if depthwise else out.transpose(2, 0, 3, 1).reshape(c * k * k, c * k * k)
 
 
 class GptqFactor(NamedTuple):
@@ -165,12 +221,15 @@ def gptq_round_factored(w: np.ndarray, factor: GptqFactor, wq: QuantParamU8) -> 
         w[dead] = 0.0
     zp, scale = wq.zero_point, float(wq.scale)
     codes = np.empty(w.shape, np.int64)
+    step = np.empty(w.shape)            # the update's products, in one buffer: no allocation (page faults) per tap
     for i in range(w.shape[1]):
         col = w[:, i]
         q = np.clip(np.floor(col * scale + zp + 0.5), 0, 255)
         codes[:, i] = q
         err = (col - (q - zp) / scale) / u[:, i, i]
-        w[:, i + 1:] -= err[:, None] * u[:, i, i + 1:]
+        rest, products = w[:, i + 1:], step[:, i + 1:]
+        np.multiply(err[:, None], u[:, i, i + 1:], out=products)
+        np.subtract(rest, products, out=rest)
     return codes.astype(np.uint8)
 
 
@@ -183,5 +242,5 @@ def round_kpu_weights(w_eq: np.ndarray, wq: QuantParamU8, x: np.ndarray, *, dept
     return gptq_round(w_eq.reshape(oc, -1), h, wq, damp=damp).reshape(w_eq.shape)
 
 
-__all__ = ["kpu_patches", "gram", "shift_gram", "gptq_round", "gptq_factor", "gptq_round_factored", "GptqFactor",
+__all__ = ["kpu_patches", "gram", "depthwise_gram", "shift_gram", "gptq_round", "gptq_factor", "gptq_round_factored", "GptqFactor",
            "round_kpu_weights"]

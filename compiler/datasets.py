@@ -78,9 +78,9 @@ def as_input_dtype(arr: np.ndarray, dtype: str, where: str) -> np.ndarray:
     ok = arr.size == 0 or (np.all(np.isfinite(arr)) and arr.min() >= lim.min and arr.max() <= lim.max
                            and (arr.dtype.kind in "iub" or np.all(arr == np.round(arr))))
     if not ok:
-        raise KpucError(f"{where}: {arr.dtype} values for a {dtype} input, not its codes (a quantized kmodel input "
-                        f"takes {dtype} codes {lim.min}..{lim.max}: give those, use an image dataset, or compile "
-                        "with --input-type float)")
+        raise KpucError(f"{where}: {arr.dtype} values for a {dtype} input, not its codes (this quantized input takes "
+                        f"{dtype} codes {lim.min}..{lim.max}: give those or an image dataset; a kmodel compiled "
+                        "with --input-type float takes float values)")
     return arr.astype(target)
 
 

@@ -16,7 +16,7 @@ def _first(path, dtype):
 def test_float_values_for_a_uint8_input_are_refused(tmp_path, values):
     path = tmp_path / "x.npy"
     np.save(path, np.array(values, np.float32))
-    with pytest.raises(KpucError, match="float32 values for a uint8 input, not its codes.*--input-type float"):
+    with pytest.raises(KpucError, match="float32 values for a uint8 input, not its codes.*--input-type float takes float"):
         _first(path, "uint8")
 
 

@@ -201,6 +201,8 @@ def _kmodel(path, version, work, ref_data, meta, summary, shape_opts, opts, entr
     low, high = entry["input"]["range"]
     picture = n_in == 1 and not meta["inputs"][0]["quant"] and high > low
     range_opts = ["--input-mean", -low / (high - low), "--input-std", 1 / (high - low)] if picture else []
+    if not picture and version == "4":   # a quantized model's input: the kmodel takes the dequantized values
+        range_opts = ["--input-type", "float"]
     kmodel = work / f"v{version}.kmodel"
     step = run_child(kpuc("compile", path, kmodel, "--kmodel-version", version, "--dataset", calib,
                           "--dataset-format", "raw", *range_opts, *shape_opts), opts.check_timeout, opts.mem_gb)

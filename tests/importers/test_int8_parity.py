@@ -223,3 +223,15 @@ def test_leaky_relu_is_exact_and_softmax_logistic_tanh_stay_exact(tmp_path, dtyp
         model = build([T("x", x.shape, dtype, **grid_in), T("y", x.shape, dtype, scale=(scale,), zero_point=(out_zero,))],
                       [Op(op, ["x"], ["y"], options)], ["x"], ["y"])
         assert steps(tmp_path, model, [x]) == 0, op
+
+
+def test_int8_split_feeding_an_add_runs(tmp_path):
+    """coral_movenet_lightning_ptq: an int8 SPLIT (several outputs) made the integer-kernel lookup ask for the
+    node's single output and fail; a split only moves codes."""
+    q = dict(scale=(0.05,), zero_point=(3,))
+    tensors = [T("x", (1, 4, 4, 6), "int8", **q), T("axis", (), "int32", data=np.array(3, np.int32)),
+               T("a", (1, 4, 4, 3), "int8", **q), T("b", (1, 4, 4, 3), "int8", **q),
+               T("y", (1, 4, 4, 3), "int8", scale=(0.07,), zero_point=(-5,))]
+    model = build(tensors, [Op("SPLIT", ["axis", "x"], ["a", "b"], opts("SplitOptions", NumSplits=2)),
+                            Op("ADD", ["a", "b"], ["y"], opts("AddOptions"))], ["x"], ["y"])
+    assert steps(tmp_path, model, [_int8((1, 4, 4, 6))]) == 0

@@ -167,7 +167,8 @@ def failures(results: list[dict]) -> list[str]:
             if "error" in k:
                 other.append(f"`{r['name']}` v{v} kmodel: {_short(k['error'], 200)}")
     out = ["### Import: unsupported ops", ""]
-    out += [f"- **{op}** ({len(m)}): {', '.join(f'`{x}`' for x in m)} — {_short(reasons[op], 160)}"
+    out += [f"- **{op}** ({len(m)}): {', '.join(f'`{x}`' for x in m)} — "
+            + (f"out of scope: {OUT_OF_SCOPE[op]}" if op in OUT_OF_SCOPE else _short(reasons[op], 160))
             for op, m in sorted(unsupported.items(), key=lambda kv: (-len(kv[1]), kv[0]))] or ["- none"]
     out += ["", "### Import: other errors", ""] + ([f"- {x}" for x in import_errors] or ["- none"])
     out += ["", "### Parity against the framework", ""] + ([f"- {x}" for x in parity] or ["- none"])
@@ -176,6 +177,18 @@ def failures(results: list[dict]) -> list[str]:
             for (v, op), m in sorted(blockers.items(), key=lambda kv: (kv[0][0], -len(kv[1]), kv[0][1]))] or ["- none"]
     out += ["", "### Other (memory, check or compile errors)", ""] + ([f"- {x}" for x in other] or ["- none"])
     return out
+
+
+# Ops kpuc does not import on purpose, and why: neither the KPU nor nncase v0.2's CPU ops can run them.
+OUT_OF_SCOPE = {
+    "UNIDIRECTIONAL_SEQUENCE_LSTM": "a recurrent layer (state carried across time steps); nncase v0.2 has no "
+                                    "recurrent op and the KPU runs convolutions only",
+    "Landmarks2TransformMatrix": "a MediaPipe custom op (an affine crop matrix estimated from landmarks) with no "
+                                 "nncase v0.2 equivalent; the host computes it between two model runs",
+    "TransformLandmarks": "a MediaPipe custom op (landmarks mapped back through that matrix): host post-processing",
+    "TransformTensorBilinear": "a MediaPipe custom op (a bilinear warp by a computed matrix); nncase v0.2's "
+                               "resize_image has no affine warp",
+}
 
 
 def write_docs(entries: list[dict], results: list[dict], path: Path) -> None:

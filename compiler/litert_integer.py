@@ -131,3 +131,37 @@ def _rounding_high_mul16(a: np.ndarray, b: int) -> np.ndarray:
     nudged = ab + np.where(ab >= 0, 1 << 14, 1 - (1 << 14))
     high = np.sign(nudged) * (np.abs(nudged) >> 15)
     return np.where((a == -32768) & (b == -32768), 32767, high)
+
+
+def resize_bilinear(codes: np.ndarray, sizes, coordinate_mode: str, single_rounding: bool = False) -> np.ndarray:
+    """int8 RESIZE_BILINEAR on raw codes (input and output share one grid): every source coordinate in
+    1/1024 steps (the scale itself rounded to 1/1024), the four neighbours weighted by products of 10-bit
+    fractions (2^20 in all, summed exactly), then divided by 2^20 rounding half away from zero. The exact
+    float weights round differently on ~5% of the outputs (movenet's FPN upsampling)."""
+    out = np.asarray(codes, np.int64)
+    for axis, n in enumerate(sizes):
+        if n != out.shape[axis]:
+            out = _resize_axis_10(out, axis, int(n), coordinate_mode)
+    if single_rounding:
+        return (out + (1 << 19)) >> 20
+    return np.sign(out) * ((np.abs(out) + (1 << 19)) >> 20)
+
+
+def _resize_axis_10(x: np.ndarray, axis: int, out_len: int, coordinate_mode: str) -> np.ndarray:
+    """One axis of the interpolation, weights in 1/1024 (the result is 2^10 times larger)."""
+    in_len = x.shape[axis]
+    if coordinate_mode == "align_corners" and out_len > 1:
+        scale = (((in_len - 1) << 10) + (out_len - 1) // 2) // (out_len - 1)
+    else:
+        scale = ((in_len << 10) + out_len // 2) // out_len
+    scaled = np.arange(out_len, dtype=np.int64) * scale
+    if coordinate_mode == "half_pixel":
+        scaled += scale // 2 - (1 << 9)
+    elif coordinate_mode not in ("asymmetric", "align_corners"):
+        raise ValueError(f"RESIZE_BILINEAR has no coordinate mode {coordinate_mode}")
+    lower = np.minimum(np.maximum(np.fix(scaled / 1024).astype(np.int64), 0), in_len - 1)   # C division
+    upper = np.minimum(np.fix((scaled + 1023) / 1024).astype(np.int64), in_len - 1)
+    shape = [1] * x.ndim
+    shape[axis] = out_len
+    frac = (scaled - (lower << 10)).reshape(shape)   # negative left of the first centre: still sums to 1024
+    return np.take(x, lower, axis=axis) * ((1 << 10) - frac) + np.take(x, upper, axis=axis) * frac

@@ -196,10 +196,11 @@ class GridExecutor(Executor):
     integer kernels (TFLite reference): a conv or matmul of quantized operands yields its int32
     accumulator (times the accumulator scale), which the op making the next quantized value requantizes
     with TFLite's fixed-point multiplier before its own work (the fused-activation clamp); MEAN, ADD,
-    MUL, AVERAGE_POOL_2D, HARD_SWISH and LEAKY_RELU of quantized values run LiteRT's integer arithmetic
-    (`_integer_kernel`); any other value is rounded to its grid, ties away from zero. Graph inputs are
-    saturated to their own code range (the importer's meta["code_range"], else the model's); quantized
-    constants are rebuilt from their codes (the importer's float32 dequantization is 6e-8 off)."""
+    MUL, AVERAGE_POOL_2D, HARD_SWISH, LEAKY_RELU and RESIZE_BILINEAR of quantized values (a quantized
+    constant operand included) run LiteRT's integer arithmetic (`_integer_kernel`); any other value is
+    rounded to its grid, ties away from zero. Graph inputs are saturated to their own code range (the
+    importer's meta["code_range"], else the model's); quantized constants are rebuilt from their codes
+    (the importer's float32 dequantization is 6e-8 off)."""
 
     def __init__(self, graph: Graph, kernels: Mapping = KERNELS):
         super().__init__(graph, kernels)
@@ -296,9 +297,9 @@ class GridExecutor(Executor):
         if (node.op, op) == ("reduce_window2d", "mean") and not node.attrs["count_include_pad"] \
                 and self.grid[node.inputs[0]] == self._output_grid(node):
             return self._integer_average_pool
-        if node.op == "resize" and node.attrs["mode"] == "linear" and self.lowest == -128 \
+        if node.op == "resize" and node.attrs["mode"] == "linear" \
                 and self.grid[node.inputs[0]] == self._output_grid(node):
-            return self._integer_resize_bilinear      # uint8 RESIZE_BILINEAR is LiteRT's float kernel
+            return self._integer_resize_bilinear
         return None
 
     def _grid_of(self, v: Value) -> QuantParam | None:
@@ -343,7 +344,9 @@ class GridExecutor(Executor):
     def _integer_resize_bilinear(self, node: Node, x: np.ndarray) -> np.ndarray:
         q = self.grid[node.inputs[0]]
         raw = np.rint(x / float(q.scale)).astype(np.int64) + q.zero_point
-        out = integer.resize_bilinear(raw, node.attrs["sizes"], node.attrs["coordinate_transformation_mode"])
+        # LiteRT has a fixed-point kernel for int8 only; uint8 runs its float template
+        resize = integer.resize_bilinear if self.lowest < 0 else integer.resize_bilinear_uint8
+        out = resize(raw, node.attrs["sizes"], node.attrs["coordinate_transformation_mode"])
         return self._on_grid(node, out - q.zero_point)
 
     def _accumulator_scale(self, node: Node) -> tuple | None:

@@ -196,10 +196,11 @@ class GridExecutor(Executor):
     integer kernels (TFLite reference): a conv or matmul of quantized operands yields its int32
     accumulator (times the accumulator scale), which the op making the next quantized value requantizes
     with TFLite's fixed-point multiplier before its own work (the fused-activation clamp); MEAN, ADD,
-    MUL, AVERAGE_POOL_2D, HARD_SWISH and LEAKY_RELU of quantized values run LiteRT's integer arithmetic
-    (`_integer_kernel`); any other value is rounded to its grid, ties away from zero. Graph inputs are
-    saturated to their own code range (the importer's meta["code_range"], else the model's); quantized
-    constants are rebuilt from their codes (the importer's float32 dequantization is 6e-8 off)."""
+    MUL, AVERAGE_POOL_2D, HARD_SWISH, LEAKY_RELU and RESIZE_BILINEAR of quantized values (a quantized
+    constant operand included) run LiteRT's integer arithmetic (`_integer_kernel`); any other value is
+    rounded to its grid, ties away from zero. Graph inputs are saturated to their own code range (the
+    importer's meta["code_range"], else the model's); quantized constants are rebuilt from their codes
+    (the importer's float32 dequantization is 6e-8 off)."""
 
     def __init__(self, graph: Graph, kernels: Mapping = KERNELS):
         super().__init__(graph, kernels)
@@ -282,9 +283,9 @@ class GridExecutor(Executor):
                 or node.inputs[0] not in self.grid:
             return None   # split and the other multi-output ops move codes, they round nothing
         op = node.attrs.get("op") if node.op in ("reduce", "binary", "unary", "reduce_window2d") else None
-        if (node.op, op) == ("binary", "add") and node.inputs[1] in self.grid:
+        if (node.op, op) == ("binary", "add") and self._grid_of(node.inputs[1]) is not None:
             return lambda node, a, b: self._on_grid(node, integer.add(*self._values(node, a, b), *self._scales(node)))
-        if (node.op, op) == ("binary", "mul") and node.inputs[1] in self.grid:
+        if (node.op, op) == ("binary", "mul") and self._grid_of(node.inputs[1]) is not None:
             return lambda node, a, b: self._on_grid(node, integer.mul(*self._values(node, a, b), *self._scales(node)))
         if (node.op, op) == ("unary", "hard_swish"):
             return lambda node, x: self._on_grid(node, integer.hard_swish(*self._values(node, x), *self._scales(node)))
@@ -296,15 +297,27 @@ class GridExecutor(Executor):
         if (node.op, op) == ("reduce_window2d", "mean") and not node.attrs["count_include_pad"] \
                 and self.grid[node.inputs[0]] == self._output_grid(node):
             return self._integer_average_pool
+        if node.op == "resize" and node.attrs["mode"] == "linear" \
+                and self.grid[node.inputs[0]] == self._output_grid(node):
+            return self._integer_resize_bilinear
         return None
+
+    def _grid_of(self, v: Value) -> QuantParam | None:
+        """A value's grid; a per-tensor quantized constant operand (movenet's MUL by a constant map) is
+        on its own grid too."""
+        if v in self.grid:
+            return self.grid[v]
+        q = v.quant
+        return q if v.is_constant and q is not None and q.axis is None and v.dtype == "float32" else None
 
     def _values(self, node: Node, *args: np.ndarray) -> list[np.ndarray]:
         """The inputs' (code - zero point)."""
-        return [np.rint(a / float(self.grid[v].scale)).astype(np.int64) for v, a in zip(node.inputs, args)]
+        return [np.rint(a / float(self._grid_of(v).scale)).astype(np.int64) for v, a in zip(node.inputs, args)]
 
     def _scales(self, node: Node) -> list[float]:
         """The inputs' scales, then the output's."""
-        return [float(self.grid[v].scale) for v in node.inputs if v in self.grid] + [self._output_grid(node).scale]
+        grids = [self._grid_of(v) for v in node.inputs]
+        return [float(q.scale) for q in grids if q is not None] + [self._output_grid(node).scale]
 
     def _on_grid(self, node: Node, values: np.ndarray) -> np.ndarray:
         """The output's (code - zero point) saturated to the code range, as real values."""
@@ -327,6 +340,14 @@ class GridExecutor(Executor):
         count = np.rint(pool(np.ones_like(raw[:1, :1]), **(node.attrs | dict(count_include_pad=True))) * (kh * kw))
         total = np.rint(pool(raw, **node.attrs) * count)
         return self._on_grid(node, integer.average_pool(total, count) - q.zero_point)
+
+    def _integer_resize_bilinear(self, node: Node, x: np.ndarray) -> np.ndarray:
+        q = self.grid[node.inputs[0]]
+        raw = np.rint(x / float(q.scale)).astype(np.int64) + q.zero_point
+        # LiteRT has a fixed-point kernel for int8 only; uint8 runs its float template
+        resize = integer.resize_bilinear if self.lowest < 0 else integer.resize_bilinear_uint8
+        out = resize(raw, node.attrs["sizes"], node.attrs["coordinate_transformation_mode"])
+        return self._on_grid(node, out - q.zero_point)
 
     def _accumulator_scale(self, node: Node) -> tuple | None:
         """s_x * s_w (per output channel, shaped to broadcast), the requantization's multiply and the

@@ -82,7 +82,8 @@ def compare(float_graph: Graph, quant_graph: Graph, feeds: Iterable, *, float_ke
         feed = feed if isinstance(feed, (Mapping, list, tuple)) else [feed]
         ref, got = f_exec.run(feed, keep_all=True), q_exec.run(feed, keep_all=True)
         for name, node in pairs:
-            if name in ref and node.outputs[0].name in got:
+            # a value carried another way (a split layer's two copies: twice the channels) has no float twin
+            if name in ref and node.outputs[0].name in got and ref[name].size == got[node.outputs[0].name].size:
                 stats[name].add(ref[name], as_float(node.outputs[0], got[node.outputs[0].name]))
     order = {v.name: i for i, n in enumerate(float_graph.nodes) for v in n.outputs}
     report.layers = sorted((s for s in stats.values() if s.count), key=lambda s: order.get(s.name, len(order)))

@@ -343,8 +343,9 @@ def compiled(request):
     from targets import get_target
     path, dataset, threshold = MODELS[request.param]
     require(path, dataset)
-    graph = prepare_model(path, CompileOptions(dataset=str(dataset), output_quantize_threshold=threshold),
-                          get_target("k210")).quantized
+    # ncc's layer shapes (--no-auto-precision): these tests count ncc's KPU layers and float logits
+    graph = prepare_model(path, CompileOptions(dataset=str(dataset), output_quantize_threshold=threshold,
+                                               auto_precision=False), get_target("k210")).quantized
     data, summary = compile_v3(graph)
     samples = [s.data for s in iter_dataset(dataset, graph.inputs[0].shape)]
     return request.param, graph, data, summary, lower_v3_detailed(graph), samples

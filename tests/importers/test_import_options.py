@@ -7,7 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from test_tflite_ops import SAME, Op, T, build, opts, rand
+from test_tflite_ops import SAME, Op, T, build, litert, opts, rand
 
 from compiler.errors import UnsupportedOps
 from compiler.executor import run_graph
@@ -17,17 +17,6 @@ from compiler.importers.options import BadInputShape, UnknownTensor, UnpinnedInp
 RNG = np.random.default_rng(7)
 
 
-def litert(model: bytes, feeds: list[np.ndarray]) -> list[np.ndarray]:
-    """LiteRT's reference kernels on `feeds`, resizing dynamic inputs to the feeds' shapes first."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-    it = Interpreter(model_content=model, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-    for d, x in zip(it.get_input_details(), feeds):
-        it.resize_tensor_input(d["index"], x.shape)
-    it.allocate_tensors()
-    for d, x in zip(it.get_input_details(), feeds):
-        it.set_tensor(d["index"], x)
-    it.invoke()
-    return [it.get_tensor(d["index"]) for d in it.get_output_details()]
 
 
 def kpuc(path, feeds: list[np.ndarray], **options) -> list[np.ndarray]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_tflite_ops import SAME, Op, T, build, opts
+from test_tflite_ops import SAME, Op, T, build, litert, opts
 
 from compiler.importers import import_model
 from compiler.model_quant import GridExecutor
@@ -13,14 +13,6 @@ from compiler.model_quant import GridExecutor
 R = np.random.default_rng(12)
 
 
-def _litert(model: bytes, feeds: list[np.ndarray]) -> list[np.ndarray]:
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-    it = Interpreter(model_content=model, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-    it.allocate_tensors()
-    for d, a in zip(it.get_input_details(), feeds):
-        it.set_tensor(d["index"], a)
-    it.invoke()
-    return [it.get_tensor(d["index"]) for d in it.get_output_details()]
 
 
 def _nchw(a: np.ndarray) -> np.ndarray:
@@ -44,7 +36,7 @@ def kpuc_codes(tmp_path, model: bytes, feeds: list[np.ndarray]) -> list[np.ndarr
 
 
 def steps(tmp_path, model: bytes, feeds: list[np.ndarray]) -> int:
-    want = _litert(model, feeds)
+    want = litert(model, feeds)
     got = kpuc_codes(tmp_path, model, feeds)
     assert all(w.std() > 0 for w in want)     # the test model is not saturated
     return max(int(np.abs(g - w.astype(int)).max()) for g, w in zip(got, want))

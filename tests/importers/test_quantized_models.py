@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_tflite_ops import RELU, RELU6, SAME, VALID, Op, T, build, opts
+from test_tflite_ops import RELU, RELU6, SAME, VALID, Op, T, build, litert, opts
 
 from compiler.importers import import_model
 from compiler.model_quant import GridExecutor, is_prequantized
@@ -13,14 +13,6 @@ from compiler.model_quant import GridExecutor, is_prequantized
 R = np.random.default_rng(7)
 
 
-def _litert(model: bytes, feeds: list[np.ndarray]) -> list[np.ndarray]:
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-    it = Interpreter(model_content=model, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-    it.allocate_tensors()
-    for d, a in zip(it.get_input_details(), feeds):
-        it.set_tensor(d["index"], a)
-    it.invoke()
-    return [it.get_tensor(d["index"]) for d in it.get_output_details()]
 
 
 def _int8_classifier() -> bytes:
@@ -62,7 +54,7 @@ def _int8_classifier() -> bytes:
     return build(tensors, ops, ["x"], ["y"])
 
 
-def test_int8_model_infer_within_one_step_of_litert(tmp_path):
+def test_int8_model_infer_within_one_step_oflitert(tmp_path):
     model = _int8_classifier()
     path = tmp_path / "int8.tflite"
     path.write_bytes(model)
@@ -73,7 +65,7 @@ def test_int8_model_infer_within_one_step_of_litert(tmp_path):
     worst = []
     for seed in range(4):
         xq = np.random.default_rng(seed).integers(-128, 128, (1, 16, 20, 3)).astype(np.int8)
-        (expected,) = _litert(model, [xq])
+        (expected,) = litert(model, [xq])
         x = ((xq.astype(np.float32) - q_in.zero_point) * q_in.scale).transpose(0, 3, 1, 2)
         got = run.run([x])[graph.outputs[0].name]
         codes = np.rint(got / q_out.scale).astype(int) + q_out.zero_point
@@ -110,7 +102,7 @@ def test_float_model_without_dataset_still_needs_one(tmp_path):
         compile_model(path, CompileOptions(), get_target("k210"))
 
 
-def test_ds_cnn_hybrid_pattern_matches_litert(tmp_path):
+def test_ds_cnn_hybrid_pattern_matcheslitert(tmp_path):
     """DS-CNN's first layer: int8 weights on a float input (TFLite quantizes the input on the fly),
     10x4 kernel, stride 2, SAME on 49x10, then a depthwise and the 25x5 average pool."""
     w1 = R.integers(-127, 128, (16, 10, 4, 1)).astype(np.int8)
@@ -132,7 +124,7 @@ def test_ds_cnn_hybrid_pattern_matches_litert(tmp_path):
     path = tmp_path / "hybrid.tflite"
     path.write_bytes(model)
     x = np.random.default_rng(1).standard_normal((1, 49, 10, 1)).astype(np.float32) * 3
-    (expected,) = _litert(model, [x])
+    (expected,) = litert(model, [x])
     graph = import_model(path)
     assert is_prequantized(graph)
     got = GridExecutor(graph).run([x.transpose(0, 3, 1, 2)])[graph.outputs[0].name].transpose(0, 2, 3, 1)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_tflite_ops import litert
 
 from compiler.errors import MalformedModel
 from compiler.executor import run_graph
@@ -18,16 +19,6 @@ QUANT_MODELS = glob_params(OPS_DIR, "*.uint8.tflite") + file_params([OPS_DIR / "
 MOBILENET_QUANT = OPS_DIR / "mobilenet_v1_0.25_128_quant.tflite"
 
 
-def litert(model: Path | bytes, feeds: list[np.ndarray]) -> list[np.ndarray]:
-    """Outputs of LiteRT's reference kernels (BUILTIN_REF) for inputs in the file's own layout."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-    kw = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
-    it = Interpreter(**kw, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-    it.allocate_tensors()
-    for d, a in zip(it.get_input_details(), feeds, strict=True):
-        it.set_tensor(d["index"], a)
-    it.invoke()
-    return [it.get_tensor(d["index"]) for d in it.get_output_details()]
 
 
 def random_inputs(model: Path | bytes, seed: int = 0) -> list[np.ndarray]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import flatbuffers
 import numpy as np
@@ -229,6 +230,22 @@ def single(code, in_shapes, out_shape, options=None, consts=(), out_dtype="float
 
 
 # ------------------------------------------------------------------ the oracle
+def litert(model: Path | bytes, feeds: list[np.ndarray]) -> list[np.ndarray]:
+    """LiteRT's reference kernels (BUILTIN_REF) on `feeds`, in the file's own layout; dynamic inputs are
+    resized to the feeds' shapes first. The one LiteRT runner of the importer tests."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    kw = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
+    it = Interpreter(**kw, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    for d, x in zip(it.get_input_details(), feeds, strict=True):
+        if tuple(d["shape"]) != tuple(np.shape(x)):
+            it.resize_tensor_input(d["index"], np.shape(x))
+    it.allocate_tensors()
+    for d, x in zip(it.get_input_details(), feeds):
+        it.set_tensor(d["index"], x)
+    it.invoke()
+    return [it.get_tensor(d["index"]) for d in it.get_output_details()]
+
+
 def run_both(model: bytes, tmp_path, seed=0, positive=False, resolver="BUILTIN_REF"):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
     it = Interpreter(model_content=model, experimental_op_resolver_type=getattr(OpResolverType, resolver))

@@ -6,21 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_tflite_ops import opts, single
+from test_tflite_ops import litert, opts, single
 
 from compiler.pipeline import CompileOptions, compile_model
 from targets import get_target
 from targets.k210.kmodel import read_kmodel, run_kmodel
-
-
-def litert(model: bytes, feeds: list[np.ndarray]) -> list[np.ndarray]:
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-    it = Interpreter(model_content=model, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-    it.allocate_tensors()
-    for d, x in zip(it.get_input_details(), feeds):
-        it.set_tensor(d["index"], x)
-    it.invoke()
-    return [it.get_tensor(d["index"]) for d in it.get_output_details()]
 
 
 def compile_v4(model: bytes, tmp_path, target: str = "cpu", **kw) -> bytes:

@@ -6,9 +6,9 @@ import sys
 
 import numpy as np
 import pytest
-from test_int8_parity import R, _int8, _litert, kpuc_codes, steps
+from test_int8_parity import R, _int8, kpuc_codes, steps
 from test_tflite_mediapipe import C_SAME, C_VALID, tconv_bias
-from test_tflite_ops import SAME, Op, T, build, opts
+from test_tflite_ops import SAME, Op, T, build, litert, opts
 
 from shared_data import ROOT
 
@@ -31,7 +31,7 @@ def test_zoo_reference_fixes_a_bias_quantized_dimension_and_nothing_else(tmp_pat
     model = build(tensors, ops, ["x"], ["y"])
     x = _int8((1, 12, 12, 8))
     with pytest.raises(ValueError, match="quantized_dimension"):
-        _litert(model, [x])
+        litert(model, [x])
     fixed = single_axis_fixed(model)
     assert len(fixed) == len(model) and sum(a != b for a, b in zip(fixed, model)) == 1   # one byte: 3 -> 0
     assert steps(tmp_path, fixed, [x]) == 0
@@ -46,8 +46,8 @@ def test_zoo_reference_runs_convolution_2d_transpose_bias_as_builtin_transpose_c
     custom, builtin = tconv_bias(padding, stride, in_hw, k)
     x = np.random.default_rng(0).standard_normal((1, *in_hw, 3)).astype(np.float32)
     with pytest.raises(RuntimeError, match="Convolution2DTransposeBias"):
-        _litert(custom, [x])
-    (got,), (want,) = _litert(transpose_conv_bias_as_builtin(custom), [x]), _litert(builtin, [x])
+        litert(custom, [x])
+    (got,), (want,) = litert(transpose_conv_bias_as_builtin(custom), [x]), litert(builtin, [x])
     np.testing.assert_array_equal(got, want)
 
 

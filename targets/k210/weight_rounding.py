@@ -216,21 +216,33 @@ def gptq_round_factored(w: np.ndarray, factor: GptqFactor, wq: QuantParamU8) -> 
     u, dead = factor.u, factor.dead
     if factor.shared:
         w[:, dead[0]] = 0.0
-        u = np.broadcast_to(u, (w.shape[0],) + u.shape[1:])
     else:
         w[dead] = 0.0
     zp, scale = wq.zero_point, float(wq.scale)
-    codes = np.empty(w.shape, np.int64)
+    # A row's taps before its first nonzero weight round to the zero point with no error, so nothing moves
+    # until then (a split layer's dense copy of a depthwise conv: row o starts at its own channel, the loop
+    # does about half the work). Rows sorted by that tap; step i updates only the rows started by then:
+    # the same elementwise operations on every value, so the same codes.
+    nonzero = w != 0
+    starts = np.where(nonzero.any(axis=1), nonzero.argmax(axis=1), w.shape[1])
+    order = np.argsort(starts, kind="stable")
+    w = w[order]
+    u = np.broadcast_to(u, (w.shape[0],) + u.shape[1:]) if factor.shared else u[order]
+    started = np.searchsorted(starts[order], np.arange(w.shape[1]), side="right")
+    codes = np.full(w.shape, np.clip(np.floor(0.0 * scale + zp + 0.5), 0, 255), np.int64)
     step = np.empty(w.shape)            # the update's products, in one buffer: no allocation (page faults) per tap
     for i in range(w.shape[1]):
-        col = w[:, i]
+        r = started[i]
+        col = w[:r, i]
         q = np.clip(np.floor(col * scale + zp + 0.5), 0, 255)
-        codes[:, i] = q
-        err = (col - (q - zp) / scale) / u[:, i, i]
-        rest, products = w[:, i + 1:], step[:, i + 1:]
-        np.multiply(err[:, None], u[:, i, i + 1:], out=products)
+        codes[:r, i] = q
+        err = (col - (q - zp) / scale) / u[:r, i, i]
+        rest, products = w[:r, i + 1:], step[:r, i + 1:]
+        np.multiply(err[:, None], u[:r, i, i + 1:], out=products)
         np.subtract(rest, products, out=rest)
-    return codes.astype(np.uint8)
+    out = np.empty(codes.shape, np.uint8)
+    out[order] = codes
+    return out
 
 
 def round_kpu_weights(w_eq: np.ndarray, wq: QuantParamU8, x: np.ndarray, *, depthwise: bool,

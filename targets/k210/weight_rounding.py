@@ -26,6 +26,9 @@ DAMP = 0.01
 # From this many input channels a dense 3x3 layer's H is cheaper from the input's self-correlations (shift_gram)
 # than from its patches: 13 C×C products instead of one (9C)² (measured: 2.4 -> 1.25 s at C = 256, 8x10, 20 samples).
 SHIFT_GRAM_MIN_CHANNELS = 64
+# ... and from 16 channels on maps of 32x32 and more (measured, 20 samples, one thread: 0.22 -> 0.13 s at 32x66x64,
+# a split MobileNet's dense copy of Conv2d_2_depthwise; 0.059 -> 0.043 s at 16x64x64; a tie at 32x16x16).
+SHIFT_GRAM_MIN_CHANNELS_BIG_MAP, BIG_MAP_PIXELS = 16, 1024
 # From this map size a depthwise layer's H is cheaper from correlation images (depthwise_gram) than from patches
 # (measured, 20 samples: 0.58 -> 0.25 s at 32x120x160, 0.056 -> 0.049 s at 128x15x20; slower below 16x16).
 DEPTHWISE_GRAM_MIN_PIXELS = 300
@@ -52,7 +55,8 @@ def gram(x: np.ndarray, k: int, depthwise: bool, *, chunk_bytes: int = 16 << 20)
     and H is exact whatever the chunking and the BLAS summation order (or shift_gram's route, taken for
     wide dense 3x3 layers)."""
     n, c, h, w = x.shape
-    if k == 3 and not depthwise and c >= SHIFT_GRAM_MIN_CHANNELS:
+    if k == 3 and not depthwise and (c >= SHIFT_GRAM_MIN_CHANNELS
+                                     or (c >= SHIFT_GRAM_MIN_CHANNELS_BIG_MAP and h * w >= BIG_MAP_PIXELS)):
         return shift_gram(x, k, depthwise, chunk_bytes=chunk_bytes)
     if depthwise and k > 1 and h * w >= DEPTHWISE_GRAM_MIN_PIXELS:
         return depthwise_gram(x, k)

@@ -219,6 +219,11 @@ def gptq_round_factored(w: np.ndarray, factor: GptqFactor, wq: QuantParamU8) -> 
     w = np.array(w, np.float64)
     u, dead = factor.u, factor.dead
     if factor.shared:
+        # equal rows get equal codes (a row's rounding reads only the row and the shared factor): a split
+        # layer's two output copies have the same weights, so each pair is rounded once
+        unique, inverse = np.unique(w, axis=0, return_inverse=True)
+        if len(unique) < len(w):
+            return gptq_round_factored(unique, factor, wq)[inverse.reshape(-1)]
         w[:, dead[0]] = 0.0
     else:
         w[dead] = 0.0

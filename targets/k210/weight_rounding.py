@@ -221,9 +221,12 @@ def gptq_round_factored(w: np.ndarray, factor: GptqFactor, wq: QuantParamU8) -> 
     if factor.shared:
         # equal rows get equal codes (a row's rounding reads only the row and the shared factor): a split
         # layer's two output copies have the same weights, so each pair is rounded once
-        unique, inverse = np.unique(w, axis=0, return_inverse=True)
-        if len(unique) < len(w):
-            return gptq_round_factored(unique, factor, wq)[inverse.reshape(-1)]
+        first_of = {}                   # row bytes -> the first row holding them (cheaper than np.unique's sort)
+        inverse = np.array([first_of.setdefault(row.tobytes(), r) for r, row in enumerate(w)])
+        if len(first_of) < len(w):
+            firsts = np.unique(inverse)
+            codes = gptq_round_factored(w[firsts], factor, wq)
+            return codes[np.searchsorted(firsts, inverse)]
         w[:, dead[0]] = 0.0
     else:
         w[dead] = 0.0
@@ -235,8 +238,9 @@ def gptq_round_factored(w: np.ndarray, factor: GptqFactor, wq: QuantParamU8) -> 
     nonzero = w != 0
     starts = np.where(nonzero.any(axis=1), nonzero.argmax(axis=1), w.shape[1])
     order = np.argsort(starts, kind="stable")
-    w = w[order]
-    u = np.broadcast_to(u, (w.shape[0],) + u.shape[1:]) if factor.shared else u[order]
+    identity = bool(np.all(order[1:] > order[:-1]))
+    w = w if identity else w[order]
+    u = np.broadcast_to(u, (w.shape[0],) + u.shape[1:]) if factor.shared or identity else u[order]
     started = np.searchsorted(starts[order], np.arange(w.shape[1]), side="right")
     codes = np.full(w.shape, np.clip(np.floor(0.0 * scale + zp + 0.5), 0, 255), np.int64)
     step = np.empty(w.shape)            # the update's products, in one buffer: no allocation (page faults) per tap
@@ -249,6 +253,8 @@ def gptq_round_factored(w: np.ndarray, factor: GptqFactor, wq: QuantParamU8) -> 
         rest, products = w[:r, i + 1:], step[:r, i + 1:]
         np.multiply(err[:, None], u[:r, i, i + 1:], out=products)
         np.subtract(rest, products, out=rest)
+    if identity:
+        return codes.astype(np.uint8)
     out = np.empty(codes.shape, np.uint8)
     out[order] = codes
     return out

@@ -167,6 +167,7 @@ def _ranges_to_split(graph: Graph, opts, samples: list, splits: list[str]) -> di
     splits its first 10 layers of 28); --split-activations N counts eligible layers over the whole graph."""
     if opts.split_activations:
         return _calibrated(graph, opts, samples)
+    refuse_tensors_no_k210_can_hold(graph)   # the whole model's tensors, as a whole-graph calibration refuses them
     upstream = graph.clone()
     upstream.outputs = [upstream.node(name).output for name in splits]
     upstream.eliminate_dead_code()

@@ -72,7 +72,7 @@ class K210:
             if missing := sorted(set(splits) - set(splittable_layers(work))):
                 raise KpucError(f"layer plan: layer '{printable(missing[0])}' cannot be split (a KPU conv read "
                                 "only by KPU convs, at most half the KPU's channels)")
-            split_activations(work, _calibrated(work, opts, samples), opts.split_activations, splits)
+            split_activations(work, _ranges_to_split(work, opts, samples, splits), opts.split_activations, splits)
             _stage(dump, work, "split_activations")
         for g in [graph] if work is graph else [graph, work]:
             self.legalize(g, lint=opts.lint, dump=dump)
@@ -158,6 +158,20 @@ def _calibrated(graph: Graph, opts, samples: list, calibrator=Calibrator) -> dic
     if widen_quantized(graph, plan, ranges):
         broadcast_ranges(graph, ranges)
     return ranges
+
+
+def _ranges_to_split(graph: Graph, opts, samples: list, splits: list[str]) -> dict:
+    """Calibrated ranges of the unsplit graph for split_activations, which reads only its split layers'
+    output ranges. A value's range depends only on what is upstream of it (broadcast_ranges works forwards),
+    so with named splits alone only the part of the graph computing them runs (MobileNet's default plan
+    splits its first 10 layers of 28); --split-activations N counts eligible layers over the whole graph."""
+    if opts.split_activations:
+        return _calibrated(graph, opts, samples)
+    refuse_tensors_no_k210_can_hold(graph)   # the whole model's tensors, as a whole-graph calibration refuses them
+    upstream = graph.clone()
+    upstream.outputs = [upstream.node(name).output for name in splits]
+    upstream.eliminate_dead_code()
+    return _calibrated(upstream, opts, samples)
 
 
 def _stage(dump: Dump, graph: Graph, name: str) -> None:

@@ -26,6 +26,9 @@ DAMP = 0.01
 # From this many input channels a dense 3x3 layer's H is cheaper from the input's self-correlations (shift_gram)
 # than from its patches: 13 C×C products instead of one (9C)² (measured: 2.4 -> 1.25 s at C = 256, 8x10, 20 samples).
 SHIFT_GRAM_MIN_CHANNELS = 64
+# ... and from 16 channels on maps of 32x32 and more (measured, 20 samples, one thread: 0.22 -> 0.13 s at 32x66x64,
+# a split MobileNet's dense copy of Conv2d_2_depthwise; 0.059 -> 0.043 s at 16x64x64; a tie at 32x16x16).
+SHIFT_GRAM_MIN_CHANNELS_BIG_MAP, BIG_MAP_PIXELS = 16, 1024
 # From this map size a depthwise layer's H is cheaper from correlation images (depthwise_gram) than from patches
 # (measured, 20 samples: 0.58 -> 0.25 s at 32x120x160, 0.056 -> 0.049 s at 128x15x20; slower below 16x16).
 DEPTHWISE_GRAM_MIN_PIXELS = 300
@@ -54,6 +57,9 @@ def gram(x: np.ndarray, k: int, depthwise: bool, *, chunk_bytes: int = 16 << 20)
     n, c, h, w = x.shape
     if k == 3 and not depthwise and c >= SHIFT_GRAM_MIN_CHANNELS:
         return shift_gram(x, k, depthwise, chunk_bytes=chunk_bytes)
+    if k == 3 and not depthwise and c >= SHIFT_GRAM_MIN_CHANNELS_BIG_MAP and h * w >= BIG_MAP_PIXELS:
+        # half the chunk: the patch route's peak memory (MobileNet's compile: 107 -> 95 MB, as fast)
+        return shift_gram(x, k, depthwise, chunk_bytes=chunk_bytes // 2)
     if depthwise and k > 1 and h * w >= DEPTHWISE_GRAM_MIN_PIXELS:
         return depthwise_gram(x, k)
     per_sample = c * k * k * h * w * 8
@@ -215,22 +221,45 @@ def gptq_round_factored(w: np.ndarray, factor: GptqFactor, wq: QuantParamU8) -> 
     w = np.array(w, np.float64)
     u, dead = factor.u, factor.dead
     if factor.shared:
+        # equal rows get equal codes (a row's rounding reads only the row and the shared factor): a split
+        # layer's two output copies have the same weights, so each pair is rounded once
+        first_of = {}                   # row bytes -> the first row holding them (cheaper than np.unique's sort)
+        inverse = np.array([first_of.setdefault(row.tobytes(), r) for r, row in enumerate(w)])
+        if len(first_of) < len(w):
+            firsts = np.unique(inverse)
+            codes = gptq_round_factored(w[firsts], factor, wq)
+            return codes[np.searchsorted(firsts, inverse)]
         w[:, dead[0]] = 0.0
-        u = np.broadcast_to(u, (w.shape[0],) + u.shape[1:])
     else:
         w[dead] = 0.0
     zp, scale = wq.zero_point, float(wq.scale)
-    codes = np.empty(w.shape, np.int64)
+    # A row's taps before its first nonzero weight round to the zero point with no error, so nothing moves
+    # until then (a split layer's dense copy of a depthwise conv: row o starts at its own channel, the loop
+    # does about half the work). Rows sorted by that tap; step i updates only the rows started by then:
+    # the same elementwise operations on every value, so the same codes.
+    nonzero = w != 0
+    starts = np.where(nonzero.any(axis=1), nonzero.argmax(axis=1), w.shape[1])
+    order = np.argsort(starts, kind="stable")
+    identity = bool(np.all(order[1:] > order[:-1]))
+    w = w if identity else w[order]
+    u = np.broadcast_to(u, (w.shape[0],) + u.shape[1:]) if factor.shared or identity else u[order]
+    started = np.searchsorted(starts[order], np.arange(w.shape[1]), side="right")
+    codes = np.full(w.shape, np.clip(np.floor(0.0 * scale + zp + 0.5), 0, 255), np.int64)
     step = np.empty(w.shape)            # the update's products, in one buffer: no allocation (page faults) per tap
     for i in range(w.shape[1]):
-        col = w[:, i]
+        r = started[i]
+        col = w[:r, i]
         q = np.clip(np.floor(col * scale + zp + 0.5), 0, 255)
-        codes[:, i] = q
-        err = (col - (q - zp) / scale) / u[:, i, i]
-        rest, products = w[:, i + 1:], step[:, i + 1:]
-        np.multiply(err[:, None], u[:, i, i + 1:], out=products)
+        codes[:r, i] = q
+        err = (col - (q - zp) / scale) / u[:r, i, i]
+        rest, products = w[:r, i + 1:], step[:r, i + 1:]
+        np.multiply(err[:, None], u[:r, i, i + 1:], out=products)
         np.subtract(rest, products, out=rest)
-    return codes.astype(np.uint8)
+    if identity:
+        return codes.astype(np.uint8)
+    out = np.empty(codes.shape, np.uint8)
+    out[order] = codes
+    return out
 
 
 def round_kpu_weights(w_eq: np.ndarray, wq: QuantParamU8, x: np.ndarray, *, depthwise: bool,

@@ -140,6 +140,7 @@ def main():
     ap.add_argument("--versions", nargs="+", type=int, default=[3, 4])
     ap.add_argument("--models", nargs="+", default=list(MODELS))
     ap.add_argument("--no-infer", action="store_true", help="time compile only")
+    ap.add_argument("--kpuc-flags", default="", help="extra `kpuc compile` flags, e.g. '--no-auto-precision'")
     ap.add_argument("--repeat", type=int, default=1, help="run each compile N times and keep the best (noisy machines)")
     ap.add_argument("--nncase-python", default=os.environ.get(NNCASE_ENV),
                     help=f"a Python with nncase 1.x to time beside kpuc (default ${NNCASE_ENV})")
@@ -164,7 +165,8 @@ def main():
                 out = tmp / f"{name}.v{version}.kmodel"
                 try:
                     c_s, c_rss = best_of(a.repeat, run, ["compile", str(model), str(out), "--kmodel-version",
-                                                          str(version), "--dataset", str(dataset), *extra])
+                                                          str(version), "--dataset", str(dataset), *extra,
+                                                          *a.kpuc_flags.split()])
                 except SystemExit as e:
                     print(f"{name:24} {version:>2} {str(e)[:80]}")
                     continue

@@ -34,7 +34,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "bench" / "zoo"
-sys.path[:0] = [str(ROOT), str(ZOO)]
+sys.path[:0] = [str(ROOT), str(ZOO), str(ROOT / "bench")]
 
 from fetch import cache_dir, load_manifest, model_path  # noqa: E402
 from images import image_folder  # noqa: E402
@@ -208,10 +208,12 @@ def run_kpuc(model: Model, flags: list[str], timeout: float) -> dict:
 
 def run_nncase(model: Model, python: str, timeout: float) -> dict:
     work = model.work
-    np.save(work / "nn_calibration.npy", np.stack([x.astype(np.float32) if not model.meta["inputs"][0]["quant"]
-                                                   else model.kpuc_tensor(x, "float32") for x in model.calibration]))
-    np.save(work / "nn_judged.npy", np.stack([x.astype(np.float32) if not model.meta["inputs"][0]["quant"]
-                                              else model.kpuc_tensor(x, "float32") for x in model.judged]))
+    def as_float(x):   # nncase takes float tensors in the framework's layout: a quantized input dequantized
+        if not model.meta["inputs"][0]["quant"]:
+            return x.astype(np.float32)
+        return model.kpuc_tensor(x, "float32")
+    for role, tensors in (("calibration", model.calibration), ("judged", model.judged)):
+        np.save(work / f"nn_{role}.npy", np.stack([as_float(x) for x in tensors]))
     rc, out, err, seconds = run([python, str(Path(__file__).resolve()), "--nncase-child", model.case["path"],
                                  model.meta["layout"], str(work)], timeout)
     if rc != 0:
@@ -228,26 +230,10 @@ def run_nncase(model: Model, python: str, timeout: float) -> dict:
 def nncase_child(model_file: str, layout: str, work: str) -> None:
     """Inside an nncase 1.x venv: PTQ-compile for the K210 on the calibration tensors, simulate the judged."""
     import nncase
+    from bench_compile import nncase_compile
     work = Path(work)
-    calibration, judged = np.load(work / "nn_calibration.npy"), np.load(work / "nn_judged.npy")
-    start = time.perf_counter()
-    options = nncase.CompileOptions()
-    options.target, options.quant_type = "k210", "uint8"
-    options.input_type = options.output_type = "float32"
-    options.input_layout = options.output_layout = layout.upper()
-    compiler = nncase.Compiler(options)
-    content = Path(model_file).read_bytes()
-    if model_file.endswith(".onnx"):
-        compiler.import_onnx(content, nncase.ImportOptions())
-    else:
-        compiler.import_tflite(content, nncase.ImportOptions())
-    ptq = nncase.PTQTensorOptions()
-    ptq.samples_count = len(calibration)
-    ptq.set_tensor_data(np.ascontiguousarray(calibration).tobytes())
-    compiler.use_ptq(ptq)
-    compiler.compile()
-    kmodel = compiler.gencode_tobytes()
-    seconds = time.perf_counter() - start
+    judged = np.load(work / "nn_judged.npy")
+    kmodel, seconds = nncase_compile(model_file, np.load(work / "nn_calibration.npy"), layout.upper())
     sim = nncase.Simulator()
     sim.load_model(kmodel)
     outs = {}

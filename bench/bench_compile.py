@@ -107,29 +107,35 @@ def run_nncase(python: str, model: Path, calib: Path, out: Path) -> tuple[float,
     return json.loads(proc.stdout.read().decode().strip().splitlines()[-1])["seconds"], wall, usage.ru_maxrss * 1024
 
 
-def nncase_child(model: str, calib: str, out: str) -> None:
-    """Inside the nncase venv: PTQ-compile `model` for the K210 on the tensors of `calib`, print the time."""
+def nncase_compile(model_file: str, calibration, layout: str = "NHWC") -> tuple[bytes, float]:
+    """Inside an nncase 1.x venv: PTQ-compile a TFLite or ONNX model for the K210 (uint8, float in and out)
+    on `calibration` (samples stacked on a new first axis); returns the kmodel and the in-process seconds."""
     import nncase
     import numpy as np
-    data = np.load(calib)                                   # [N, 1, H, W, C] float32
-    content = Path(model).read_bytes()
     start = time.perf_counter()
     options = nncase.CompileOptions()
-    options.target = "k210"
-    options.quant_type = "uint8"
-    options.input_type = "float32"
-    options.output_type = "float32"
-    options.input_layout = "NHWC"
-    options.output_layout = "NHWC"
+    options.target, options.quant_type = "k210", "uint8"
+    options.input_type = options.output_type = "float32"
+    options.input_layout = options.output_layout = layout
     compiler = nncase.Compiler(options)
-    compiler.import_tflite(content, nncase.ImportOptions())
+    content = Path(model_file).read_bytes()
+    if model_file.endswith(".onnx"):
+        compiler.import_onnx(content, nncase.ImportOptions())
+    else:
+        compiler.import_tflite(content, nncase.ImportOptions())
     ptq = nncase.PTQTensorOptions()
-    ptq.samples_count = len(data)
-    ptq.set_tensor_data(np.ascontiguousarray(data).tobytes())
+    ptq.samples_count = len(calibration)
+    ptq.set_tensor_data(np.ascontiguousarray(calibration).tobytes())
     compiler.use_ptq(ptq)
     compiler.compile()
     kmodel = compiler.gencode_tobytes()
-    seconds = time.perf_counter() - start
+    return kmodel, time.perf_counter() - start
+
+
+def nncase_child(model: str, calib: str, out: str) -> None:
+    """Inside the nncase venv: PTQ-compile `model` for the K210 on the tensors of `calib`, print the time."""
+    import numpy as np
+    kmodel, seconds = nncase_compile(model, np.load(calib))   # calib: [N, 1, H, W, C] float32
     Path(out).write_bytes(kmodel)
     print(json.dumps({"seconds": seconds, "bytes": len(kmodel)}))
 

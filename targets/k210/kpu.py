@@ -250,14 +250,7 @@ def conv_acc(x: np.ndarray, w: np.ndarray, *, depthwise: bool, pad_value: int,
                 s_x += tap
         s_xw = s_xw.astype(np.int64)
     else:
-        if k == 1:   # columns ordered (sample, y, x)
-            cols = (xf[0] if b == 1 else xf.transpose(1, 0, 2, 3)).reshape(ic, b * h * wd)
-        else:   # im2col, rows ordered (ky, kx, ic) to match the weights transposed below
-            cols = np.empty((k, k, ic, b, h, wd), ftype)
-            for ky in range(k):
-                for kx in range(k):
-                    cols[ky, kx] = xf[:, :, ky:ky + h, kx:kx + wd].transpose(1, 0, 2, 3)
-            cols = cols.reshape(k * k * ic, b * h * wd)
+        cols = _im2col(xf, k, h, wd)
         s_xw = (wf.transpose(0, 2, 3, 1).reshape(oc, -1) @ cols).reshape(oc, b, h, wd).astype(np.int64)
         s_xw = s_xw.transpose(1, 0, 2, 3)
         s_x = (np.ones(cols.shape[0], ftype) @ cols).reshape(b, 1, h, wd)
@@ -267,6 +260,19 @@ def conv_acc(x: np.ndarray, w: np.ndarray, *, depthwise: bool, pad_value: int,
     s_xw += (np.int64(arg_x) * s_x) >> shr_x
     s_xw += ((np.int64(arg_w) * s_w) >> shr_w) + np.int64(arg_add) * n
     return s_xw
+
+
+def _im2col(xf: np.ndarray, k: int, h: int, wd: int) -> np.ndarray:
+    """The padded maps `xf` (b, ic, ·, ·) as im2col columns ordered (sample, y, x), rows ordered (ky, kx, ic)
+    to match weights transposed to (oc, ky, kx, ic)."""
+    b, ic = xf.shape[:2]
+    if k == 1:
+        return (xf[0] if b == 1 else xf.transpose(1, 0, 2, 3)).reshape(ic, b * h * wd)
+    cols = np.empty((k, k, ic, b, h, wd), xf.dtype)
+    for ky in range(k):
+        for kx in range(k):
+            cols[ky, kx] = xf[:, :, ky:ky + h, kx:kx + wd].transpose(1, 0, 2, 3)
+    return cols.reshape(k * k * ic, b * h * wd)
 
 
 def _centered_conv_acc(x: np.ndarray, w64: np.ndarray, depthwise: bool, arg_x: int, arg_w: int) -> np.ndarray | None:
@@ -296,14 +302,7 @@ def _centered_conv_acc(x: np.ndarray, w64: np.ndarray, depthwise: bool, arg_x: i
                 np.multiply(xf[:, :, ky:ky + h, kx:kx + wd], wf[:, 0, ky, kx][:, None, None], out=prod)
                 acc += prod
         return acc.astype(np.int64)
-    if k == 1:
-        cols = (xf[0] if b == 1 else xf.transpose(1, 0, 2, 3)).reshape(ic, b * h * wd)
-    else:
-        cols = np.empty((k, k, ic, b, h, wd), ftype)
-        for ky in range(k):
-            for kx in range(k):
-                cols[ky, kx] = xf[:, :, ky:ky + h, kx:kx + wd].transpose(1, 0, 2, 3)
-        cols = cols.reshape(k * k * ic, b * h * wd)
+    cols = _im2col(xf, k, h, wd)
     acc = (wf.transpose(0, 2, 3, 1).reshape(oc, -1) @ cols).reshape(oc, b, h, wd).astype(np.int64)
     return acc.transpose(1, 0, 2, 3)
 

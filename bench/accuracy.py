@@ -211,7 +211,8 @@ def run_nncase(model: Model, python: str, timeout: float) -> dict:
     def as_float(x):   # nncase takes float tensors in the framework's layout: a quantized input dequantized
         if not model.meta["inputs"][0]["quant"]:
             return x.astype(np.float32)
-        return model.kpuc_tensor(x, "float32")
+        x = model.kpuc_tensor(x, "float32")            # dequantized, NCHW: back to the model's own layout
+        return x.transpose(0, 2, 3, 1) if model.nhwc else x
     for role, tensors in (("calibration", model.calibration), ("judged", model.judged)):
         np.save(work / f"nn_{role}.npy", np.stack([as_float(x) for x in tensors]))
     rc, out, err, seconds = run([python, str(Path(__file__).resolve()), "--nncase-child", model.case["path"],

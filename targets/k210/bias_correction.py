@@ -178,7 +178,7 @@ def correct_biases(float_graph: Graph, quant_graph: Graph, samples: Iterable, *,
             continue
         name = node.meta.get("float_value")
         if node.op == "kpu_conv2d_q" and name in float_nodes and name in means.sums:
-            if round_weights:
+            if round_weights and not node.meta["kpu_quant"].get("source_weights"):   # the model's codes stay
                 _round_weights(node, float_nodes[name], envs, factors)
             target = (means.sums[name] * bn_scale(float_nodes[name], node), means.counts[name]) if bias else None
             shift = _run_corrected(node, envs, target)

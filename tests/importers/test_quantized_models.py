@@ -15,9 +15,11 @@ R = np.random.default_rng(7)
 
 
 
-def _int8_classifier() -> bytes:
+def _int8_classifier(weights: dict | None = None, rng: np.random.Generator = R) -> bytes:
     """int8 in -> conv 3x3 s2 SAME ReLU6 (per-channel) -> depthwise 3x3 ReLU (per-channel) -> avg pool
-    -> fully connected (per-tensor) -> int8 logits, all with TFLite's int8 conventions."""
+    -> fully connected (per-tensor) -> int8 logits, all with TFLite's int8 conventions; `weights` gets
+    the file's weight codes (w1 OHWI, w2 1HWC)."""
+    R = rng
     s_x, s_a, s_b, s_p, s_y = 0.02, 0.025, 0.03, 0.03, 0.1
     w1s, w2s, w3s = R.uniform(0.002, 0.01, 8), R.uniform(0.01, 0.05, 8), 0.01
     w1 = R.integers(-127, 128, (8, 3, 3, 3)).astype(np.int8)
@@ -26,6 +28,8 @@ def _int8_classifier() -> bytes:
     b1 = R.integers(-2000, 2000, 8).astype(np.int32)
     b2 = R.integers(-300, 300, 8).astype(np.int32)
     b3 = R.integers(-500, 500, 5).astype(np.int32)
+    if weights is not None:
+        weights.update(w1=w1, w2=w2)
     tensors = [
         T("x", (1, 16, 20, 3), "int8", scale=(s_x,), zero_point=(-3,)),
         T("w1", w1.shape, "int8", w1, scale=tuple(w1s), zero_point=(0,) * 8, axis=0),
@@ -129,3 +133,43 @@ def test_ds_cnn_hybrid_pattern_matcheslitert(tmp_path):
     assert is_prequantized(graph)
     got = GridExecutor(graph).run([x.transpose(0, 3, 1, 2)])[graph.outputs[0].name].transpose(0, 2, 3, 1)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def _calibration(count: int = 6) -> list[dict]:
+    rng = np.random.default_rng(3)
+    return [{"x": ((rng.integers(-128, 128, (1, 3, 16, 20)) + 3) * 0.02).astype(np.float32)} for _ in range(count)]
+
+
+def test_int8_model_with_a_dataset_keeps_its_own_weight_codes_and_grids(tmp_path):
+    """A dataset does not re-round a pre-quantized model: the KPU layers hold the file's int8 weight codes
+    (+128, per-channel steps in the batch norm), their grids are the model's, and the compiled graph
+    stays within a few codes of LiteRT."""
+    from compiler.executor import Executor
+    from compiler.pipeline import CompileOptions, compile_model
+    from targets import get_target
+    from targets.k210.kernels import QUANTIZED_KERNELS
+    tensors: dict = {}
+    model = _int8_classifier(tensors, np.random.default_rng(11))
+    path = tmp_path / "int8.tflite"
+    path.write_bytes(model)
+    result = compile_model(path, CompileOptions(output_quantize_threshold=0), get_target("k210"),
+                           samples=_calibration())
+    layers = [n for n in result.graph.nodes if n.op == "kpu_conv2d_q"]
+    assert len(layers) >= 2
+    w1 = tensors["w1"].transpose(0, 3, 1, 2)                     # OHWI -> OIHW
+    w2 = tensors["w2"].transpose(3, 0, 1, 2)                     # 1HWC -> C1HW
+    np.testing.assert_array_equal(layers[0].inputs[1].data.astype(int), w1.astype(int) + 128)
+    np.testing.assert_array_equal(layers[1].inputs[1].data.astype(int), w2.astype(int) + 128)
+    assert abs(1 / layers[0].meta["kpu_quant"]["output"].scale - 0.025) < 1e-6   # the model's grid, not the data's
+    graph = result.graph
+    worst = 0
+    for seed in range(4):
+        xq = np.random.default_rng(seed).integers(-128, 128, (1, 16, 20, 3)).astype(np.int8)
+        (expected,) = litert(model, [xq])
+        x = ((xq.astype(np.float32) + 3) * 0.02).transpose(0, 3, 1, 2)
+        got = Executor(graph, QUANTIZED_KERNELS).run([x])[graph.outputs[0].name]
+        codes = np.rint(np.asarray(got, np.float64) / 0.1).astype(int) + 4
+        worst = max(worst, int(np.abs(codes - expected.astype(int)).max()))
+    # 4 codes of the logits at this seed (1-5 over other seeds, the same with re-rounded weights): the KPU's
+    # batch-norm and table rounding and the CPU's pool and FC, not the weights
+    assert worst <= 4, worst

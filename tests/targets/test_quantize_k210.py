@@ -465,3 +465,19 @@ def test_an_activation_table_beyond_the_kpu_fields_is_a_model_error(act_in_scale
     assert kpu_activation(1.0, q, q, (-np.inf, np.inf), ()).shape == (16, 4)   # a sane table still builds
     with pytest.raises(KpucError, match="x_start|no KPU form"):
         kpu_activation(act_in_scale, q, q, (-np.inf, np.inf), ())
+
+
+def test_source_kpu_weights_give_back_a_uint8_models_own_codes():
+    """Per-tensor uint8 weights (coral's MobileNets): the KPU layer stores the file's codes and zero point,
+    with no equalisation; weights off the file's grid (a pass changed them) fall back to re-rounding."""
+    from compiler.ir import QuantParam, Value
+    from targets.k210.quantize import source_kpu_weights
+    rng = np.random.default_rng(5)
+    codes = rng.integers(0, 256, (6, 4, 3, 3))
+    q = QuantParam(scale=0.0123, zero_point=117)
+    w = Value("w", TensorType((6, 4, 3, 3), "float32"), data=((codes - 117) * 0.0123).astype(np.float32), quant=q)
+    wq, scales, stored = source_kpu_weights(w)
+    np.testing.assert_array_equal(stored, codes)
+    assert wq.zero_point == 117 and abs(1 / wq.scale - 0.0123) < 1e-9 and (scales == 1).all()
+    w.data = (w.data * 1.01).astype(np.float32)
+    assert source_kpu_weights(w) is None

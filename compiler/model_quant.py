@@ -170,9 +170,14 @@ def with_model_ranges(graph: Graph, measured: dict[str, Range], source: Mapping[
             r = source[src]
         if r is None:
             continue
-        ranges[node.output.name] = r
-        if conv_key is not None and node.op == "kpu_conv2d" and _only_clamps(node):
+        if conv_key is not None and node.op == "kpu_conv2d":
+            # the source conv's range is the layer's conv stage; it is the layer's output only when the fused
+            # activation is clamps: after a fused sigmoid (MoveNet's heatmaps) the output keeps its measured
+            # range (the conv's -11.6..2.0 on a 0..1 output left every heatmap code at one end)
             ranges[conv_key(node.output.name)] = r
+            if not _only_clamps(node):
+                continue
+        ranges[node.output.name] = r
     return ranges
 
 

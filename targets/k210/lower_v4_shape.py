@@ -76,7 +76,12 @@ def reshape(ctx: Lowering, node: Node) -> None:
 
 @emitter("cast")
 def cast(ctx: Lowering, node: Node) -> None:
-    if node.attrs["dtype"] != node.inputs[0].dtype:
+    x = node.inputs[0]
+    if x.dtype == "uint8" and node.attrs["dtype"] == "float32":
+        # a uint8 picture cast to float (MoveNet's input): DEQUANTIZE with step 1 and zero point 0, exact (§8.4)
+        ctx.emit(k4.Dequantize(ctx.buffer(x), ctx.output(node.output), k4.QuantParam(0, 1.0)))
+        return
+    if node.attrs["dtype"] != x.dtype:
         raise KpucError(f"{node.name}: the v0.2 runtime has no cast from {node.inputs[0].dtype} to {node.attrs['dtype']}")
     reshape(ctx, node)
 

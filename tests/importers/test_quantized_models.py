@@ -173,3 +173,38 @@ def test_int8_model_with_a_dataset_keeps_its_own_weight_codes_and_grids(tmp_path
     # 4 codes of the logits at this seed (1-5 over other seeds, the same with re-rounded weights): the KPU's
     # batch-norm and table rounding and the CPU's pool and FC, not the weights
     assert worst <= 4, worst
+
+
+def test_a_fused_sigmoid_layer_keeps_a_zero_to_one_output_grid(tmp_path):
+    """int8 conv -> LOGISTIC (MoveNet's heatmap heads): the KPU layer computing both takes the model's conv
+    range for its conv stage only; its output (the sigmoid's) is not put on the conv's -15..11 grid, which
+    left every heatmap code at one end, and the result stays within a few codes of LiteRT."""
+    from compiler.executor import Executor
+    from compiler.pipeline import CompileOptions, compile_model
+    from targets import get_target
+    from targets.k210.kernels import QUANTIZED_KERNELS
+    rng = np.random.default_rng(4)
+    w = rng.integers(-127, 128, (4, 3, 3, 8)).astype(np.int8)
+    ws = rng.uniform(0.01, 0.02, 4)
+    b = rng.integers(-500, 500, 4).astype(np.int32)
+    tensors = [T("x", (1, 12, 12, 8), "int8", scale=(0.05,), zero_point=(0,)),
+               T("w", w.shape, "int8", w, scale=tuple(ws), zero_point=(0,) * 4, axis=0),
+               T("b", (4,), "int32", b, scale=tuple(0.05 * ws), zero_point=(0,) * 4, axis=0),
+               T("c", (1, 12, 12, 4), "int8", scale=(0.1,), zero_point=(20,)),
+               T("y", (1, 12, 12, 4), "int8", scale=(1 / 256,), zero_point=(-128,))]
+    ops = [Op("CONV_2D", ["x", "w", "b"], ["c"], opts("Conv2DOptions", Padding=SAME, StrideH=1, StrideW=1)),
+           Op("LOGISTIC", ["c"], ["y"])]
+    model = build(tensors, ops, ["x"], ["y"])
+    path = tmp_path / "sigmoid.tflite"
+    path.write_bytes(model)
+    result = compile_model(path, CompileOptions(), get_target("k210"))
+    layers = [n for n in result.graph.nodes if n.op == "kpu_conv2d_q"]
+    assert layers and layers[-1].meta["kpu_quant"]["output"].scale >= 200   # a step of at most 1/200: ~[0, 1]
+    worst = 0
+    for seed in range(3):
+        xq = np.random.default_rng(seed).integers(-128, 128, (1, 12, 12, 8)).astype(np.int8)
+        (expected,) = litert(model, [xq])
+        got = Executor(result.graph, QUANTIZED_KERNELS).run([(xq * 0.05).astype(np.float32).transpose(0, 3, 1, 2)])
+        y = np.asarray(got[result.graph.outputs[0].name], np.float64).transpose(0, 2, 3, 1)
+        worst = max(worst, int(np.abs(np.rint(y * 256) - 128 - expected.astype(int)).max()))
+    assert worst <= 4, worst

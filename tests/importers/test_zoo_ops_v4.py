@@ -369,3 +369,14 @@ def test_wide_weights_go_to_the_kpu_when_the_model_stores_them_in_uint8(weights_
     assert ((want > 0) & (want < 5.9)).mean() > 0.3                  # mostly between the ReLU6 clamps
     got = run_kmodel_nhwc(result.kmodel, x, want.shape)
     assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+
+
+def test_uint8_input_cast_to_float_runs_in_v4(tmp_path):
+    """MoveNet's first op, CAST of its uint8 picture to float32: a v4 DEQUANTIZE with step 1 and zero
+    point 0 (the v0.2 runtime has no cast op), exact against LiteRT on every code."""
+    model = single("CAST", [(1, 16, 16, 1)], (1, 16, 16, 1), in_dtype="uint8")
+    x = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+    (want,) = litert(model, [x])
+    data = compile_v4(model, tmp_path)
+    np.testing.assert_array_equal(run_kmodel_nhwc(data, x, (1, 16, 16, 1)), want)
+    assert [n.body.op_name for n in read_kmodel(data).model.nodes if n.body.op_name == "dequantize"]

@@ -56,6 +56,7 @@ from compiler.quantization import (
     roundf_int,
     weights_span,
 )
+from targets.k210.kernels import QUANTIZED_KERNELS
 from targets.k210.ops import ACTIVATION_STEPS, KPU_POOLS, conv_key, split_activation
 from targets.k210.passes.mark_small_outputs_float import MAX_FLOAT_WEIGHT_BYTES
 
@@ -109,42 +110,44 @@ def quantize_kpu_weights(w: np.ndarray) -> tuple[QuantParamU8, np.ndarray, np.nd
     return wq, scales, quantize_u8(scaled, wq)
 
 
+def source_grid(v: Value) -> tuple[QuantParamU8, np.ndarray] | None:
+    """(uint8 grid, codes) of a constant the model file stores quantized per tensor (a uint8 model's weights;
+    int8 ones moved up by 128), when its values are still on that grid; None otherwise."""
+    q = v.quant
+    if q is None or q.axis is not None or v.data is None or not float(q.scale) > 0:
+        return None
+    steps = np.asarray(v.data, np.float64) / float(q.scale)       # code - zero point, up to float32 rounding
+    codes = np.rint(steps)
+    if not np.allclose(steps, codes, rtol=0, atol=1e-3):
+        return None                                               # not on the file's grid (a pass changed it)
+    for zp in (int(q.zero_point), int(q.zero_point) + 128):
+        stored = codes + zp
+        if stored.size and stored.min() >= 0 and stored.max() <= 255:
+            return QuantParamU8(zp, float(F32(1.0 / float(q.scale)))), stored.astype(np.uint8)
+    return None
+
+
 def source_kpu_weights(w: Value) -> tuple[QuantParamU8, np.ndarray, np.ndarray] | None:
     """quantize_kpu_weights' triple holding the model's own 8-bit weight codes, when the model file stores
     the layer's weights quantized (a pre-quantized TFLite / QDQ model) and they fit one uint8 grid: per
-    tensor, the codes themselves (int8 ones moved up by 128) and no equalisation; per output channel with
-    zero points 0 (TFLite int8), the signed codes on a grid of step 1 (zero point 128), each channel's
-    step carried by its equalisation scale into the batch norm. The KPU's accumulator is then the
-    model's own integer one, where re-rounding the dequantized weights would add a second rounding error
-    per weight (MobileNet v2's projections: worst judged cosine 0.15 against LiteRT). None otherwise."""
+    tensor, the codes themselves (source_grid) and no equalisation; per output channel with zero points 0
+    (TFLite int8), the signed codes on a grid of step 1 (zero point 128), each channel's step carried by
+    its equalisation scale into the batch norm. The KPU's accumulator is then the model's own integer one,
+    where re-rounding the dequantized weights would add a second rounding error per weight (MobileNet v2's
+    projections: worst judged cosine 0.15 against LiteRT). None otherwise."""
     q = w.quant
     if q is None or w.data is None or w.data.ndim != 4:
         return None
-    data = np.asarray(w.data, np.float64)
-    oc = data.shape[0]
+    oc = w.data.shape[0]
     if q.axis is None:
-        scale, zero = np.full(oc, float(q.scale)), np.full(oc, int(q.zero_point))
-    elif q.axis == 0 and np.size(q.scale) == oc:
-        scale, zero = np.asarray(q.scale, np.float64), np.asarray(q.zero_point, np.int64).reshape(-1)
-        zero = np.broadcast_to(zero, (oc,))
-        if zero.any():
-            return None
-    else:
+        grid = source_grid(w)
+        return None if grid is None else (grid[0], np.ones(oc, F32), grid[1])
+    scale, zero = np.asarray(q.scale, np.float64).reshape(-1), np.asarray(q.zero_point).reshape(-1)
+    if q.axis != 0 or scale.size != oc or zero.any() or not (scale > 0).all():
         return None
-    if not (scale > 0).all():
-        return None
-    shape = (-1, 1, 1, 1)
-    steps = data / scale.reshape(shape)              # code - zero point, up to the float32 product's error
+    steps = np.asarray(w.data, np.float64) / scale.reshape(-1, 1, 1, 1)
     codes = np.rint(steps)
-    if not np.allclose(steps, codes, rtol=0, atol=1e-3):
-        return None                                  # not on the grid the file says (a pass changed them)
-    if q.axis is None:
-        zp = int(zero[0]) + (128 if int(zero[0]) < 0 or codes.min() + zero[0] < 0 else 0)   # int8 -> uint8
-        stored = codes + zp
-        if stored.min() < 0 or stored.max() > 255:
-            return None
-        return QuantParamU8(zp, float(F32(1.0 / scale[0]))), np.ones(oc, F32), stored.astype(np.uint8)
-    if codes.min() < -128 or codes.max() > 127:
+    if not np.allclose(steps, codes, rtol=0, atol=1e-3) or codes.min() < -128 or codes.max() > 127:
         return None
     return QuantParamU8(128, 1.0), (1.0 / scale).astype(F32), (codes + 128).astype(np.uint8)
 
@@ -489,7 +492,7 @@ class _Rewriter:
         if node.meta.get("stay_float") or not (w.is_constant and b.is_constant) or not self._worth_quantizing(v, w):
             return self.copy_float(node)
         iq, yq = self.param(x), self.param(v)
-        wq, w_q = quantize_weights_u8(w.data)
+        wq, w_q = source_grid(w) or quantize_weights_u8(w.data)     # a uint8 model's own codes, else nncase's
         bias_q, attrs = quantized_conv2d_params(b.data, iq, wq, yq, max_shift=255)
         a = node.attrs
         new = self._add("quantized_conv2d", [self.get_u8(x, iq), self.g.const(w_q, name=f"{w.name}_q", quant=wq.to_ir()),
@@ -506,6 +509,8 @@ class _Rewriter:
                 or not self._worth_quantizing(v, b if b.is_constant else None)):
             return self.copy_float(node)
         qa, qb, yq = self.param(a), self.param(b), self.param(v)
+        if b.is_constant and (grid := source_grid(b)):
+            qb = grid[0]                # the model's own grid: get_u8 gives back the file's codes
         bias_q, attrs = quantized_conv2d_params(np.zeros(b.shape[1], F32), qa, qb, yq, max_shift=32)
         new = self._add("quantized_matmul", [self.get_u8(a, qa), self.get_u8(b, qb),
                                              self.g.const(bias_q, name=f"{v.name}_q/bias")], name=f"{v.name}_q",
@@ -520,7 +525,7 @@ class _Rewriter:
             return self.copy_float(node)
         qa, qb, qy = self.param(a), self.param(b), self.param(v)
         try:
-            attrs = quantized_binary_params(node.attrs["op"], qa, qb, qy)
+            attrs = closest_binary_params(node.attrs["op"], qa, qb, qy)
         except KpucError:   # ranges too far apart for the runtime's 32-bit rescale (e.g. 1e15-wide maps): float
             return self.copy_float(node)
         if not _binary_rescale_holds(attrs, qa, qb, qy):
@@ -621,6 +626,33 @@ def _on_source_grid(w: Value) -> bool:
     return w.quant is not None and w.quant.axis is None
 
 
+def closest_binary_params(op: str, qa: QuantParamU8, qb: QuantParamU8, qy: QuantParamU8) -> dict:
+    """quantized_binary_params with the common unit (unit_exponent 0..15) whose runtime arithmetic gives the
+    exactly rounded result on the most of the 65536 code pairs (the first such k: nncase's own k = 0 on a
+    tie). nncase's k = 0 rounds a·s_b to whole units, which put 3-8% of MobileNet v2's residual sums one code
+    off LiteRT (0.2-0.3% with the chosen k); a finer unit costs output-multiplier bits (its shift stops at
+    32), so the count decides."""
+    attrs = quantized_binary_params(op, qa, qb, qy)
+    if op not in ("add", "sub", "min", "max"):
+        return attrs
+    ga, gb = (g.reshape(-1) for g in np.meshgrid(np.arange(256), np.arange(256), indexing="ij"))
+    ra = (ga - qa.zero_point) / np.float64(F32(qa.scale))
+    rb = (gb - qb.zero_point) / np.float64(F32(qb.scale))
+    real = {"add": ra + rb, "sub": ra - rb, "min": np.minimum(ra, rb), "max": np.maximum(ra, rb)}[op]
+    exact = np.clip(np.floor(real * np.float64(F32(qy.scale)) + qy.zero_point + 0.5), 0, 255)
+    kernel = QUANTIZED_KERNELS["quantized_binary"]
+    best, best_bad = attrs, int((kernel(ga.astype(np.uint8), gb.astype(np.uint8), **attrs) != exact).sum())
+    for k in range(1, 16):
+        try:
+            cand = quantized_binary_params(op, qa, qb, qy, unit_exponent=k)
+        except KpucError:       # a mul no longer fits its 16 bits
+            break
+        bad = int((kernel(ga.astype(np.uint8), gb.astype(np.uint8), **cand) != exact).sum())
+        if bad < best_bad:
+            best, best_bad = cand, bad
+    return best
+
+
 def _binary_rescale_holds(attrs: dict, qa: QuantParamU8, qb: QuantParamU8, qy: QuantParamU8) -> bool:
     """Whether a quantized add/sub/min/max/mul's fixed-point muls give each operand's code-to-output factor
     within 1/256: with scales far from 1 (maps ~1e12 wide) nncase's 16-bit operand muls round to 0."""
@@ -645,5 +677,6 @@ def quantize_k210(graph: Graph, ranges: dict[str, Range], *, weights_quantize_th
     return _Rewriter(graph, ranges, opts).run()
 
 
-__all__ = ["quantize_k210", "quantize_kpu_layer", "KpuLayer", "equalize_weights", "quantize_kpu_weights", "source_kpu_weights",
+__all__ = ["quantize_k210", "quantize_kpu_layer", "KpuLayer", "equalize_weights", "quantize_kpu_weights",
+           "source_kpu_weights", "source_grid",
            "piecewise_regression", "kpu_batch_norm", "kpu_activation", "act_in_scale", "Segment"]

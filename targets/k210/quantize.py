@@ -447,7 +447,8 @@ class _Rewriter:
         x, w, b = node.inputs
         v = node.output
         span = weights_span(w.data)
-        if span > self.opts.weights_quantize_threshold and not _on_source_grid(w):
+        # the span guard is for float weights: the model's own codes (per tensor or per channel) go on exactly
+        if span > self.opts.weights_quantize_threshold and not (_on_source_grid(w) or source_kpu_weights(w)):
             return self.kpu_conv2d_in_float(node, span)
         iq = self.param(x)
         yq = get_quant_param(self.ranges[conv_key(v.name)])
@@ -523,14 +524,28 @@ class _Rewriter:
         if (not self.opts.quantized_binary or node.attrs["op"] not in QUANTIZED_BINARY_OPS
                 or a.dtype != "float32" or b.dtype != "float32" or not self._worth_quantizing(v, None)):
             return self.copy_float(node)
-        qa, qb, qy = self.param(a), self.param(b), self.param(v)
+        op, qa, qy = node.attrs["op"], self.param(a), self.param(v)
+        if op == "div" and b.is_constant and _reciprocal(b.data) is not None:
+            # x / c as x · (1/c): the runtime's div divides integer codes (MoveNet's input scaling by 127.5
+            # put 96% of its codes up to 6 off), its mul rescales the exact code product once
+            recip = _reciprocal(b.data)
+            op, qb = "mul", _constant_grid(recip)
+            b_u8 = self.g.const(quantize_u8(recip, qb), name=f"{b.name}_reciprocal_q", quant=qb.to_ir())
+        elif b.is_constant:
+            grid = source_grid(b)
+            qb = grid[0] if grid else _constant_grid(b.data)
+            b_u8 = None
+        else:
+            qb = self.param(b)
+            b_u8 = None
         try:
-            attrs = closest_binary_params(node.attrs["op"], qa, qb, qy)
+            attrs = closest_binary_params(op, qa, qb, qy)
         except KpucError:   # ranges too far apart for the runtime's 32-bit rescale (e.g. 1e15-wide maps): float
             return self.copy_float(node)
         if not _binary_rescale_holds(attrs, qa, qb, qy):
             return self.copy_float(node)
-        new = self._add("quantized_binary", [self.get_u8(a, qa), self.get_u8(b, qb)], name=f"{v.name}_q", **attrs)
+        new = self._add("quantized_binary", [self.get_u8(a, qa), b_u8 or self.get_u8(b, qb)], name=f"{v.name}_q",
+                        **attrs)
         self.set_native(node, new, qy)
 
     def data_op(self, node: Node) -> None:
@@ -624,6 +639,31 @@ def _on_source_grid(w: Value) -> bool:
     uint8 range again keeps the step the source had, so nncase's weight-span guard, meant for float
     weights, does not keep them float (per-channel int8 weights do not qualify)."""
     return w.quant is not None and w.quant.axis is None
+
+
+def _constant_grid(c: np.ndarray) -> QuantParamU8:
+    """The uint8 grid of a binary op's constant operand: one value (a scale or an offset, MoveNet's 1/127.5
+    and 1.0) gets a grid holding it exactly at code 255 (or 0 if negative), where nncase's range fix-up
+    widens a single value to 0.1 and rounds 1/127.5 to 0.008035 (+2.4% on every pixel); several values
+    their min/max grid."""
+    c = np.asarray(c, F32)
+    first = F32(c.reshape(-1)[0]) if c.size else F32(0)
+    if c.size and (c == first).all() and np.isfinite(first) and first != 0:
+        scale = float(F32(F32(255) / F32(abs(first))))
+        q = QuantParamU8(0 if first > 0 else 255, scale)
+        if quantize_u8(first, q) == (255 if first > 0 else 0):
+            return q
+    return get_quant_param(get_range(c))
+
+
+def _reciprocal(c: np.ndarray) -> np.ndarray | None:
+    """1/c in float32 when every value of the constant is finite and nonzero, else None."""
+    c = np.asarray(c, F32)
+    if c.size == 0 or not np.isfinite(c).all() or (c == 0).any():
+        return None
+    with np.errstate(all="ignore"):
+        r = (F32(1) / c).astype(F32)
+    return r if np.isfinite(r).all() else None
 
 
 def closest_binary_params(op: str, qa: QuantParamU8, qb: QuantParamU8, qy: QuantParamU8) -> dict:

@@ -481,3 +481,36 @@ def test_source_kpu_weights_give_back_a_uint8_models_own_codes():
     assert wq.zero_point == 117 and abs(1 / wq.scale - 0.0123) < 1e-9 and (scales == 1).all()
     w.data = (w.data * 1.01).astype(np.float32)
     assert source_kpu_weights(w) is None
+
+
+def test_a_binary_ops_scalar_constant_gets_a_grid_that_holds_it():
+    """MoveNet scales its input by 1/127.5: nncase's range fix-up widens a single value to 0.1 wide, so the
+    constant became code 19 = 0.008035 (+2.4% on every pixel); kpuc's grid holds it at code 255."""
+    from targets.k210.quantize import _constant_grid
+    for c in (1 / 127.5, 1.0, -0.5, 3e-5, 250.0):
+        q = _constant_grid(np.array([c], np.float32))
+        code = int(quantize_u8(np.float32(c), q))
+        assert code in (0, 255)
+        assert abs((code - q.zero_point) / q.scale - c) <= 1e-6 * abs(c)
+    nncase = get_quant_param((1 / 127.5, 1 / 127.5))
+    assert abs(int(quantize_u8(np.float32(1 / 127.5), nncase)) / nncase.scale - 1 / 127.5) > 0.02 / 127.5
+
+
+def test_division_by_a_constant_is_quantized_as_a_product():
+    """x / c on uint8 codes: the runtime's div divides integer codes; kpuc multiplies by 1/c instead, within
+    one output step of the float quotient."""
+    g = Graph()
+    x = g.input("x", TensorType((1, 4, 8, 8), "float32"))
+    c = g.const(np.array([127.5], np.float32), name="c")
+    y = g.add("binary", [x, c], name="div", op="div").output
+    g.outputs = [y]
+    rng = np.random.default_rng(0)
+    samples = [{"x": rng.uniform(0, 255, (1, 4, 8, 8)).astype(np.float32)} for _ in range(4)]
+    ranges = calibrate(g, samples)
+    q = quantize_k210(g, ranges, output_quantize_threshold=0)
+    node = next(n for n in q.nodes if n.op == "quantized_binary")
+    assert node.attrs["op"] == "mul"
+    xs = samples[0]["x"]
+    got = QuantizedExecutor(q).run([xs])[q.outputs[0].name]
+    step = 1 / QuantParamU8.from_ir(node.output.quant).scale
+    assert np.abs(np.asarray(got, np.float64) - xs / 127.5).max() <= 1.01 * step

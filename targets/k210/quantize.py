@@ -131,8 +131,8 @@ def source_kpu_weights(w: Value) -> tuple[QuantParamU8, np.ndarray, np.ndarray] 
     """quantize_kpu_weights' triple holding the model's own 8-bit weight codes, when the model file stores
     the layer's weights quantized (a pre-quantized TFLite / QDQ model) and they fit one uint8 grid: per
     tensor, the codes themselves (source_grid) and no equalisation; per output channel with zero points 0
-    (TFLite int8), the signed codes on a grid of step 1 (zero point 128), each channel's step carried by
-    its equalisation scale into the batch norm. The KPU's accumulator is then the model's own integer one,
+    (TFLite int8), the signed codes on a grid of the largest channel step (zero point 128), each channel's
+    own step carried by its equalisation scale into the batch norm. The KPU's accumulator is then the model's own integer one,
     where re-rounding the dequantized weights would add a second rounding error per weight (MobileNet v2's
     projections: worst judged cosine 0.15 against LiteRT). None otherwise."""
     q = w.quant
@@ -149,7 +149,11 @@ def source_kpu_weights(w: Value) -> tuple[QuantParamU8, np.ndarray, np.ndarray] 
     codes = np.rint(steps)
     if not np.allclose(steps, codes, rtol=0, atol=1e-3) or codes.min() < -128 or codes.max() > 127:
         return None
-    return QuantParamU8(128, 1.0), (1.0 / scale).astype(F32), (codes + 128).astype(np.uint8)
+    # the grid's step is the largest channel step, so every channel's scale is >= 1 as after nncase's
+    # equalisation: the per-channel batch-norm multipliers then sit at the top of their 22 bits (a grid of
+    # step 1 left tiny_resnet8's first layer muls of 24..278: a third of its codes one off LiteRT)
+    top = float(scale.max())
+    return (QuantParamU8(128, float(F32(1.0 / top))), (top / scale).astype(F32), (codes + 128).astype(np.uint8))
 
 
 class Segment(NamedTuple):

@@ -132,9 +132,9 @@ def source_kpu_weights(w: Value) -> tuple[QuantParamU8, np.ndarray, np.ndarray] 
     the layer's weights quantized (a pre-quantized TFLite / QDQ model) and they fit one uint8 grid: per
     tensor, the codes themselves (source_grid) and no equalisation; per output channel with zero points 0
     (TFLite int8), the signed codes on a grid of the largest channel step (zero point 128), each channel's
-    own step carried by its equalisation scale into the batch norm. The KPU's accumulator is then the model's own integer one,
-    where re-rounding the dequantized weights would add a second rounding error per weight (MobileNet v2's
-    projections: worst judged cosine 0.15 against LiteRT). None otherwise."""
+    own step carried by its equalisation scale into the batch norm. The KPU's accumulator is then the
+    model's own integer one, where re-rounding the dequantized weights would add a second rounding error
+    per weight (MobileNet v2's projections: worst judged cosine 0.15 against LiteRT). None otherwise."""
     q = w.quant
     if q is None or w.data is None or w.data.ndim != 4:
         return None
@@ -674,7 +674,7 @@ def closest_binary_params(op: str, qa: QuantParamU8, qb: QuantParamU8, qy: Quant
     """quantized_binary_params with the common unit (unit_exponent 0..15) whose runtime arithmetic gives the
     exactly rounded result on the most of the 65536 code pairs (the first such k: nncase's own k = 0 on a
     tie). nncase's k = 0 rounds a·s_b to whole units, which put 3-8% of MobileNet v2's residual sums one code
-    off LiteRT (0.2-0.3% with the chosen k); a finer unit costs output-multiplier bits (its shift stops at
+    off LiteRT (under 0.1% with the chosen k); a finer unit costs output-multiplier bits (its shift stops at
     32), so the count decides."""
     attrs = quantized_binary_params(op, qa, qb, qy)
     if op not in ("add", "sub", "min", "max"):

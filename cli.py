@@ -24,7 +24,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import click  # noqa: E402
 import numpy as np  # noqa: E402
 
-from compiler.errors import KpucError, UnsupportedOps, printable
+from compiler.errors import DoesNotFit, KpucError, UnsupportedOps, printable
 from compiler.output import remove_temp_files_on_signals, write_atomic
 from compiler.progress import progress_enabled
 
@@ -167,6 +167,19 @@ def info(model, input_format, as_json, dump_ir, input_shape, output_tensors):
         raise UnsupportedOps(summary.unsupported)
 
 
+class FirmwareBudget(click.ParamType):
+    """--firmware: c-sdk, maixpy-mini, maixpy-full or a number of bytes."""
+    name = "c-sdk|maixpy-mini|maixpy-full|BYTES"
+
+    def convert(self, value, param, ctx):
+        from targets.k210.check import firmware_budget
+        try:
+            firmware_budget(str(value))
+        except KpucError as e:
+            self.fail(str(e), param, ctx)
+        return str(value)
+
+
 # ---------------------------------------------------------------- compile
 @cli.command("compile")
 @_model_arg
@@ -207,13 +220,18 @@ def info(model, input_format, as_json, dump_ir, input_shape, output_tensors):
               help="--target-cosine budget for the weights (default: twice the plain compile's).")
 @click.option("--max-main-ram", type=click.IntRange(min=1), metavar="BYTES", help="--target-cosine budget.")
 @click.option("--max-kpu-ram", type=click.IntRange(min=1), metavar="BYTES", help="--target-cosine budget.")
+@click.option("--firmware", type=FirmwareBudget(), default="c-sdk", show_default=True,
+              help="Main-memory budget the kmodel must fit (as kpuc check): c-sdk 6 MiB, maixpy-mini 3.5 MiB, "
+                   "maixpy-full 2 MiB, or bytes.")
+@click.option("--allow-over-budget", is_flag=True, help="Write the kmodel even when it does not fit --firmware.")
 @click.option("--dump-ir", type=click.Path(file_okay=False), help="Write the IR after each stage as Graphviz .dot.")
 @_import_options
 @_verbose_option
 def compile_(model, output, input_format, output_format, target, kmodel_version, dataset, dataset_format,
              inference_type, input_type, input_mean, input_std, calibrate_method, weights_quantize_threshold,
              output_quantize_threshold, no_quantized_binary, no_bias_correction, no_weight_rounding, split_activations,
-             no_auto_precision, target_cosine, max_file_size, max_main_ram, max_kpu_ram, dump_ir, input_shape, output_tensors):
+             no_auto_precision, target_cosine, max_file_size, max_main_ram, max_kpu_ram, firmware, allow_over_budget, dump_ir,
+             input_shape, output_tensors):
     """Compile MODEL (.tflite or .onnx) into a kmodel file OUTPUT for the K210."""
     from compiler.pipeline import CompileOptions, compile_model
     from targets import get_target
@@ -234,6 +252,9 @@ def compile_(model, output, input_format, output_format, target, kmodel_version,
                           lint=VERBOSE["on"], input_shapes=input_shape, output_tensors=output_tensors)
     dump = (lambda graph, stage: write_ir_dump(graph, dump_ir, stage)) if dump_ir or VERBOSE["on"] else None
     result = compile_model(model, opts, get_target(target), dump=dump)
+    from targets.k210.check import budget_problem
+    if not allow_over_budget and (problem := budget_problem(int(kmodel_version), result.kmodel, result.summary, firmware)):
+        raise DoesNotFit(f"{output}: {problem}; not written (--allow-over-budget writes it anyway)")
     write_atomic(Path(output), result.kmodel)
     if result.plan_search is not None and (VERBOSE["on"] or progress_enabled()):   # compiler/progress.py's rule
         from targets.k210.plan_search import format_plan_search
@@ -251,19 +272,6 @@ def compile_summary(output, version: int, result) -> str:
 
 
 # ---------------------------------------------------------------- check
-class FirmwareBudget(click.ParamType):
-    """--firmware: c-sdk, maixpy-mini, maixpy-full or a number of bytes."""
-    name = "c-sdk|maixpy-mini|maixpy-full|BYTES"
-
-    def convert(self, value, param, ctx):
-        from targets.k210.check import firmware_budget
-        try:
-            firmware_budget(str(value))
-        except KpucError as e:
-            self.fail(str(e), param, ctx)
-        return str(value)
-
-
 @cli.command()
 @_model_arg
 @click.option("-i", "--input-format", type=click.Choice(["tflite", "onnx"]), help="Guessed from the extension.")

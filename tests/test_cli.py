@@ -199,3 +199,17 @@ def test_infer_takes_the_pin_and_the_cut_and_matches_onnxruntime(tmp_path):
     model.graph.output.append(helper.make_tensor_value_info("scores", TensorProto.FLOAT, None))
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(["scores"], {"x": x})[0]
     np.testing.assert_allclose(np.fromfile(tmp_path / "out" / "a.out0.bin", np.float32), want.ravel(), rtol=1e-5, atol=1e-6)
+
+
+def test_compile_refuses_a_kmodel_over_the_firmware_budget(tmp_path):
+    """A kmodel that does not fit --firmware's main memory is one error line, exit 2 and no file;
+    --allow-over-budget writes it."""
+    out = tmp_path / "d.kmodel"
+    args = ["compile", str(ROOT / "models/digits_cnn.onnx"), str(out), "--dataset", str(ROOT / "models/digits"),
+            "--firmware", "4096"]
+    r = subprocess.run([sys.executable, "-c", "import cli; cli.main()", *args], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and not out.exists()
+    assert r.stderr.count("\n") == 1 and "more than the custom budget of 4,096 B" in r.stderr
+    r = subprocess.run([sys.executable, "-c", "import cli; cli.main()", *args, "--allow-over-budget"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and out.exists()

@@ -272,6 +272,19 @@ def _memory(version: int, data: bytes, summary: dict) -> dict:
             "layers": len(layers), "kpu_layers": kpu_layers, "cpu_layers": len(layers) - kpu_layers}
 
 
+def _over_budget(version: int, mem: dict, budget_name: str, budget: int) -> str:
+    return (f"kmodel v{version} needs {mem['main_memory_bytes']:,} B of main memory "
+            f"({mem['working_memory_bytes']:,} working + {mem['kmodel_bytes']:,} model), more than "
+            f"the {budget_name} budget of {budget:,} B")
+
+
+def budget_problem(version: int, data: bytes, summary: dict, firmware: str) -> str | None:
+    """`kpuc check`'s over-budget error for these kmodel bytes under --firmware, None when they fit."""
+    name, budget, _ = firmware_budget(firmware)
+    mem = _memory(version, data, summary)
+    return None if mem["main_memory_bytes"] <= budget else _over_budget(version, mem, name, budget)
+
+
 def _blockers(error: KpucError, graph: Graph) -> list[dict]:
     """The blockers a lowering error carries (CannotLower lists every op that stops the version). A blocker
     about a node but no op takes the op the quantized graph has under that name."""
@@ -393,10 +406,7 @@ def check_model(path, opts: CheckOptions = CheckOptions()) -> CheckResult:
         mem["fits_budget"] = mem["main_memory_bytes"] <= budget
         entry.update(memory=mem, status="fits" if mem["fits_budget"] else "over_budget", fits=mem["fits_budget"])
         if not mem["fits_budget"]:
-            _problem(doc, "error", "memory", [version], None, None,
-                     f"kmodel v{version} needs {mem['main_memory_bytes']:,} B of main memory "
-                     f"({mem['working_memory_bytes']:,} working + {mem['kmodel_bytes']:,} model), more than "
-                     f"the {budget_name} budget of {budget:,} B",
+            _problem(doc, "error", "memory", [version], None, None, _over_budget(version, mem, budget_name, budget),
                      "use a firmware with more free memory (--firmware), fewer channels, or a smaller input")
     if opts.dataset and final is not None:
         doc["sensitivity"] = _sensitivity(prepared.float_graph, final, samples)

@@ -143,8 +143,8 @@ class Model:
     def __init__(self, case: dict, work: Path):
         self.case, self.work = case, work
         shapes = case["input_shapes"]
-        if case.get("output_tensors"):
-            self.meta, self.run_framework = _tflite_tensors_session(Path(case["path"]), case["output_tensors"])
+        if case.get("output_tensors"):   # a CUTS model: judged at these inner tensors
+            self.meta, self.run_framework = _tflite_session(Path(case["path"]), shapes, case["output_tensors"])
         else:
             session = _tflite_session if case["format"] == "tflite" else _onnx_session
             self.meta, self.run_framework = session(Path(case["path"]), shapes)
@@ -188,28 +188,6 @@ class Model:
     def kpuc_order(self, out: np.ndarray) -> np.ndarray:
         """A framework output in kpuc's layout (NCHW for 4-D tensors of an NHWC model)."""
         return out.transpose(0, 3, 1, 2) if self.nhwc and out.ndim == 4 else out
-
-
-def _tflite_tensors_session(path: Path, names: list[str]):
-    """_tflite_session's (meta, run) with the named inner tensors as the outputs (a CUTS model)."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-    interp = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True,
-                         experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-    interp.allocate_tensors()
-    by_name = {t["name"]: t for t in interp.get_tensor_details()}
-    meta, _ = _tflite_session(path, {})
-    outs = [by_name[n] for n in names]
-    meta["outputs"] = [dict(name=t["name"], dtype=np.dtype(t["dtype"]).name,
-                            quant=[float(t["quantization"][0]), int(t["quantization"][1])] if t["quantization"][0]
-                            else None) for t in outs]
-    ins = interp.get_input_details()
-
-    def run(arrays):
-        for d, a in zip(ins, arrays):
-            interp.set_tensor(d["index"], a)
-        interp.invoke()
-        return [interp.get_tensor(t["index"]) for t in outs]
-    return meta, run
 
 
 def shape_options(case: dict) -> list[str]:

@@ -89,32 +89,39 @@ def transpose_conv_bias_as_builtin(model: bytes) -> bytes:
     return bytes(b.Output())
 
 
-def _interpreter(path: Path):
+def _interpreter(path: Path, keep_all: bool = False):
+    """LiteRT's interpreter of the model; `keep_all`: every tensor readable after invoke (inner outputs)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
     model = path.read_bytes()
+    kw = {"experimental_preserve_all_tensors": True} if keep_all else {}
     try:
         # the reference kernels: what the issue's parity figures are measured against
-        interp = Interpreter(model_content=model, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+        interp = Interpreter(model_content=model, experimental_op_resolver_type=OpResolverType.BUILTIN_REF, **kw)
         interp.allocate_tensors()       # a custom op fails here, not when the file is read
         return interp
     except (RuntimeError, ValueError) as e:
         if "quantized_dimension" in str(e):
             return Interpreter(model_content=single_axis_fixed(model),
-                               experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+                               experimental_op_resolver_type=OpResolverType.BUILTIN_REF, **kw)
         if "Convolution2DTransposeBias" in str(e):
             return Interpreter(model_content=transpose_conv_bias_as_builtin(model),
-                               experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-        return Interpreter(model_content=model)
+                               experimental_op_resolver_type=OpResolverType.BUILTIN_REF, **kw)
+        return Interpreter(model_content=model, **kw)
 
 
-def _tflite_session(path: Path, shapes: dict):
-    interp = _interpreter(path)
+def _tflite_session(path: Path, shapes: dict, output_tensors: list[str] | None = None):
+    """(meta, run) of a TFLite model; `output_tensors` names inner tensors to return instead of the outputs."""
+    interp = _interpreter(path, keep_all=bool(output_tensors))
     for d in interp.get_input_details():
         if d["name"] in shapes:
             interp.resize_tensor_input(d["index"], shapes[d["name"]])
     interp.allocate_tensors()
     ins = interp.get_input_details()
-    outs = interp.get_output_details()
+    if output_tensors:
+        by_name = {t["name"]: t for t in interp.get_tensor_details()}
+        outs = [by_name[n] for n in output_tensors]
+    else:
+        outs = interp.get_output_details()
 
     def quant(d):
         scale, zero_point = d["quantization"]

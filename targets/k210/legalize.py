@@ -1,9 +1,10 @@
 """KPU legalization of the float graph: decide what runs on the KPU and reshape what almost fits.
 
 The passes run in this order, to a fixpoint (nncase v0.2's K210 float legalization, kmodel-v4.md §12):
-geometry first (transposed convs, strides, dilation, padding), then conv2d / matmul become kpu_conv2d
-with their activations, then pools and stride-2/4 slices are fused into the KPU pool type. Every
-step keeps the float function, so the result still runs on the executor and can be calibrated.
+convs too wide for one KPU layer split by output channels, geometry next (transposed convs, strides,
+dilation, padding), then conv2d / matmul become kpu_conv2d with their activations, then pools and
+stride-2/4 slices are fused into the KPU pool type. Every step keeps the float function, so the result
+still runs on the executor and can be calibrated.
 Whatever stays a conv2d / matmul / conv2d_transpose carries `meta["why_not_kpu"]`.
 """
 from __future__ import annotations
@@ -20,8 +21,10 @@ from targets.k210.passes.decompose_conv2d_stride import decompose_conv2d_stride
 from targets.k210.passes.fuse_kpu_pool import fuse_kpu_pool
 from targets.k210.passes.insert_pad_crop_for_kpu_conv2d import insert_pad_crop_for_kpu_conv2d
 from targets.k210.passes.matmul_to_kpu_conv2d import matmul_to_kpu_conv2d
+from targets.k210.passes.split_wide_conv2d import split_wide_conv2d
 
 LEGALIZE_K210 = [
+    split_wide_conv2d,
     conv2d_transpose_to_kpu_conv2d,
     decompose_conv2d_stride,
     decompose_conv2d_dilation,

@@ -24,6 +24,7 @@ from targets.k210.lower_v3 import compile_v3
 from targets.k210.lower_v4 import compile_v4
 from targets.k210.ops import conv_key
 from targets.k210.passes.mark_small_outputs_float import mark_small_outputs_float
+from targets.k210.passes.split_wide_conv2d import one_range_per_split
 from targets.k210.precision import (
     apply_keep_choices,
     default_plan,
@@ -157,6 +158,7 @@ def _calibrated(graph: Graph, opts, samples: list, calibrator=Calibrator) -> dic
         broadcast_ranges(graph, ranges)
     if widen_quantized(graph, plan, ranges):
         broadcast_ranges(graph, ranges)
+    one_range_per_split(graph, ranges, dict(opts.model_ranges), conv_key)
     return ranges
 
 

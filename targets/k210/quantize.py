@@ -56,7 +56,6 @@ from compiler.quantization import (
     roundf_int,
     weights_span,
 )
-from targets.k210.kernels import QUANTIZED_KERNELS
 from targets.k210.ops import ACTIVATION_STEPS, KPU_POOLS, conv_key, split_activation
 from targets.k210.passes.mark_small_outputs_float import MAX_FLOAT_WEIGHT_BYTES
 
@@ -543,7 +542,7 @@ class _Rewriter:
             qb = self.param(b)
             b_u8 = None
         try:
-            attrs = closest_binary_params(op, qa, qb, qy)
+            attrs = quantized_binary_params(op, qa, qb, qy)
         except KpucError:   # ranges too far apart for the runtime's 32-bit rescale (e.g. 1e15-wide maps): float
             return self.copy_float(node)
         if not _binary_rescale_holds(attrs, qa, qb, qy):
@@ -668,33 +667,6 @@ def _reciprocal(c: np.ndarray) -> np.ndarray | None:
     with np.errstate(all="ignore"):
         r = (F32(1) / c).astype(F32)
     return r if np.isfinite(r).all() else None
-
-
-def closest_binary_params(op: str, qa: QuantParamU8, qb: QuantParamU8, qy: QuantParamU8) -> dict:
-    """quantized_binary_params with the common unit (unit_exponent 0..15) whose runtime arithmetic gives the
-    exactly rounded result on the most of the 65536 code pairs (the first such k: nncase's own k = 0 on a
-    tie). nncase's k = 0 rounds a·s_b to whole units, which put 3-8% of MobileNet v2's residual sums one code
-    off LiteRT (under 0.1% with the chosen k); a finer unit costs output-multiplier bits (its shift stops at
-    32), so the count decides."""
-    attrs = quantized_binary_params(op, qa, qb, qy)
-    if op not in ("add", "sub", "min", "max"):
-        return attrs
-    ga, gb = (g.reshape(-1) for g in np.meshgrid(np.arange(256), np.arange(256), indexing="ij"))
-    ra = (ga - qa.zero_point) / np.float64(F32(qa.scale))
-    rb = (gb - qb.zero_point) / np.float64(F32(qb.scale))
-    real = {"add": ra + rb, "sub": ra - rb, "min": np.minimum(ra, rb), "max": np.maximum(ra, rb)}[op]
-    exact = np.clip(np.floor(real * np.float64(F32(qy.scale)) + qy.zero_point + 0.5), 0, 255)
-    kernel = QUANTIZED_KERNELS["quantized_binary"]
-    best, best_bad = attrs, int((kernel(ga.astype(np.uint8), gb.astype(np.uint8), **attrs) != exact).sum())
-    for k in range(1, 16):
-        try:
-            cand = quantized_binary_params(op, qa, qb, qy, unit_exponent=k)
-        except KpucError:       # a mul no longer fits its 16 bits
-            break
-        bad = int((kernel(ga.astype(np.uint8), gb.astype(np.uint8), **cand) != exact).sum())
-        if bad < best_bad:
-            best, best_bad = cand, bad
-    return best
 
 
 def _binary_rescale_holds(attrs: dict, qa: QuantParamU8, qb: QuantParamU8, qy: QuantParamU8) -> bool:

@@ -247,3 +247,4 @@ def test_lookup_table_follows_the_function():
     got = _deq(table_lookup1d(codes, table), yq)
     assert (np.abs(got - 1 / (1 + np.exp(-x))) * yq.scale).max() <= 1.0
     assert np.all(np.diff(table.astype(int)) >= 0)        # monotone function, monotone table
+

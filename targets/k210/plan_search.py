@@ -162,7 +162,7 @@ class _Builder:
     def build(self, plan) -> tuple[Graph, Graph]:
         from targets.k210.kernels import QuantizedExecutor  # noqa: F401  (kernels registered before running)
         self.builds += 1
-        opts = replace(self.opts, layer_plan=tuple(plan), target_cosine=None, auto_precision=False)
+        opts = replace(self.opts, layer_plan=tuple(plan), target_cosine=None)   # auto_precision kept: the concat rule
         graph = self.generic.clone()
         work = self.target.prepare_for_quantization(graph, opts, self.fit)
         return work, self.target.quantize(work, opts, self.fit)

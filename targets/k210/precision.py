@@ -15,6 +15,8 @@ meta["source"]). Choices:
                                0.58 on a dog), a coarser step costs little
     no_clip | l2 | mse | percentile   the calibration method of its ranges (percentile: 99.99% of the values)
 
+Without flags the default flow adds default_plan's choices (before legalization) and, after calibration,
+keep_mixed_concats_float's float output concats; --no-auto-precision skips both.
 The same options give the same plan and the same bytes: nothing here depends on order of a set.
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 from compiler.calibration import CALIBRATION_METHODS, STAGE_MARK, Stats
 from compiler.errors import KpucError, printable
 from compiler.ir import Graph, Node
-from compiler.quantization import Range
+from compiler.quantization import Range, fixup_range
 
 PERCENTILE = 99.99
 KEEP_CHOICES = ("float", "quantize")
@@ -184,5 +186,36 @@ def default_plan(graph: Graph) -> tuple[tuple[str, str], ...]:
     return normalize_plan(plan)
 
 
-__all__ = ["default_plan", "CHOICES", "METHOD_CHOICES", "normalize_plan", "layers_with", "layer_of", "plannable_layers",
-           "apply_keep_choices", "pick_for", "widen_quantized", "percentile"]
+# ------------------------------------------------------------------ output concats of mixed scales (no flags)
+MIXED_SCALE_RATIO = 2.0     # an output concat part whose own grid is this much finer than the shared one ...
+
+
+def keep_mixed_concats_float(graph: Graph, ranges: dict) -> list[str]:
+    """Mark meta["stay_float"] on each concat that only feeds the outputs and joins parts whose calibrated
+    spans differ by MIXED_SCALE_RATIO or more (after calibration, before quantize_k210); the names marked.
+
+    A detector concatenates its heads' box regressors (or score logits) from feature maps of different
+    strides; on one uint8 grid the narrow part is requantized to the wide part's step. MediaPipe's
+    short-range face detector: scores of the 16x16 head span [-6.5, 3.1], those of the 8x8 head
+    [-615, 0], so 512 of 896 scores lost 64x of their resolution (worst judged score cosine 0.970).
+    Each part dequantized with its own scale and joined in float costs a copy of the outputs, which
+    are dequantized to float anyway."""
+    marked = []
+    for node in graph.nodes_of("concat"):
+        joined = ranges.get(node.output.name)
+        parts = [ranges.get(v.name) for v in node.inputs if not v.is_constant]
+        if joined is None or None in parts or len(parts) < 2 or not _feeds_only_outputs(graph, node):
+            continue
+        if max(_span(joined) / _span(r) for r in parts) >= MIXED_SCALE_RATIO:
+            node.meta["stay_float"] = True
+            marked.append(node.name)
+    return marked
+
+
+def _span(r) -> float:
+    lo, hi = fixup_range(r)
+    return float(hi) - float(lo)
+
+
+__all__ = ["default_plan", "keep_mixed_concats_float", "CHOICES", "METHOD_CHOICES", "normalize_plan", "layers_with",
+           "layer_of", "plannable_layers", "apply_keep_choices", "pick_for", "widen_quantized", "percentile"]

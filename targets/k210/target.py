@@ -30,6 +30,7 @@ from targets.k210.passes.split_wide_conv2d import one_range_per_split
 from targets.k210.precision import (
     apply_keep_choices,
     default_plan,
+    keep_mixed_concats_float,
     layers_with,
     normalize_plan,
     pick_for,
@@ -162,6 +163,8 @@ def _calibrated(graph: Graph, opts, samples: list, calibrator=Calibrator) -> dic
     if widen_quantized(graph, plan, ranges):
         broadcast_ranges(graph, ranges)
     one_range_per_split(graph, ranges, dict(opts.model_ranges), conv_key)
+    if opts.auto_precision:
+        keep_mixed_concats_float(graph, ranges)
     return ranges
 
 

@@ -171,7 +171,10 @@ class _Builder:
         """(worst, mean, tail): tail is the mean of the worst quarter, what a choice must raise (the worst of
         a dozen images alone jitters by +-0.01 from one build to the next)."""
         from targets.k210.kernels import QuantizedExecutor
-        got = outputs_of(QuantizedExecutor(q), self.generic, self.held)
+        # outputs by position: legalization may rename an output (a split or cropped output conv)
+        names = [v.name for v in self.generic.outputs]
+        got = [dict(zip(names, (run[v.name] for v in q.outputs), strict=True))
+               for run in outputs_of(QuantizedExecutor(q), q, self.held)]
         return worst_cosine(self.reference, got), mean_cosine(self.reference, got), tail_cosine(self.reference, got)
 
     def fits(self, q: Graph, size: int, budget: dict) -> str:

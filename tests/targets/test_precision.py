@@ -350,3 +350,23 @@ def test_every_choice_together_writes_a_file_the_oracle_runs(model, tmp_path, ve
         data = compile_model(model, opts(layer_plan=((PW, "float"),), kmodel_version=4), get_target("k210"),
                              samples=images(12)).kmodel
         (tmp_path / "float_pw_v4.kmodel").write_bytes(data)
+
+
+def test_target_cosine_matches_outputs_that_legalization_renames(tmp_path):
+    """A model whose output legalization rewrites (a stride-2 output conv ends in a renamed slice, as MediaPipe's
+    face landmark model's small output conv is padded and cropped): the search compares the outputs by
+    position and compiles (it stopped on a KeyError, exit 3)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(2)
+    conv = helper.make_node("Conv", ["x", "w", "b"], ["strided_out"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                            strides=[2, 2])
+    half = SIZE // 2
+    graph = helper.make_graph([conv], "strided", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, SIZE, SIZE])],
+                              [helper.make_tensor_value_info("strided_out", TensorProto.FLOAT, [1, 8, half, half])],
+                              [numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w"),
+                               numpy_helper.from_array(np.zeros(8, np.float32), "b")])
+    path = tmp_path / "strided.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    r = compile_model(path, opts(target_cosine=0.999), get_target("k210"), samples=images(8))
+    assert r.plan_search is not None and r.plan_search.worst > 0.99

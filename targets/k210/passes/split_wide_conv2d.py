@@ -59,6 +59,9 @@ def _rewrite(graph: Graph, conv: Node, count: int) -> None:
         outs.append(piece.output)
     cat = graph.add("concat", outs, name=f"{source_name(conv)}_concat", before=conv, axis=1)
     cat.meta.update(source=source_name(conv), range_of=conv.name)
+    if conv.output in graph.outputs:   # a model output keeps its name (kpuc infer, reports, the plan search)
+        conv.name, cat.name = cat.name, conv.name
+        conv.output.name, cat.output.name = cat.output.name, conv.output.name
     graph.replace_all_uses(conv.output, cat.output)
 
 

@@ -70,3 +70,13 @@ def test_a_split_conv_compiles_and_its_pieces_share_one_grid(tmp_path):
     want = np.maximum(np.einsum("oi,nihw->nohw", w[:, :, 0, 0], x) + b[None, :, None, None], 0)
     step = layers[0].output.quant.scale
     assert np.abs(got - want).max() <= 1.5 * step      # 8-bit weights and outputs: about a step
+
+
+def test_a_split_model_output_keeps_its_name(kpu):
+    """MediaPipe's face landmark model ends in a 1404-channel conv: the concat that replaces it carries the
+    output's name (the --target-cosine search matched outputs by name and failed)."""
+    g, (x,) = kpu.graph_with_inputs((1, 8, 4, 4))
+    y = kpu.conv(g, x, 1404, 1)
+    name = y.name
+    g = kpu.check_rewrite(split_wide_conv2d, kpu.finish(g, y))
+    assert [v.name for v in g.outputs] == [name] and g.outputs[0].producer.op == "concat"

@@ -175,13 +175,14 @@ def with_model_ranges(graph: Graph, measured: dict[str, Range], source: Mapping[
             # activation is clamps: after a fused sigmoid (MoveNet's heatmaps) the output keeps its measured
             # range (the conv's -11.6..2.0 on a 0..1 output left every heatmap code at one end)
             ranges[conv_key(node.output.name)] = r
-            if not _only_clamps(node):
+            if not only_clamps(node):
                 continue
         ranges[node.output.name] = r
     return ranges
 
 
-def _only_clamps(node: Node) -> bool:
+def only_clamps(node: Node) -> bool:
+    """Whether a kpu_conv2d's fused activation is clamps only (its conv stage is then its output)."""
     return all(step[0] == "clamp" for step in node.attrs["activation"])
 
 

@@ -115,15 +115,22 @@ def source_grid(v: Value) -> tuple[QuantParamU8, np.ndarray] | None:
     q = v.quant
     if q is None or q.axis is not None or v.data is None or not float(q.scale) > 0:
         return None
-    steps = np.asarray(v.data, np.float64) / float(q.scale)       # code - zero point, up to float32 rounding
-    codes = np.rint(steps)
-    if not np.allclose(steps, codes, rtol=0, atol=1e-3):
-        return None                                               # not on the file's grid (a pass changed it)
+    codes = _codes_on_grid(v.data, float(q.scale))
+    if codes is None:
+        return None
     for zp in (int(q.zero_point), int(q.zero_point) + 128):
         stored = codes + zp
         if stored.size and stored.min() >= 0 and stored.max() <= 255:
             return QuantParamU8(zp, float(F32(1.0 / float(q.scale)))), stored.astype(np.uint8)
     return None
+
+
+def _codes_on_grid(data: np.ndarray, step) -> np.ndarray | None:
+    """data / step as whole numbers (code - zero point) when the values sit on that grid, up to the float32
+    product's rounding; None when they do not (a pass changed them)."""
+    steps = np.asarray(data, np.float64) / step
+    codes = np.rint(steps)
+    return codes if np.allclose(steps, codes, rtol=0, atol=1e-3) else None
 
 
 def source_kpu_weights(w: Value) -> tuple[QuantParamU8, np.ndarray, np.ndarray] | None:
@@ -144,9 +151,8 @@ def source_kpu_weights(w: Value) -> tuple[QuantParamU8, np.ndarray, np.ndarray] 
     scale, zero = np.asarray(q.scale, np.float64).reshape(-1), np.asarray(q.zero_point).reshape(-1)
     if q.axis != 0 or scale.size != oc or zero.any() or not (scale > 0).all():
         return None
-    steps = np.asarray(w.data, np.float64) / scale.reshape(-1, 1, 1, 1)
-    codes = np.rint(steps)
-    if not np.allclose(steps, codes, rtol=0, atol=1e-3) or codes.min() < -128 or codes.max() > 127:
+    codes = _codes_on_grid(w.data, scale.reshape(-1, 1, 1, 1))
+    if codes is None or codes.min() < -128 or codes.max() > 127:
         return None
     # the grid's step is the largest channel step, so every channel's scale is >= 1 as after nncase's
     # equalisation: the per-channel batch-norm multipliers then sit at the top of their 22 bits (a grid of
@@ -450,14 +456,14 @@ class _Rewriter:
         x, w, b = node.inputs
         v = node.output
         span = weights_span(w.data)
+        source = source_kpu_weights(w)
         # the span guard is for float weights: the model's own codes (per tensor or per channel) go on exactly
-        if span > self.opts.weights_quantize_threshold and not (_on_source_grid(w) or source_kpu_weights(w)):
+        if span > self.opts.weights_quantize_threshold and not (_on_source_grid(w) or source):
             return self.kpu_conv2d_in_float(node, span)
         iq = self.param(x)
         yq = get_quant_param(self.ranges[conv_key(v.name)])
         zq = get_quant_param(self.ranges[v.name])
         try:
-            source = source_kpu_weights(w)
             layer = quantize_kpu_layer(w.data, b.data, node.attrs["activation"], iq, yq, zq, source)
         except KpucError as e:
             raise KpucError(f"kpu_conv2d '{node.name}': {e}") from None
@@ -528,10 +534,10 @@ class _Rewriter:
                 or a.dtype != "float32" or b.dtype != "float32" or not self._worth_quantizing(v, None)):
             return self.copy_float(node)
         op, qa, qy = node.attrs["op"], self.param(a), self.param(v)
-        if op == "div" and b.is_constant and _reciprocal(b.data) is not None:
+        recip = _reciprocal(b.data) if op == "div" and b.is_constant else None
+        if recip is not None:
             # x / c as x · (1/c): the runtime's div divides integer codes (MoveNet's input scaling by 127.5
             # put 96% of its codes up to 6 off), its mul rescales the exact code product once
-            recip = _reciprocal(b.data)
             op, qb = "mul", _constant_grid(recip)
             b_u8 = self.g.const(quantize_u8(recip, qb), name=f"{b.name}_reciprocal_q", quant=qb.to_ir())
         elif b.is_constant:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 from compiler.ir import Graph, Node, QuantParam
+from compiler.model_quant import only_clamps
 from targets.k210.constraints import MAX_CHANNELS, why_not_kpu, why_not_kpu_conv
 from targets.k210.passes.common import derive, source_name
 
@@ -89,5 +90,5 @@ def one_range_per_split(graph: Graph, ranges: dict, model_ranges: dict, conv_key
         for v in cat.inputs:
             ranges[v.name] = r
             node = v.producer
-            if node.op == "kpu_conv2d" and all(step[0] == "clamp" for step in node.attrs["activation"]):
+            if node.op == "kpu_conv2d" and only_clamps(node):
                 ranges[conv_key(v.name)] = r

@@ -211,6 +211,9 @@ class FirmwareBudget(click.ParamType):
 @click.option("--split-activations", type=click.IntRange(0, MAX_SPLIT_ACTIVATIONS), default=0, show_default=True, metavar="N",
               help="Carry the first N KPU layers' outputs as two uint8 copies half a step apart (about 9-bit "
                    "activations where 8-bit noise hurts most; costs KPU RAM and weights; changes ncc's layer shapes).")
+@click.option("--equalize-layers", is_flag=True,
+              help="Rescale conv -> (ReLU) -> conv pairs channel by channel so narrow activation channels use more of "
+                   "the uint8 grid (cross-layer equalization scaled by calibration activations; off by default).")
 @click.option("--no-auto-precision", is_flag=True,
               help="Skip kpuc's default per-layer choices (quantized logits, split leading layers, float output "
                    "concats of mixed scales): ncc's layer shapes.")
@@ -231,8 +234,8 @@ class FirmwareBudget(click.ParamType):
 def compile_(model, output, input_format, output_format, target, kmodel_version, dataset, dataset_format,
              inference_type, input_type, input_mean, input_std, calibrate_method, weights_quantize_threshold,
              output_quantize_threshold, no_quantized_binary, no_bias_correction, no_weight_rounding, split_activations,
-             no_auto_precision, target_cosine, max_file_size, max_main_ram, max_kpu_ram, firmware, allow_over_budget, dump_ir,
-             input_shape, output_tensors):
+             equalize_layers, no_auto_precision, target_cosine, max_file_size, max_main_ram, max_kpu_ram, firmware,
+             allow_over_budget, dump_ir, input_shape, output_tensors):
     """Compile MODEL (.tflite or .onnx) into a kmodel file OUTPUT for the K210."""
     from compiler.pipeline import CompileOptions, compile_model
     from targets import get_target
@@ -248,7 +251,7 @@ def compile_(model, output, input_format, output_format, target, kmodel_version,
                           output_quantize_threshold=output_quantize_threshold,
                           quantized_binary=not no_quantized_binary, bias_correction=not no_bias_correction,
                           weight_rounding=not no_weight_rounding, split_activations=split_activations,
-                          auto_precision=not no_auto_precision, target_cosine=target_cosine,
+                          equalize_layers=equalize_layers, auto_precision=not no_auto_precision, target_cosine=target_cosine,
                           max_file_size=max_file_size, max_main_ram=max_main_ram, max_kpu_ram=max_kpu_ram,
                           lint=VERBOSE["on"], input_shapes=input_shape, output_tensors=output_tensors)
     dump = (lambda graph, stage: write_ir_dump(graph, dump_ir, stage)) if dump_ir or VERBOSE["on"] else None

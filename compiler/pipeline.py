@@ -88,6 +88,7 @@ class CompileOptions:
     bias_correction: bool = True         # kpuc: per-channel KPU norm_add correction on the calibration data
     weight_rounding: bool = True         # kpuc: data-aware (GPTQ) rounding of the KPU weight codes
     split_activations: int = 0           # kpuc: first N KPU layers' outputs as two offset uint8 copies (~9 bits)
+    equalize_layers: bool = False        # kpuc: cross-layer equalization scaled by activations (passes/equalize_cross_layer.py)
     layer_plan: tuple = ()               # kpuc: ((layer, choice), ...) per-layer precision (targets/k210/precision.py)
     auto_precision: bool = True          # kpuc: no layer_plan given -> the target's default plan (+ float mixed-scale output concats)
     target_cosine: float | None = None   # kpuc: choose a layer plan until the held-out worst cosine reaches it

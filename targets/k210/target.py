@@ -17,6 +17,7 @@ from compiler.calibration import Calibrator, broadcast_ranges, calibrate
 from compiler.errors import DoesNotFit, KpucError, printable
 from compiler.ir import Graph
 from compiler.model_quant import with_model_ranges
+from passes.equalize_cross_layer import equalize_cross_layer
 from targets.k210 import ops  # noqa: F401  (registers the K210 ops in the op table)
 from targets.k210.bias_correction import ConvMeanCalibrator, ConvMeans, correct_biases
 from targets.k210.device_semantics import to_v3_semantics, to_v4_semantics
@@ -64,7 +65,10 @@ class K210:
     def prepare_for_quantization(self, graph: Graph, opts, samples: list, *, dump: Dump = None) -> Graph:
         """The legalized float graph to calibrate and quantize. `graph` is legalized in place; with
         --split-activations a split copy is legalized too and returned, so `graph` keeps the model's own
-        function and layer shapes (the accuracy report compares against it)."""
+        function and layer shapes (the accuracy report compares against it). --equalize-layers rescales
+        `graph` first (float-equivalent)."""
+        if opts.equalize_layers:
+            equalize_cross_layer(graph, samples)
         mark_small_outputs_float(graph, opts.output_quantize_threshold)
         keep_output_sigmoid_float(graph)
         plan = normalize_plan(opts.layer_plan)

@@ -155,6 +155,9 @@ class Model:
         info = self.meta["inputs"][0]
         s = info["shape"]
         self.nhwc = self.meta["layout"] == "nhwc"
+        # an ONNX model whose input is NHWC itself (tf2onnx's MTCNN): kpuc reads it in that layout too
+        self.kpuc_nhwc = not self.nhwc and len(s) == 4 and s[3] in (1, 3) and s[1] not in (1, 3)
+        self.nhwc |= self.kpuc_nhwc
         nchw = (s[0], s[3], s[1], s[2]) if self.nhwc and len(s) == 4 else tuple(s)
         if len(nchw) != 4 or nchw[1] not in (1, 3) or min(nchw[2:]) < 16:
             raise ValueError(f"input {s} is not a picture")
@@ -185,11 +188,11 @@ class Model:
         if info["quant"] and ir_dtype == "float32":
             scale, zero_point = info["quant"]
             x = ((x.astype(np.float32) - zero_point) * scale).astype(np.float32)
-        return x.transpose(0, 3, 1, 2) if self.nhwc else x
+        return x.transpose(0, 3, 1, 2) if self.nhwc and not self.kpuc_nhwc else x
 
     def kpuc_order(self, out: np.ndarray) -> np.ndarray:
         """A framework output in kpuc's layout (NCHW for 4-D tensors of an NHWC model)."""
-        return out.transpose(0, 3, 1, 2) if self.nhwc and out.ndim == 4 else out
+        return out.transpose(0, 3, 1, 2) if self.nhwc and not self.kpuc_nhwc and out.ndim == 4 else out
 
 
 def shape_options(case: dict) -> list[str]:

@@ -154,10 +154,13 @@ class Model:
             raise ValueError(f"{len(self.meta['inputs'])} inputs: not an image model")
         info = self.meta["inputs"][0]
         s = info["shape"]
-        self.nhwc = self.meta["layout"] == "nhwc"
-        # an ONNX model whose input is NHWC itself (tf2onnx's MTCNN): kpuc reads it in that layout too
-        self.kpuc_nhwc = not self.nhwc and len(s) == 4 and s[3] in (1, 3) and s[1] not in (1, 3)
-        self.nhwc |= self.kpuc_nhwc
+        # kpuc_transposes: kpuc's IR takes the framework's tensors transposed 0,3,1,2 (its TFLite importer's
+        # NHWC -> NCHW); nhwc: the framework's picture is NHWC. Usually both (TFLite) or neither (ONNX), but an
+        # ONNX model may take NHWC itself (tf2onnx's MTCNN) and a TFLite model NCHW (a PyTorch export).
+        self.kpuc_transposes = self.meta["layout"] == "nhwc"
+        channels_last = len(s) == 4 and s[3] in (1, 3) and s[1] not in (1, 3)
+        channels_first = len(s) == 4 and s[1] in (1, 3) and s[3] not in (1, 3)
+        self.nhwc = channels_last or (self.kpuc_transposes and not channels_first)
         nchw = (s[0], s[3], s[1], s[2]) if self.nhwc and len(s) == 4 else tuple(s)
         if len(nchw) != 4 or nchw[1] not in (1, 3) or min(nchw[2:]) < 16:
             raise ValueError(f"input {s} is not a picture")
@@ -188,11 +191,11 @@ class Model:
         if info["quant"] and ir_dtype == "float32":
             scale, zero_point = info["quant"]
             x = ((x.astype(np.float32) - zero_point) * scale).astype(np.float32)
-        return x.transpose(0, 3, 1, 2) if self.nhwc and not self.kpuc_nhwc else x
+        return x.transpose(0, 3, 1, 2) if self.kpuc_transposes else x
 
     def kpuc_order(self, out: np.ndarray) -> np.ndarray:
         """A framework output in kpuc's layout (NCHW for 4-D tensors of an NHWC model)."""
-        return out.transpose(0, 3, 1, 2) if self.nhwc and not self.kpuc_nhwc and out.ndim == 4 else out
+        return out.transpose(0, 3, 1, 2) if self.kpuc_transposes and out.ndim == 4 else out
 
 
 def shape_options(case: dict) -> list[str]:
@@ -235,8 +238,8 @@ def run_nncase(model: Model, python: str, timeout: float) -> dict:
     def as_float(x):   # nncase takes float tensors in the framework's layout: a quantized input dequantized
         if not model.meta["inputs"][0]["quant"]:
             return x.astype(np.float32)
-        x = model.kpuc_tensor(x, "float32")            # dequantized, NCHW: back to the model's own layout
-        return x.transpose(0, 2, 3, 1) if model.nhwc else x
+        x = model.kpuc_tensor(x, "float32")            # dequantized, in kpuc's layout: back to the model's own
+        return x.transpose(0, 2, 3, 1) if model.kpuc_transposes else x
     for role, tensors in (("calibration", model.calibration), ("judged", model.judged)):
         np.save(work / f"nn_{role}.npy", np.stack([as_float(x) for x in tensors]))
     rc, out, err, seconds = run([python, str(Path(__file__).resolve()), "--nncase-child", model.case["path"],

@@ -325,6 +325,11 @@ def kpu_activation(act_in_scale: float, yq: QuantParamU8, zq: QuantParamU8, clam
             raise KpucError(f"activation segment {i}: slope {seg.slope:.4g} or intercept {seg.intercept:.4g} has "
                             "no KPU form") from None
         table[i] = (roundf_int(start), mul.rounded, mul.shift, y_add)
+    if not steps:
+        # a clamp-only layer stays at its lower clamp below the first segment. nncase writes code 0 there (test:
+        # test_below_the_sampled_range_the_table_gives_code_zero), which is the clamp only when the output grid
+        # starts at it: a pre-quantized model's ReLU layer may keep a grid of [-2.3, 2.8], whose code 0 is -2.3
+        table[0, 3] = table[1, 3]
     return table
 
 

@@ -208,3 +208,41 @@ def test_a_fused_sigmoid_layer_keeps_a_zero_to_one_output_grid(tmp_path):
         y = np.asarray(got[result.graph.outputs[0].name], np.float64).transpose(0, 2, 3, 1)
         worst = max(worst, int(np.abs(np.rint(y * 256) - 128 - expected.astype(int)).max()))
     assert worst <= 4, worst
+
+
+@pytest.mark.parametrize("target", ["k210", "cpu"])
+def test_a_relu_layer_on_a_grid_reaching_below_zero_still_clamps_at_zero(tmp_path, target):
+    """int8 conv + fused ReLU whose output grid spans [-0.85, 11.9] (zero point -111: PyTorch exports keep
+    such grids): LiteRT clamps at the code of 0. The KPU's table must send everything below its first
+    segment there (nncase writes code 0, the grid's -0.85), and a CPU quantized conv, which can only saturate
+    at its codes 0 and 255, gets the grid cut to the ReLU's [0, 11.9]; both stay within a few codes of LiteRT."""
+    from compiler.executor import Executor
+    from compiler.pipeline import CompileOptions, compile_model
+    from targets import get_target
+    from targets.k210.kernels import QUANTIZED_KERNELS
+    rng = np.random.default_rng(5)
+    w = rng.integers(-127, 128, (6, 3, 3, 8)).astype(np.int8)
+    b = rng.integers(-4000, 4000, 6).astype(np.int32)
+    s_y, z_y = 0.05, -111
+    tensors = [T("x", (1, 12, 12, 8), "int8", scale=(0.05,), zero_point=(0,)),      # per-tensor weights: the
+               T("w", w.shape, "int8", w, scale=(0.015,), zero_point=(0,)),        # CPU conv's own codes too
+               T("b", (6,), "int32", b, scale=(0.05 * 0.015,), zero_point=(0,)),
+               T("y", (1, 12, 12, 6), "int8", scale=(s_y,), zero_point=(z_y,))]
+    model = build(tensors, [Op("CONV_2D", ["x", "w", "b"], ["y"], opts("Conv2DOptions", Padding=SAME, StrideH=1,
+                                                                    StrideW=1, FusedActivationFunction=RELU))],
+                  ["x"], ["y"])
+    path = tmp_path / "relu.tflite"
+    path.write_bytes(model)
+    result = compile_model(path, CompileOptions(target=target, output_quantize_threshold=0), get_target(target))
+    assert any(n.op == ("kpu_conv2d_q" if target == "k210" else "quantized_conv2d") for n in result.graph.nodes)
+    worst, zeros = 0, 0
+    for seed in range(3):
+        xq = np.random.default_rng(seed).integers(-128, 128, (1, 12, 12, 8)).astype(np.int8)
+        (expected,) = litert(model, [xq])
+        got = Executor(result.graph, QUANTIZED_KERNELS).run([(xq * 0.05).astype(np.float32).transpose(0, 3, 1, 2)])
+        y = np.asarray(got[result.graph.outputs[0].name], np.float64).transpose(0, 2, 3, 1)
+        codes = np.rint(y / s_y) + z_y
+        zeros += int((expected == z_y).sum())
+        worst = max(worst, int(np.abs(codes - expected.astype(int)).max()))
+    assert zeros > 100                        # the ReLU clamps a good share of the outputs
+    assert worst <= 3, worst

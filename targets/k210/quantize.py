@@ -9,7 +9,8 @@ where nncase uses `float`:
   activation chain over the conv output's quantized range;
 - conv2d / matmul left on the CPU -> quantized_conv2d / quantized_matmul, binary -> quantized_binary,
   unless their (fixed-up) weight range is wider than `weights_quantize_threshold` or their output has
-  fewer than `output_quantize_threshold` elements (nncase add_quant_checkpoints); a kpu_conv2d whose
+  fewer than `output_quantize_threshold` elements (nncase add_quant_checkpoints); kpuc also keeps float a CPU
+  conv whose channels would keep few levels of its one weight grid, and a mul by a squeeze-excite gate; a kpu_conv2d whose
   weights are too wide falls back to a float conv2d (+ activations + pool) with meta["why_not_kpu"];
 - shape-only ops whose input is uint8 run on the codes (nncase's dequantize motion), with a pad filling
   the zero point (ncc v0.2 padded with byte 0 -- kmodel-v4.md §18.4 -- which shifts real values);
@@ -499,7 +500,8 @@ class _Rewriter:
     def conv2d(self, node: Node) -> None:
         x, w, b = node.inputs
         v = node.output
-        if node.meta.get("stay_float") or not (w.is_constant and b.is_constant) or not self._worth_quantizing(v, w):
+        if (node.meta.get("stay_float") or not (w.is_constant and b.is_constant) or not self._worth_quantizing(v, w)
+                or not (w.quant is not None or _one_grid_holds(w.data) or _too_big_for_float(w))):
             return self.copy_float(node)
         iq, yq = self.param(x), self.param(v)
         wq, w_q = source_grid(w) or quantize_weights_u8(w.data)     # a uint8 model's own codes, else nncase's
@@ -531,7 +533,8 @@ class _Rewriter:
         a, b = node.inputs
         v = node.output
         if (not self.opts.quantized_binary or node.attrs["op"] not in QUANTIZED_BINARY_OPS
-                or a.dtype != "float32" or b.dtype != "float32" or not self._worth_quantizing(v, None)):
+                or a.dtype != "float32" or b.dtype != "float32" or not self._worth_quantizing(v, None)
+                or _scales_by_gate(node)):
             return self.copy_float(node)
         op, qa, qy = node.attrs["op"], self.param(a), self.param(v)
         recip = _reciprocal(b.data) if op == "div" and b.is_constant else None
@@ -592,7 +595,7 @@ class _Rewriter:
     def _worth_quantizing(self, out: Value, weights: Value | None) -> bool:
         """nncase add_quant_checkpoints: big enough outputs (or weights too big to keep in float, as
         mark_small_outputs_float decides), narrow enough weights."""
-        too_big = weights is not None and 4 * weights.type.size > MAX_FLOAT_WEIGHT_BYTES
+        too_big = weights is not None and _too_big_for_float(weights)
         if out.type.size < self.opts.output_quantize_threshold and not too_big:
             return False
         return (weights is None or weights_span(weights.data) <= self.opts.weights_quantize_threshold
@@ -613,6 +616,47 @@ class _Rewriter:
         self.g.eliminate_dead_code()
         self.g.validate()
         return self.g
+
+
+# A CPU conv's uint8 weights share one grid (the runtime's quantized_conv2d has one filter offset and one output
+# multiplier), unlike a KPU layer's, which its batch norm rescales per channel. An output channel whose weights
+# span a small part of that grid keeps a few levels: MediaPipe's selfie segmenter has 5x5 depthwise convs (CPU)
+# with channels spanning 1% of the tensor's range (3 levels); quantized they cost its mask up to 0.5 cosine.
+MIN_CHANNEL_LEVELS = 16
+
+
+def _scales_by_gate(node: Node) -> bool:
+    """A mul of a feature map by a computed per-channel gate (squeeze-excite: a sigmoid of a pooled vector):
+    kept float. On uint8 the gate's step is 1/255, so a gate of 0.02 rescales its whole channel 10% off;
+    the map's grid cannot follow a gate per channel either. Float costs one CPU mul over the map (MediaPipe's
+    selfie segmenter, 10 gates: judged mean mask cosine 0.80 -> 0.82, the gates' cosine 0.99 -> 1.0)."""
+    if node.attrs["op"] != "mul":
+        return False
+    a, b = node.inputs
+    small, big = (a, b) if a.type.size < b.type.size else (b, a)
+    return not small.is_constant and small.type.size * 16 <= big.type.size
+
+
+# A CPU conv's uint8 weights share one grid (the runtime's quantized_conv2d has one filter offset and one output
+# multiplier), unlike a KPU layer's, which its batch norm rescales per channel. An output channel whose weights
+# span a small part of that grid keeps a few levels: MediaPipe's 5x5 depthwise convs (the KPU has 1x1 and 3x3
+# only) have channels spanning 1% of the tensor's range (3 levels). Such a conv stays float (a model's own
+# 8-bit weights excepted): hand landmark lite's judged world-landmark cosine 0.87 -> 0.96 (worst 0.69 -> 0.91).
+MIN_CHANNEL_LEVELS = 16
+
+
+def _one_grid_holds(w: np.ndarray) -> bool:
+    """Whether every output channel of a conv weight spans at least MIN_CHANNEL_LEVELS steps of the
+    tensor's one uint8 grid."""
+    rows = np.asarray(w, np.float64).reshape(w.shape[0], -1)
+    lo, hi = fixup_range(get_range(w))
+    step = (float(hi) - float(lo)) / 255
+    spans = np.maximum(rows.max(axis=1), 0) - np.minimum(rows.min(axis=1), 0)
+    return step == 0 or bool(spans.min() >= MIN_CHANNEL_LEVELS * step)
+
+
+def _too_big_for_float(w: Value) -> bool:
+    return 4 * w.type.size > MAX_FLOAT_WEIGHT_BYTES
 
 
 def _step_node(name: str, params) -> tuple[str, dict]:

@@ -296,22 +296,5 @@ def calibrate(graph: Graph, dataset: Iterable, *, method: str = "no_clip", input
     return ranges
 
 
-def channel_absmax(graph: Graph, dataset: Iterable, nodes: list[str]) -> dict[str, np.ndarray]:
-    """Per channel (axis 1), the largest |value| of each named node's output over `dataset`, by value name;
-    only the part of the graph that computes them runs (a value depends only on what is upstream of it)."""
-    if not nodes:
-        return {}
-    upstream = graph.clone()
-    upstream.outputs = [upstream.node(name).output for name in nodes]
-    upstream.eliminate_dead_code()
-    exe = Executor(upstream)
-    found: dict[str, np.ndarray] = {}
-    for sample in dataset:
-        for name, a in exe.run(_as_feeds(sample)).items():
-            a = np.abs(np.asarray(a, np.float64)).swapaxes(0, 1).reshape(a.shape[1], -1).max(axis=1)
-            found[name] = np.maximum(found[name], a) if name in found else a
-    return found
-
-
-__all__ = ["channel_absmax", "Calibrator", "Stats", "CALIBRATION_METHODS", "CALIBRATION_STAGES", "BROADCAST_OPS", "calibrate",
+__all__ = ["Calibrator", "Stats", "CALIBRATION_METHODS", "CALIBRATION_STAGES", "BROADCAST_OPS", "calibrate",
            "stage_key", "no_clip", "l2", "mse", "input_range", "broadcast_ranges"]

@@ -10,7 +10,7 @@ where nncase uses `float`:
 - conv2d / matmul left on the CPU -> quantized_conv2d / quantized_matmul, binary -> quantized_binary,
   unless their (fixed-up) weight range is wider than `weights_quantize_threshold` or their output has
   fewer than `output_quantize_threshold` elements (nncase add_quant_checkpoints); kpuc also keeps float a CPU
-  conv whose channels would keep few levels of its one weight grid, and a mul by a squeeze-excite gate; a kpu_conv2d whose
+  depthwise conv whose channels would keep few levels of its one weight grid, and a mul by a squeeze-excite gate; a kpu_conv2d whose
   weights are too wide falls back to a float conv2d (+ activations + pool) with meta["why_not_kpu"];
 - shape-only ops whose input is uint8 run on the codes (nncase's dequantize motion), with a pad filling
   the zero point (ncc v0.2 padded with byte 0 -- kmodel-v4.md §18.4 -- which shifts real values);
@@ -501,7 +501,7 @@ class _Rewriter:
         x, w, b = node.inputs
         v = node.output
         if (node.meta.get("stay_float") or not (w.is_constant and b.is_constant) or not self._worth_quantizing(v, w)
-                or not (w.quant is not None or _one_grid_holds(w.data) or _too_big_for_float(w))):
+                or _depthwise_levels_lost(node)):
             return self.copy_float(node)
         iq, yq = self.param(x), self.param(v)
         wq, w_q = source_grid(w) or quantize_weights_u8(w.data)     # a uint8 model's own codes, else nncase's
@@ -595,7 +595,7 @@ class _Rewriter:
     def _worth_quantizing(self, out: Value, weights: Value | None) -> bool:
         """nncase add_quant_checkpoints: big enough outputs (or weights too big to keep in float, as
         mark_small_outputs_float decides), narrow enough weights."""
-        too_big = weights is not None and _too_big_for_float(weights)
+        too_big = weights is not None and 4 * weights.type.size > MAX_FLOAT_WEIGHT_BYTES
         if out.type.size < self.opts.output_quantize_threshold and not too_big:
             return False
         return (weights is None or weights_span(weights.data) <= self.opts.weights_quantize_threshold
@@ -618,18 +618,11 @@ class _Rewriter:
         return self.g
 
 
-# A CPU conv's uint8 weights share one grid (the runtime's quantized_conv2d has one filter offset and one output
-# multiplier), unlike a KPU layer's, which its batch norm rescales per channel. An output channel whose weights
-# span a small part of that grid keeps a few levels: MediaPipe's selfie segmenter has 5x5 depthwise convs (CPU)
-# with channels spanning 1% of the tensor's range (3 levels); quantized they cost its mask up to 0.5 cosine.
-MIN_CHANNEL_LEVELS = 16
-
-
 def _scales_by_gate(node: Node) -> bool:
-    """A mul of a feature map by a computed per-channel gate (squeeze-excite: a sigmoid of a pooled vector):
-    kept float. On uint8 the gate's step is 1/255, so a gate of 0.02 rescales its whole channel 10% off;
-    the map's grid cannot follow a gate per channel either. Float costs one CPU mul over the map (MediaPipe's
-    selfie segmenter, 10 gates: judged mean mask cosine 0.80 -> 0.82, the gates' cosine 0.99 -> 1.0)."""
+    """A mul of a feature map by a computed per-channel gate (squeeze-excite: a sigmoid of a pooled vector),
+    kept float. On uint8 the gate's step is 1/255, so a gate of 0.02 rescales its whole channel 10% off, and
+    the map's one grid cannot follow the gates' per-channel scales. Float costs one CPU mul over the map
+    (MediaPipe's selfie segmenter, 10 gates: the gates' judged cosine 0.986 -> 1.0)."""
     if node.attrs["op"] != "mul":
         return False
     a, b = node.inputs
@@ -638,25 +631,25 @@ def _scales_by_gate(node: Node) -> bool:
 
 
 # A CPU conv's uint8 weights share one grid (the runtime's quantized_conv2d has one filter offset and one output
-# multiplier), unlike a KPU layer's, which its batch norm rescales per channel. An output channel whose weights
-# span a small part of that grid keeps a few levels: MediaPipe's 5x5 depthwise convs (the KPU has 1x1 and 3x3
-# only) have channels spanning 1% of the tensor's range (3 levels). Such a conv stays float (a model's own
-# 8-bit weights excepted): hand landmark lite's judged world-landmark cosine 0.87 -> 0.96 (worst 0.69 -> 0.91).
-MIN_CHANNEL_LEVELS = 16
+# multiplier), unlike a KPU layer's, which its batch norm rescales per channel. A depthwise conv's channels are
+# separate filters whose ranges differ widely: MediaPipe's 5x5 depthwise convs (the KPU has 1x1 and 3x3 only)
+# have channels spanning 1% of the tensor's range (2-5 levels of 255). Such a conv stays float; its weights are
+# small (channels x 25 floats). Hand landmark lite (9 such convs, 0.3-5 levels): judged worst cosine
+# 0.66 -> 0.90, mean 0.87 -> 0.96. A model's own 8-bit weights are left to the quantizer.
+MIN_CHANNEL_LEVELS = 8
 
 
-def _one_grid_holds(w: np.ndarray) -> bool:
-    """Whether every output channel of a conv weight spans at least MIN_CHANNEL_LEVELS steps of the
-    tensor's one uint8 grid."""
-    rows = np.asarray(w, np.float64).reshape(w.shape[0], -1)
-    lo, hi = fixup_range(get_range(w))
-    step = (float(hi) - float(lo)) / 255
+def _depthwise_levels_lost(node: Node) -> bool:
+    """Whether a depthwise conv2d's float weights leave some non-zero channel fewer than MIN_CHANNEL_LEVELS
+    steps of the tensor's one uint8 grid (an all-zero channel is exact on any grid)."""
+    w = node.inputs[1]
+    if w.quant is not None or w.shape[1] != 1 or node.attrs["groups"] != node.inputs[0].shape[1]:
+        return False
+    rows = np.asarray(w.data, np.float64).reshape(w.shape[0], -1)
+    lo, hi = fixup_range(get_range(w.data))
     spans = np.maximum(rows.max(axis=1), 0) - np.minimum(rows.min(axis=1), 0)
-    return step == 0 or bool(spans.min() >= MIN_CHANNEL_LEVELS * step)
-
-
-def _too_big_for_float(w: Value) -> bool:
-    return 4 * w.type.size > MAX_FLOAT_WEIGHT_BYTES
+    spans = spans[spans > 0]
+    return bool(spans.size) and bool(spans.min() * 255 < MIN_CHANNEL_LEVELS * (float(hi) - float(lo)))
 
 
 def _step_node(name: str, params) -> tuple[str, dict]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
-from compiler.calibration import Calibrator, broadcast_ranges, calibrate, channel_absmax
+from compiler.calibration import Calibrator, broadcast_ranges, calibrate
 from compiler.errors import DoesNotFit, KpucError, printable
 from compiler.ir import Graph
 from compiler.model_quant import with_model_ranges
@@ -24,7 +24,6 @@ from targets.k210.legalize import LEGALIZE_K210, legalize_k210
 from targets.k210.lower_v3 import compile_v3
 from targets.k210.lower_v4 import compile_v4
 from targets.k210.ops import conv_key
-from targets.k210.passes.equalize_kpu_depthwise_inputs import equalizable, equalize_kpu_depthwise_inputs
 from targets.k210.passes.keep_output_sigmoid_float import keep_output_sigmoid_float
 from targets.k210.passes.mark_small_outputs_float import mark_small_outputs_float
 from targets.k210.passes.split_wide_conv2d import one_range_per_split
@@ -82,9 +81,6 @@ class K210:
             _stage(dump, work, "split_activations")
         for g in [graph] if work is graph else [graph, work]:
             self.legalize(g, lint=opts.lint, dump=dump)
-            if self.kpu and opts.auto_precision and not opts.model_ranges:
-                measured = [a.name for a, _ in equalizable(g)]
-                equalize_kpu_depthwise_inputs(g, channel_max=channel_absmax(g, samples, measured))
         if self.kpu:
             _stage(dump, work, "legalize_k210")
         return work

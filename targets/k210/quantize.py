@@ -622,7 +622,8 @@ def _scales_by_gate(node: Node) -> bool:
     """A mul of a feature map by a computed per-channel gate (squeeze-excite: a sigmoid of a pooled vector),
     kept float. On uint8 the gate's step is 1/255, so a gate of 0.02 rescales its whole channel 10% off, and
     the map's one grid cannot follow the gates' per-channel scales. Float costs one CPU mul over the map
-    (MediaPipe's selfie segmenter, 10 gates: the gates' judged cosine 0.986 -> 1.0)."""
+    (MediaPipe's selfie segmenters, 10 gates each, this rule alone: judged mean mask cosine 0.804 -> 0.818
+    and 0.782 -> 0.787; the quantized muls had cost up to 0.007 of their outputs' cosine each)."""
     if node.attrs["op"] != "mul":
         return False
     a, b = node.inputs
@@ -634,8 +635,10 @@ def _scales_by_gate(node: Node) -> bool:
 # multiplier), unlike a KPU layer's, which its batch norm rescales per channel. A depthwise conv's channels are
 # separate filters whose ranges differ widely: MediaPipe's 5x5 depthwise convs (the KPU has 1x1 and 3x3 only)
 # have channels spanning 1% of the tensor's range (2-5 levels of 255). Such a conv stays float; its weights are
-# small (channels x 25 floats). Hand landmark lite (9 such convs, 0.3-5 levels): judged worst cosine
-# 0.66 -> 0.90, mean 0.87 -> 0.96. A model's own 8-bit weights are left to the quantizer.
+# small (channels x 25 floats). Judged worst / mean cosine (bench/accuracy.py): hand landmark lite (9 such convs,
+# 0.3-5 levels) 0.66 / 0.87 -> 0.90 / 0.96, pose detection (9) 0.92 / 0.97 -> 0.96 / 0.99, selfie segmentation (5,
+# 1.6-3.7 levels, with the gate rule above) mean 0.80 -> 0.83; elsewhere in the zoo (palm lite, YOLO-FastestV2,
+# FastestDet, ULFFD masked 640, PP-OCR) 1-7 convs go float, worst cosine within 0.001 of before. A model's own 8-bit weights are left to the quantizer.
 MIN_CHANNEL_LEVELS = 8
 
 

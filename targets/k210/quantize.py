@@ -638,7 +638,8 @@ def _scales_by_gate(node: Node) -> bool:
 # small (channels x 25 floats). Judged worst / mean cosine (bench/accuracy.py): hand landmark lite (9 such convs,
 # 0.3-5 levels) 0.66 / 0.87 -> 0.90 / 0.96, pose detection (9) 0.92 / 0.97 -> 0.96 / 0.99, selfie segmentation (5,
 # 1.6-3.7 levels, with the gate rule above) mean 0.80 -> 0.83; elsewhere in the zoo (palm lite, YOLO-FastestV2,
-# FastestDet, ULFFD masked 640, PP-OCR) 1-7 convs go float, worst cosine within 0.001 of before. A model's own 8-bit weights are left to the quantizer.
+# FastestDet, ULFFD masked 640, PP-OCR) 1-7 convs go float, worst cosine within 0.001 of before. A model's own
+# 8-bit weights are left to the quantizer.
 MIN_CHANNEL_LEVELS = 8
 
 

@@ -9,7 +9,8 @@ where nncase uses `float`:
   activation chain over the conv output's quantized range;
 - conv2d / matmul left on the CPU -> quantized_conv2d / quantized_matmul, binary -> quantized_binary,
   unless their (fixed-up) weight range is wider than `weights_quantize_threshold` or their output has
-  fewer than `output_quantize_threshold` elements (nncase add_quant_checkpoints); a kpu_conv2d whose
+  fewer than `output_quantize_threshold` elements (nncase add_quant_checkpoints); kpuc also keeps float a CPU
+  depthwise conv whose channels would keep few levels of its one weight grid, and a mul by a squeeze-excite gate; a kpu_conv2d whose
   weights are too wide falls back to a float conv2d (+ activations + pool) with meta["why_not_kpu"];
 - shape-only ops whose input is uint8 run on the codes (nncase's dequantize motion), with a pad filling
   the zero point (ncc v0.2 padded with byte 0 -- kmodel-v4.md §18.4 -- which shifts real values);
@@ -504,7 +505,8 @@ class _Rewriter:
     def conv2d(self, node: Node) -> None:
         x, w, b = node.inputs
         v = node.output
-        if node.meta.get("stay_float") or not (w.is_constant and b.is_constant) or not self._worth_quantizing(v, w):
+        if (node.meta.get("stay_float") or not (w.is_constant and b.is_constant) or not self._worth_quantizing(v, w)
+                or _depthwise_levels_lost(node)):
             return self.copy_float(node)
         iq, yq = self.param(x), self.param(v)
         wq, w_q = source_grid(w) or quantize_weights_u8(w.data)     # a uint8 model's own codes, else nncase's
@@ -536,7 +538,8 @@ class _Rewriter:
         a, b = node.inputs
         v = node.output
         if (not self.opts.quantized_binary or node.attrs["op"] not in QUANTIZED_BINARY_OPS
-                or a.dtype != "float32" or b.dtype != "float32" or not self._worth_quantizing(v, None)):
+                or a.dtype != "float32" or b.dtype != "float32" or not self._worth_quantizing(v, None)
+                or _scales_by_gate(node)):
             return self.copy_float(node)
         op, qa, qy = node.attrs["op"], self.param(a), self.param(v)
         recip = _reciprocal(b.data) if op == "div" and b.is_constant else None
@@ -618,6 +621,44 @@ class _Rewriter:
         self.g.eliminate_dead_code()
         self.g.validate()
         return self.g
+
+
+def _scales_by_gate(node: Node) -> bool:
+    """A mul of a feature map by a computed per-channel gate (squeeze-excite: a sigmoid of a pooled vector),
+    kept float. On uint8 the gate's step is 1/255, so a gate of 0.02 rescales its whole channel 10% off, and
+    the map's one grid cannot follow the gates' per-channel scales. Float costs one CPU mul over the map
+    (MediaPipe's selfie segmenters, 10 gates each, this rule alone: judged mean mask cosine 0.804 -> 0.818
+    and 0.782 -> 0.787; the quantized muls had cost up to 0.007 of their outputs' cosine each)."""
+    if node.attrs["op"] != "mul":
+        return False
+    a, b = node.inputs
+    small, big = (a, b) if a.type.size < b.type.size else (b, a)
+    return not small.is_constant and small.type.size * 16 <= big.type.size
+
+
+# A CPU conv's uint8 weights share one grid (the runtime's quantized_conv2d has one filter offset and one output
+# multiplier), unlike a KPU layer's, which its batch norm rescales per channel. A depthwise conv's channels are
+# separate filters whose ranges differ widely: MediaPipe's 5x5 depthwise convs (the KPU has 1x1 and 3x3 only)
+# have channels spanning 1% of the tensor's range (2-5 levels of 255). Such a conv stays float; its weights are
+# small (channels x 25 floats). Judged worst / mean cosine (bench/accuracy.py): hand landmark lite (9 such convs,
+# 0.3-5 levels) 0.66 / 0.87 -> 0.90 / 0.96, pose detection (9) 0.92 / 0.97 -> 0.96 / 0.99, selfie segmentation (5,
+# 1.6-3.7 levels, with the gate rule above) mean 0.80 -> 0.83; elsewhere in the zoo (palm lite, YOLO-FastestV2,
+# FastestDet, ULFFD masked 640, PP-OCR) 1-7 convs go float, worst cosine within 0.001 of before. A model's own
+# 8-bit weights are left to the quantizer.
+MIN_CHANNEL_LEVELS = 8
+
+
+def _depthwise_levels_lost(node: Node) -> bool:
+    """Whether a depthwise conv2d's float weights leave some non-zero channel fewer than MIN_CHANNEL_LEVELS
+    steps of the tensor's one uint8 grid (an all-zero channel is exact on any grid)."""
+    w = node.inputs[1]
+    if w.quant is not None or w.shape[1] != 1 or node.attrs["groups"] != node.inputs[0].shape[1]:
+        return False
+    rows = np.asarray(w.data, np.float64).reshape(w.shape[0], -1)
+    lo, hi = fixup_range(get_range(w.data))
+    spans = np.maximum(rows.max(axis=1), 0) - np.minimum(rows.min(axis=1), 0)
+    spans = spans[spans > 0]
+    return bool(spans.size) and bool(spans.min() * 255 < MIN_CHANNEL_LEVELS * (float(hi) - float(lo)))
 
 
 def _step_node(name: str, params) -> tuple[str, dict]:

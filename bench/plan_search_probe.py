@@ -48,7 +48,7 @@ def judged_scores(prepared_q, samples: list, refs: list[list[np.ndarray]]) -> li
     return out
 
 
-def probe(case: dict, goal: float) -> dict:
+def probe(case: dict, goal: float, kept_only: bool = False) -> dict:
     target = get_target("k210")
     with tempfile.TemporaryDirectory(prefix=f"kpuc-probe-{case['name']}-") as tmp:
         work = Path(tmp)
@@ -96,7 +96,7 @@ def probe(case: dict, goal: float) -> dict:
             for b, s in zip(builds[1:], steps):
                 b.update(label=s.label, kept=s.kept, why=s.why)
         for b in builds:
-            if "held" not in b:       # the build failed (the search logged why)
+            if "held" not in b or kept_only and b is not builds[0] and not b.get("kept"):   # failed, or skipped
                 b["judged"] = [np.nan]
                 continue
             g = prepared.generic.clone()
@@ -117,7 +117,7 @@ def report(res: dict, held_n: int | None = None) -> str:
         held = b.get("held") or [np.nan] * 5
         h = np.sort(held)
         orig = held[:held_n or max(1, len(held) // 5)]
-        j = np.asarray(b["judged"])
+        j = np.asarray(b["judged"], float)
         what = f"{'kept' if b.get('kept') else '-':4s} {b.get('label', '?')} {b.get('why', '')}" if i else "(start)"
         lines.append(f"{i:3d} {h[0]:10.4f} {h[:max(1, len(h) // 4)].mean():9.4f} {min(orig):10.4f} {j.min():12.4f} "
                      f"{j.mean():11.4f}  {what}")
@@ -131,6 +131,7 @@ def main(argv=None) -> int:
     ap.add_argument("models", nargs="+")
     ap.add_argument("--goal", type=float, default=0.99)
     ap.add_argument("--out", default="/tmp/plan-search-probe")
+    ap.add_argument("--kept-only", action="store_true", help="judge only the start plan and the kept trials")
     ap.add_argument("--render", action="store_true", help="print the saved results only")
     a = ap.parse_args(argv)
     out = Path(a.out)
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
             print(report(json.loads((out / f"{name}.json").read_text())))
         return 0
     for case in accuracy.shared_cases(a.models) + accuracy.zoo_cases(a.models):
-        res = probe(case, a.goal)
+        res = probe(case, a.goal, a.kept_only)
         (out / f"{case['name']}.json").write_text(json.dumps(res))
         print(report(res), flush=True)
     return 0

@@ -246,7 +246,8 @@ def search_plan(target, generic: Graph, opts, samples: list) -> PlanSearch:
     goal = float(opts.target_cosine) if mirror else 1 - (1 - float(opts.target_cosine)) / 2
     folds = judging_folds(len(samples), holdout_indices(len(samples)), bool(mirror))
     b = _Builder(target, generic, opts, fit, held + mirror, folds)
-    plan = list(normalize_plan(opts.layer_plan)) or list(target.default_plan(generic.clone(), opts))
+    start = list(normalize_plan(opts.layer_plan)) or list(target.default_plan(generic.clone(), opts))
+    plan = list(start)
     legalized, q = b.build(plan)
     now = b.measure(q)
     size = weight_bytes(q)
@@ -281,7 +282,23 @@ def search_plan(target, generic: Graph, opts, samples: list) -> PlanSearch:
         if not why:
             plan, now, size = list(trial), score, t_size
     result.plan, result.worst, result.mean, result.size = normalize_plan(plan), now.worst, now.mean, size
+    if mirror and result.plan != normalize_plan(start):
+        _final_check(result, start, _Builder(target, generic, opts, samples, mirror, folds[len(held):]))
     return result
+
+
+def _final_check(result: PlanSearch, start: list, b: _Builder) -> None:
+    """Both plans as the final compile builds them (calibrated on every sample), on the mirrored copies: the
+    start plan stays unless the searched one holds its worst and raises its worst quarter."""
+    (_, q0), (_, q1) = b.build(start), b.build(result.plan)
+    before, after = b.measure(q0), b.measure(q1)
+    kept = after.worst >= before.worst and after.tail() >= before.tail() + MIN_GAIN
+    why = "" if kept else f"calibrated on all samples: mirrored worst {after.worst:.4f} vs start {before.worst:.4f}"
+    result.steps.append(Step("(final check)", after.worst, after.mean, result.size, kept, why))
+    status(f"  final check: mirrored worst {before.worst:.4f} -> {after.worst:.4f} {why and 'start plan kept'}")
+    if not kept:
+        result.plan, result.worst, result.mean, result.size = (normalize_plan(start), result.base_worst,
+                                                               result.base_mean, result.base_size)
 
 
 def _nothing_to_search(opts, start: Score, goal: float) -> str:

@@ -83,3 +83,29 @@ def test_a_start_plan_at_the_goal_is_the_answer(goal, tmp_path):
     assert searched.kmodel == plain.kmodel and searched.plan_search.worst >= goal
     assert searched.plan_search.steps[0].why == "the start plan reaches the goal"
     assert mirrored(xs)           # images: judged on the held-out and the mirrored samples
+
+
+def test_a_searched_plan_passes_the_final_check_on_every_sample(tmp_path):
+    """The damaged classifier (test_precision.py): the search changes the plan, so the final check built both
+    plans on all samples; the plan returned is the searched one only when that check kept it, and it is
+    better than the plain compile on images no choice saw (onnxruntime)."""
+    from test_precision import damaged_classifier, worst_cosine_vs_onnxruntime
+    model = damaged_classifier(tmp_path / "damaged.onnx")
+    xs = images_for_test()
+    plain = prepare_model(model, CompileOptions(input_mean=0.5, input_std=0.5), get_target("k210"), samples=xs)
+    base = worst_cosine_vs_onnxruntime(model, plain.quantized)
+    search = compile_model(model, CompileOptions(input_mean=0.5, input_std=0.5, target_cosine=1 - (1 - base) / 4),
+                           get_target("k210"), samples=xs).plan_search
+    check = search.steps[-1]
+    assert check.label == "(final check)"
+    if check.kept:
+        chosen = prepare_model(model, CompileOptions(input_mean=0.5, input_std=0.5, layer_plan=search.plan),
+                               get_target("k210"), samples=xs)
+        assert worst_cosine_vs_onnxruntime(model, chosen.quantized) > base
+    else:
+        assert search.worst == search.base_worst
+
+
+def images_for_test():
+    from test_precision import images
+    return images(12)

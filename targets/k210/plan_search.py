@@ -70,7 +70,8 @@ METHOD_LAYERS = 3         # calibration methods are tried on this many most sens
 # The K210's CPU does ~100 M float multiply-adds a second where the KPU does ~100x that: 100 K MACs moved
 # to the CPU (~1 ms) weigh as much as 1 KiB of file in the ranking.
 MACS_PER_KIB = 100_000
-MIN_GAIN = 1e-4           # a choice must raise the held-out worst cosine by this much to stay
+MIN_GAIN = 1e-4           # a choice must raise the held-out worst cosine by this much to stay ...
+MIN_LOSS_CUT = 0.25       # ... and cut the loss (1 - cosine) of the worst quarter by this share, in each fold
 
 
 def status(line: str) -> None:
@@ -258,6 +259,8 @@ def verdict(c: Candidate, now: Score, trial: Score) -> str:
         return "worst sample drops"
     if any(trial.tail(f) < now.tail(f) + MIN_GAIN for f in (0, 1)):
         return "gain on one fold only"
+    if any(1 - trial.tail(f) > (1 - MIN_LOSS_CUT) * (1 - now.tail(f)) for f in (None, 0, 1)):
+        return "gain within the noise"
     return ""
 
 

@@ -43,7 +43,7 @@ flow on 7 zoo models; what the probe and the zoo showed, and the rule each findi
   the searched plan is returned only if it holds the worst and raises the worst quarter there (two builds).
   A weak guard: the mirrors are of photos the calibration saw (it kept both plans above).
 So the plan returned never measures below the start plan on the judging samples. Not caught:
-ulffd_slim_320_tflite keeps split prefixes of 2 and 7 layers (worst quarter 0.9914 -> 0.9952 -> 0.9970, cuts
+ulffd_slim_320_tflite keeps split prefixes of 2 and 10 layers (worst quarter 0.9914 -> 0.9952 -> 0.9970, cuts
 of 44% and 37%); the judged mean rises 0.9959 -> 0.9972 but one judged photo falls (worst 0.9907 -> 0.9852),
 a photo unlike any of the 20 calibration ones.
 """

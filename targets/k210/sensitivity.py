@@ -28,10 +28,8 @@ HOLDOUT_EVERY = 4     # every 4th calibration sample is held out ...
 MIN_HOLDOUT = 2       # ... and at least this many
 
 
-def holdout(samples: list) -> tuple[list, list]:
-    """(fit, held): every HOLDOUT_EVERY-th sample held out, at least MIN_HOLDOUT; with too few samples to
-    spare any, both are all of them (the choices are then judged on what they were fitted to)."""
-    n = len(samples)
+def holdout_indices(n: int) -> list[int]:
+    """The indices holdout() holds out of n samples, ascending (all of them when none can be spared)."""
     held_idx = list(range(HOLDOUT_EVERY - 1, n, HOLDOUT_EVERY))
     for i in range(n - 1, -1, -1):          # top up from the end
         if len(held_idx) >= MIN_HOLDOUT:
@@ -39,9 +37,18 @@ def holdout(samples: list) -> tuple[list, list]:
         if i not in held_idx:
             held_idx.append(i)
     if n - len(held_idx) < MIN_HOLDOUT:
+        return list(range(n))
+    return sorted(held_idx)
+
+
+def holdout(samples: list) -> tuple[list, list]:
+    """(fit, held): every HOLDOUT_EVERY-th sample held out, at least MIN_HOLDOUT; with too few samples to
+    spare any, both are all of them (the choices are then judged on what they were fitted to)."""
+    held_idx = holdout_indices(len(samples))
+    if len(held_idx) == len(samples):
         return list(samples), list(samples)
     held = set(held_idx)
-    return [s for i, s in enumerate(samples) if i not in held], [samples[i] for i in sorted(held)]
+    return [s for i, s in enumerate(samples) if i not in held], [samples[i] for i in held_idx]
 
 
 def mirrored(samples: list) -> list:
@@ -188,5 +195,5 @@ def format_sensitivity(rows: list[Sensitivity], chosen: dict[str, str] | None = 
     return "\n".join(lines)
 
 
-__all__ = ["Sensitivity", "holdout", "mirrored", "layer_sensitivity", "format_sensitivity", "worst_cosine", "mean_cosine", "tail_cosine",
-           "cosine", "outputs_of", "feeds_of"]
+__all__ = ["Sensitivity", "holdout", "holdout_indices", "mirrored", "layer_sensitivity", "format_sensitivity",
+           "worst_cosine", "mean_cosine", "tail_cosine", "cosine", "outputs_of", "feeds_of"]

@@ -41,7 +41,9 @@ SPLIT = Candidate((("conv", "split"),), 0.01, 100, 0)
 QUANTIZE = Candidate((("logits", "quantize"),), -0.01, -100, 0)
 
 
-def test_a_gain_must_show_on_both_folds_and_keep_the_worst():
+def test_a_gain_must_show_on_both_folds_and_keep_the_worst(monkeypatch):
+    import targets.k210.plan_search as plan_search
+    monkeypatch.setattr(plan_search, "STRICT", True)      # the strict rules, off by default (module docstring)
     now = _score([0.95, 0.95, 0.97, 0.97, 0.99, 0.99, 0.99, 0.99])
     both = _score([0.97, 0.97, 0.97, 0.97, 0.99, 0.99, 0.99, 0.99])       # the worst quarter's loss 0.05 -> 0.03
     assert verdict(SPLIT, now, both) == ""
@@ -87,11 +89,13 @@ def test_a_start_plan_at_the_goal_is_the_answer(goal, tmp_path):
     assert mirrored(xs)           # images: judged on the held-out and the mirrored samples
 
 
-def test_a_searched_plan_passes_the_final_check_on_every_sample(tmp_path):
+def test_a_searched_plan_passes_the_final_check_on_every_sample(tmp_path, monkeypatch):
     """The damaged classifier (test_precision.py): the search changes the plan, so the final check built both
     plans on all samples; the plan returned is the searched one only when that check kept it, and it is
     better than the plain compile on images no choice saw (onnxruntime)."""
     from test_precision import damaged_classifier, worst_cosine_vs_onnxruntime
+    import targets.k210.plan_search as plan_search
+    monkeypatch.setattr(plan_search, "FINAL_CHECK", True)   # off by default (module docstring)
     model = damaged_classifier(tmp_path / "damaged.onnx")
     xs = images_for_test()
     plain = prepare_model(model, CompileOptions(input_mean=0.5, input_std=0.5), get_target("k210"), samples=xs)

@@ -94,6 +94,7 @@ def test_a_searched_plan_passes_the_final_check_on_every_sample(tmp_path, monkey
     plans on all samples; the plan returned is the searched one only when that check kept it, and it is
     better than the plain compile on images no choice saw (onnxruntime)."""
     from test_precision import damaged_classifier, worst_cosine_vs_onnxruntime
+
     import targets.k210.plan_search as plan_search
     monkeypatch.setattr(plan_search, "FINAL_CHECK", True)   # off by default (module docstring)
     model = damaged_classifier(tmp_path / "damaged.onnx")

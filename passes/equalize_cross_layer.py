@@ -103,7 +103,9 @@ def equalize_cross_layer(graph: Graph, samples: list, *, alpha: float = ALPHA) -
               else np.abs(w2).max(axis=(0, 2, 3))).astype(np.float64)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             s = act[conv1.output.name] ** alpha / r2 ** (1 - alpha)
-            s = s / np.exp(np.mean(np.log(s[(s > 0) & np.isfinite(s)]))) if np.any((s > 0) & np.isfinite(s)) else s
+            live = (s > 0) & np.isfinite(s)
+            if live.any():            # about 1 on the whole: the scales' geometric mean divided out
+                s = s / np.exp(np.log(s[live]).mean())
         s = np.where(np.isfinite(s) & (s > 1 / MAX_SCALE) & (s < MAX_SCALE), s, 1.0)
         column = s[:, None, None, None] if depthwise2 else s[None, :, None, None]
         conv1.inputs = [conv1.inputs[0],

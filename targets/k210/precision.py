@@ -29,6 +29,7 @@ from compiler.calibration import CALIBRATION_METHODS, STAGE_MARK, Stats
 from compiler.errors import KpucError, printable
 from compiler.ir import Graph, Node
 from compiler.quantization import Range, fixup_range
+from targets.k210.passes.common import reaches_only_outputs
 
 PERCENTILE = 99.99
 KEEP_CHOICES = ("float", "quantize")
@@ -143,17 +144,8 @@ SPLIT_SHARE = 0.25          # ... spending at most this share of the bytes quant
 def _feeds_only_outputs(graph: Graph, node: Node) -> bool:
     """Whether every path from the node's output reaches a graph output through shape ops and softmax only."""
     from compiler.ops import has_trait
-    frontier, outputs = [node.output], set(graph.outputs)
-    while frontier:
-        v = frontier.pop()
-        users = v.user_nodes()
-        if not users and v not in outputs:
-            return False
-        for u in users:
-            if not (has_trait(u, "data_movement") or u.op in ("softmax", "reshape")):
-                return False
-            frontier.extend(u.outputs)
-    return True
+    return reaches_only_outputs(graph, node.output,
+                                lambda u: has_trait(u, "data_movement") or u.op in ("softmax", "reshape"))
 
 
 def default_plan(graph: Graph) -> tuple[tuple[str, str], ...]:

@@ -505,8 +505,7 @@ class _Rewriter:
     def conv2d(self, node: Node) -> None:
         x, w, b = node.inputs
         v = node.output
-        if (node.meta.get("stay_float") or not (w.is_constant and b.is_constant) or not self._worth_quantizing(v, w)
-                or _depthwise_levels_lost(node)):
+        if not (w.is_constant and b.is_constant) or not self._worth_quantizing(v, w) or _depthwise_levels_lost(node):
             return self.copy_float(node)
         iq, yq = self.param(x), self.param(v)
         wq, w_q = source_grid(w) or quantize_weights_u8(w.data)     # a uint8 model's own codes, else nncase's
@@ -522,7 +521,7 @@ class _Rewriter:
     def matmul(self, node: Node) -> None:
         a, b = node.inputs
         v = node.output
-        if (node.meta.get("stay_float") or len(a.shape) != 2 or len(b.shape) != 2
+        if (len(a.shape) != 2 or len(b.shape) != 2
                 or not self._worth_quantizing(v, b if b.is_constant else None)):
             return self.copy_float(node)
         qa, qb, yq = self.param(a), self.param(b), self.param(v)

@@ -86,16 +86,6 @@ def worst_cosine(reference: list[dict], got: list[dict]) -> float:
     return min(cosine(r[k], g[k]) for r, g in zip(reference, got) for k in r)
 
 
-def mean_cosine(reference: list[dict], got: list[dict]) -> float:
-    return float(np.mean([cosine(r[k], g[k]) for r, g in zip(reference, got) for k in r]))
-
-
-def tail_cosine(reference: list[dict], got: list[dict]) -> float:
-    """The mean of the worst quarter (at least one) of the per-sample, per-output cosines."""
-    c = np.sort([cosine(r[k], g[k]) for r, g in zip(reference, got) for k in r])
-    return float(c[:max(1, len(c) // 4)].mean())
-
-
 def outputs_of(executor: Executor, graph: Graph, samples: list) -> list[dict]:
     return [executor.run(feeds_of(graph, s)) for s in samples]
 
@@ -196,4 +186,4 @@ def format_sensitivity(rows: list[Sensitivity], chosen: dict[str, str] | None = 
 
 
 __all__ = ["Sensitivity", "holdout", "holdout_indices", "mirrored", "layer_sensitivity", "format_sensitivity",
-           "worst_cosine", "mean_cosine", "tail_cosine", "cosine", "outputs_of", "feeds_of"]
+           "worst_cosine", "cosine", "outputs_of", "feeds_of"]

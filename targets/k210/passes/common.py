@@ -5,9 +5,11 @@ the new Value; nobody deletes anything (the passes rewire and `eliminate_dead_co
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 from compiler.ir import Graph, Node, Value
+from compiler.ops import has_trait
 from passes.manager import used_only_by
 from targets.k210.constraints import activation_step, kpu_pool_type, why_not_kpu_layer
 
@@ -134,3 +136,22 @@ def pool_after(graph: Graph, value: Value, in_shape, out_channels: int, kernel: 
     if why_not_kpu_layer(in_shape, out_channels, kernel, depthwise=depthwise, pool=pool) is not None:
         return None
     return user, pool
+
+def moves_data(node: Node) -> bool:
+    return has_trait(node, "data_movement")
+
+
+def reaches_only_outputs(graph: Graph, value: Value, through: Callable[[Node], bool] = moves_data) -> bool:
+    """Whether every path from `value` ends at a graph output, through nodes `through` accepts only (by
+    default layout ops: the value reaches the outputs as it is)."""
+    frontier, outputs = [value], set(graph.outputs)
+    while frontier:
+        v = frontier.pop()
+        users = v.user_nodes()
+        if not users and v not in outputs:
+            return False
+        for u in users:
+            if not through(u):
+                return False
+            frontier.extend(u.outputs)
+    return True

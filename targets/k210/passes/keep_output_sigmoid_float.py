@@ -11,8 +11,8 @@ Order: before legalize_k210 (a sigmoid right after a KPU conv is then left out o
 """
 from __future__ import annotations
 
-from compiler.ir import Graph, Node, Value
-from compiler.ops import has_trait
+from compiler.ir import Graph, Node
+from targets.k210.passes.common import reaches_only_outputs
 
 REASON = "an output's probabilities: in float, so small ones keep their relative precision"
 
@@ -21,19 +21,10 @@ def is_sigmoid(node: Node) -> bool:
     return node.op == "unary" and node.attrs["op"] == "sigmoid"
 
 
-def _only_moved_to_outputs(graph: Graph, value: Value) -> bool:
-    """Whether every use of `value` is a graph output or a data-movement op whose outputs are only that."""
-    users = value.user_nodes()
-    if not users:
-        return value in graph.outputs
-    return all(has_trait(u, "data_movement") and all(_only_moved_to_outputs(graph, o) for o in u.outputs)
-               for u in users)
-
-
 def keep_output_sigmoid_float(graph: Graph) -> bool:
     """Mark every sigmoid whose result only reaches the graph's outputs (through layout ops) stay_float."""
     matches = [n for n in graph.nodes if is_sigmoid(n) and "stay_float" not in n.meta
-               and _only_moved_to_outputs(graph, n.output)]
+               and reaches_only_outputs(graph, n.output)]
     for node in matches:
         node.meta["stay_float"] = REASON
     return bool(matches)

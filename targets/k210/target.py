@@ -98,7 +98,9 @@ class K210:
         quantized = quantize_k210(graph, _calibrated(graph, opts, samples, calibrator),
                                   weights_quantize_threshold=opts.weights_quantize_threshold,
                                   output_quantize_threshold=opts.output_quantize_threshold,
-                                  quantized_binary=opts.quantized_binary)
+                                  quantized_binary=opts.quantized_binary,
+                                  # a pre-quantized model's reference adds exactly on its own grids
+                                  exact_binary=bool(opts.model_ranges))
         if correcting:
             correct_biases(graph, quantized, samples, round_weights=opts.weight_rounding, bias=opts.bias_correction,
                            means=means)

@@ -246,3 +246,69 @@ def test_a_relu_layer_on_a_grid_reaching_below_zero_still_clamps_at_zero(tmp_pat
         worst = max(worst, int(np.abs(codes - expected.astype(int)).max()))
     assert zeros > 100                        # the ReLU clamps a good share of the outputs
     assert worst <= 3, worst
+
+
+def test_a_pre_quantized_add_rounds_like_litert(tmp_path):
+    """A pre-quantized model's ADD of two int8 grids: LiteRT's default kernels (XNNPACK) give the exactly
+    rounded sum; nncase's common unit for the runtime's quantized add rounds each operand to whole units
+    first (here 0.95% of the 65536 code pairs one code off), so kpuc takes the finer unit closest to exact
+    (closest_binary_params) for models with their own grids (0.04% off)."""
+    from compiler.executor import Executor
+    from compiler.pipeline import CompileOptions, compile_model
+    from targets import get_target
+    from targets.k210.kernels import QUANTIZED_KERNELS
+    qa, qb, qy = (0.0371, -7), (0.0523, 12), (0.0689, -3)
+    tensors = [T("a", (1, 256, 256, 1), "int8", scale=(qa[0],), zero_point=(qa[1],)),
+               T("b", (1, 256, 256, 1), "int8", scale=(qb[0],), zero_point=(qb[1],)),
+               T("y", (1, 256, 256, 1), "int8", scale=(qy[0],), zero_point=(qy[1],))]
+    model = build(tensors, [Op("ADD", ["a", "b"], ["y"], opts("AddOptions"))], ["a", "b"], ["y"])
+    a, b = (g.astype(np.int8) for g in np.meshgrid(np.arange(-128, 128), np.arange(-128, 128), indexing="ij"))
+    a, b = a.reshape(1, 256, 256, 1), b.reshape(1, 256, 256, 1)
+    (expected,) = litert(model, [a, b], kernels="default")
+    path = tmp_path / "add.tflite"
+    path.write_bytes(model)
+    result = compile_model(path, CompileOptions(output_quantize_threshold=0), get_target("k210"))
+    assert any(n.op == "quantized_binary" for n in result.graph.nodes)
+    feeds = [((v.astype(np.float32) - z) * s).transpose(0, 3, 1, 2) for v, (s, z) in ((a, qa), (b, qb))]
+    y = np.asarray(Executor(result.graph, QUANTIZED_KERNELS).run(feeds)[result.graph.outputs[0].name], np.float64)
+    codes = np.rint(y.transpose(0, 2, 3, 1) / qy[0]) + qy[1]
+    off = float((codes != expected).mean())
+    assert off < 0.005, off
+
+
+def test_a_pre_quantized_conv_rounds_its_halves_up_like_litert(tmp_path):
+    """A per-tensor int8 conv + ReLU whose multiplier s_in·s_w/s_y is 3/70 (0.05 · 0.015 / 0.0175): one
+    accumulator value in 70 lands exactly on a half. LiteRT's default kernels round it away from zero (up,
+    behind a ReLU); the KPU's batch-norm floor shift leaves it one unit below and its table rounds it down,
+    so kpuc raises each channel's norm_add where that agrees with exact rounding more often
+    (ties_rounded_up)."""
+    from compiler.executor import Executor
+    from compiler.pipeline import CompileOptions, compile_model
+    from targets import get_target
+    from targets.k210.kernels import QUANTIZED_KERNELS
+    rng = np.random.default_rng(11)
+    w = rng.integers(-3, 4, (8, 3, 3, 8)).astype(np.int8)      # small: the outputs stay inside the grid
+    b = rng.integers(0, 1500, 8).astype(np.int32)       # most outputs above the ReLU's 0
+    s_y, z_y = 0.0175, -128
+    tensors = [T("x", (1, 16, 16, 8), "int8", scale=(0.05,), zero_point=(3,)),
+               T("w", w.shape, "int8", w, scale=(0.015,), zero_point=(0,)),
+               T("b", (8,), "int32", b, scale=(0.05 * 0.015,), zero_point=(0,)),
+               T("y", (1, 16, 16, 8), "int8", scale=(s_y,), zero_point=(z_y,))]
+    model = build(tensors, [Op("CONV_2D", ["x", "w", "b"], ["y"], opts("Conv2DOptions", Padding=SAME, StrideH=1,
+                                                                    StrideW=1, FusedActivationFunction=RELU))],
+                  ["x"], ["y"])
+    path = tmp_path / "ties.tflite"
+    path.write_bytes(model)
+    result = compile_model(path, CompileOptions(output_quantize_threshold=0), get_target("k210"))
+    assert any(n.op == "kpu_conv2d_q" for n in result.graph.nodes)
+    off = []
+    for seed in range(3):
+        xq = np.random.default_rng(seed).integers(-128, 128, (1, 16, 16, 8)).astype(np.int8)
+        (expected,) = litert(model, [xq], kernels="default")
+        x = ((xq.astype(np.float32) - 3) * 0.05).transpose(0, 3, 1, 2)
+        y = np.asarray(Executor(result.graph, QUANTIZED_KERNELS).run([x])[result.graph.outputs[0].name], np.float64)
+        codes = np.rint(y.transpose(0, 2, 3, 1) / s_y) + z_y
+        inside = (expected > -128) & (expected < 127)
+        assert inside.mean() > 0.5
+        off.append(float((codes != expected)[inside].mean()))
+    assert max(off) < 0.002, off

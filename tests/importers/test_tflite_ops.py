@@ -230,12 +230,15 @@ def single(code, in_shapes, out_shape, options=None, consts=(), out_dtype="float
 
 
 # ------------------------------------------------------------------ the oracle
-def litert(model: Path | bytes, feeds: list[np.ndarray]) -> list[np.ndarray]:
-    """LiteRT's reference kernels (BUILTIN_REF) on `feeds`, in the file's own layout; dynamic inputs are
-    resized to the feeds' shapes first. The one LiteRT runner of the importer tests."""
+def litert(model: Path | bytes, feeds: list[np.ndarray], kernels: str = "reference") -> list[np.ndarray]:
+    """LiteRT's reference kernels (BUILTIN_REF; `kernels="default"`: what Interpreter(path) runs, XNNPACK)
+    on `feeds`, in the file's own layout; dynamic inputs are resized to the feeds' shapes first. The one
+    LiteRT runner of the importer tests."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
     kw = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
-    it = Interpreter(**kw, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    if kernels == "reference":
+        kw["experimental_op_resolver_type"] = OpResolverType.BUILTIN_REF
+    it = Interpreter(**kw)
     for d, x in zip(it.get_input_details(), feeds, strict=True):
         if tuple(d["shape"]) != tuple(np.shape(x)):
             it.resize_tensor_input(d["index"], np.shape(x))

@@ -355,7 +355,7 @@ class KpuLayer:
     attrs: dict              # pad_value, arg_x, shr_x, arg_w, shr_w, arg_add
 
 
-TIE_SAMPLES = 2048     # accumulator values per channel ties_rounded_up measures on
+TIE_SAMPLES = 512      # accumulator values per channel ties_rounded_up measures on
 
 
 def ties_rounded_up(bn: np.ndarray, act: np.ndarray, bias: np.ndarray, scales: np.ndarray, iq: QuantParamU8,
@@ -387,8 +387,15 @@ def ties_rounded_up(bn: np.ndarray, act: np.ndarray, bias: np.ndarray, scales: n
     real = np.where(np.abs(real - half) <= 1e-6 * np.maximum(1.0, np.abs(real)), half, real)
     exact = np.rint(real) + yq.zero_point
     table, steps = kpu_tables(bn, act)
-    off = [(activate(batch_norm(acc, BatchNorm(table.norm_mul, table.norm_add + c, table.norm_shift)), steps)
-            != exact).sum(axis=1) for c in (0, 1, 2)]
+    v = batch_norm(acc, table)
+    out0, out2 = activate(v, steps), activate(v + 2, steps)
+    wrong0, wrong2 = out0 != exact, out2 != exact
+    # +1 gives out0's code wherever +2 does too (the table is monotone): run it where they differ alone
+    moved = out0 != out2
+    channel = np.nonzero(moved)[0]
+    wrong1 = np.bincount(channel, activate(v[moved] + 1, steps) != exact[moved], minlength=len(v))
+    keep = wrong0.sum(axis=1)
+    off = [keep, keep - np.bincount(channel, wrong0[moved], minlength=len(v)) + wrong1, wrong2.sum(axis=1)]
     raised = np.array(bn, np.int64)
     raised[:, 2] += np.argmin(np.stack(off), axis=0)      # the first minimum: +0 unless more units help
     return raised if (np.abs(raised[:, 2]) < 1 << 31).all() else bn

@@ -704,7 +704,8 @@ MIN_CHANNEL_LEVELS, MIN_CHANNEL_LEVELS_BIG_MAP, FLOAT_MAP_VALUES = 32, 8, 1 << 1
 
 def _depthwise_levels_lost(node: Node) -> bool:
     """Whether a depthwise conv2d's float weights leave some non-zero channel fewer than MIN_CHANNEL_LEVELS
-    steps of the tensor's one uint8 grid (an all-zero channel is exact on any grid)."""
+    steps of the tensor's one uint8 grid (MIN_CHANNEL_LEVELS_BIG_MAP on an input map of more than
+    FLOAT_MAP_VALUES values; an all-zero channel is exact on any grid)."""
     w = node.inputs[1]
     if w.quant is not None or w.shape[1] != 1 or node.attrs["groups"] != node.inputs[0].shape[1]:
         return False

@@ -16,8 +16,9 @@ network's own outputs and judged there, marked "(cut)" in the table.
 LiteRT runs its reference kernels (BUILTIN_REF) on float models. A model with integer weights (pre-quantized)
 is judged against LiteRT as a user runs it, `Interpreter(path)` (optimized kernels with XNNPACK): on the 9 conv
 layers checked (the first three of coral_mobilenet_v1_0.75_192_quant, coral_mobilenet_v2_1.0_224_quant,
-coral_tf2_mobilenet_v2_ptq, tiny_resnet8_int8; each from its own input), XNNPACK's codes are the exact
-requantization, round(acc * s_in * s_w / s_out) + zero point, on every value, while the reference kernels'
+coral_tf2_mobilenet_v2_ptq, tiny_resnet8_int8; each from its own input), XNNPACK's codes are the exactly
+rounded requantization, round(acc * s_in * s_w / s_out) + zero point (an exact half to even), on every value,
+while the reference kernels'
 fixed-point multiplier puts 0.1-0.5% of a conv's codes and 13-14% of a uint8 depthwise conv's one code off.
 Through a network that compounds: on one judged photo coral_mobilenet_v1_0.75_192_quant's two LiteRT kernel
 sets agree only to cosine 0.970, while kpuc's kmodel and XNNPACK agree to 0.999.

@@ -18,8 +18,8 @@ is judged against LiteRT as a user runs it, `Interpreter(path)` (optimized kerne
 layers checked (the first three of coral_mobilenet_v1_0.75_192_quant, coral_mobilenet_v2_1.0_224_quant,
 coral_tf2_mobilenet_v2_ptq, tiny_resnet8_int8; each from its own input), XNNPACK's codes are the exactly
 rounded requantization, round(acc * s_in * s_w / s_out) + zero point (an exact half to even), on every value,
-while the reference kernels'
-fixed-point multiplier puts 0.1-0.5% of a conv's codes and 13-14% of a uint8 depthwise conv's one code off.
+while the reference kernels' fixed-point multiplier puts 0.1-0.5% of a conv's codes and 13-14% of a uint8
+depthwise conv's one code off.
 Through a network that compounds: on one judged photo coral_mobilenet_v1_0.75_192_quant's two LiteRT kernel
 sets agree only to cosine 0.970, while kpuc's kmodel and XNNPACK agree to 0.999.
 
@@ -159,10 +159,9 @@ class Model:
             # A pre-quantized model is judged against LiteRT as a user runs it (Interpreter(path): XNNPACK),
             # which gives each layer's exact requantization; the reference kernels round the fixed-point
             # multiplier twice (module docstring).
-            self.kernels = "default" if integer_weights(path) else "reference"
-            self.meta, self.run_framework = _tflite_session(path, shapes, case.get("output_tensors"), self.kernels)
+            kernels = "default" if integer_weights(path) else "reference"
+            self.meta, self.run_framework = _tflite_session(path, shapes, case.get("output_tensors"), kernels)
         else:
-            self.kernels = "onnxruntime"
             self.meta, self.run_framework = _onnx_session(path, shapes)
         if len(self.meta["inputs"]) != 1:
             raise ValueError(f"{len(self.meta['inputs'])} inputs: not an image model")

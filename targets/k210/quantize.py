@@ -57,7 +57,8 @@ from compiler.quantization import (
     roundf_int,
     weights_span,
 )
-from targets.k210.kernels import QUANTIZED_KERNELS
+from targets.k210.kernels import QUANTIZED_KERNELS, kpu_tables
+from targets.k210.kpu import activate, batch_norm
 from targets.k210.ops import ACTIVATION_STEPS, KPU_POOLS, conv_key, split_activation
 from targets.k210.passes.mark_small_outputs_float import MAX_FLOAT_WEIGHT_BYTES
 
@@ -355,10 +356,10 @@ class KpuLayer:
     attrs: dict              # pad_value, arg_x, shr_x, arg_w, shr_w, arg_add
 
 
-TIE_SAMPLES = 512      # accumulator values per channel ties_rounded_up measures on
+HALF_SAMPLES = 512      # accumulator values per channel halves_like_the_model measures on
 
 
-def ties_rounded_up(bn: np.ndarray, act: np.ndarray, bias: np.ndarray, scales: np.ndarray, iq: QuantParamU8,
+def halves_like_the_model(bn: np.ndarray, act: np.ndarray, bias: np.ndarray, scales: np.ndarray, iq: QuantParamU8,
                     wq: QuantParamU8, yq: QuantParamU8, clamp: tuple) -> np.ndarray:
     """`bn` with each channel's norm_add raised by the 0, 1 or 2 units that make the layer's codes agree most
     often with exact rounding, round(real conv output · s_y) + zero point with halves to even (before the
@@ -367,10 +368,8 @@ def ties_rounded_up(bn: np.ndarray, act: np.ndarray, bias: np.ndarray, scales: n
     whose exact output is a half one unit below it, so the table rounds it down, wrong for an odd half;
     a pre-quantized model's scales often make halves common (coral MobileNet v2 quant: a layer multiplier of
     3/70 puts 1.4% of its outputs on one, 0.65% of that layer's codes one below LiteRT's; +2 units: none).
-    Where halves are rare, +0 wins. Measured per channel on TIE_SAMPLES accumulator values inside the clamp
+    Where halves are rare, +0 wins. Measured per channel on HALF_SAMPLES accumulator values inside the clamp
     (a seeded draw: deterministic)."""
-    from targets.k210.kernels import kpu_tables
-    from targets.k210.kpu import activate, batch_norm
     s_y = float(yq.scale)
     lo = max(0.0, np.ceil(max(clamp[0] * s_y, -1e9) + yq.zero_point)) + 1
     hi = min(255.0, np.floor(min(clamp[1] * s_y, 1e9) + yq.zero_point)) - 1
@@ -378,7 +377,7 @@ def ties_rounded_up(bn: np.ndarray, act: np.ndarray, bias: np.ndarray, scales: n
     at_zero = np.asarray(bias, np.float64) * s_y + yq.zero_point                            # code at acc 0
     if hi <= lo or not (np.isfinite(per_acc).all() and (per_acc > 0).all()):
         return bn
-    u = np.random.default_rng(0).random(TIE_SAMPLES)
+    u = np.random.default_rng(0).random(HALF_SAMPLES)
     first, last = (lo - at_zero) / per_acc, (hi - at_zero) / per_acc
     acc = np.floor(first[:, None] + u[None, :] * (last - first)[:, None]).astype(np.int64)
     real = acc * per_acc[:, None] + (at_zero - yq.zero_point)[:, None]            # in codes, before the zero point
@@ -410,7 +409,7 @@ def quantize_kpu_layer(w: np.ndarray, b: np.ndarray, activation: tuple, iq: Quan
     bn, s_act_in = kpu_batch_norm(b, scales, iq, wq, yq)
     act = kpu_activation(s_act_in, yq, zq if steps else yq, clamp, steps)
     if source_weights is not None and not steps:
-        bn = ties_rounded_up(bn, act, b, scales, iq, wq, yq, clamp)
+        bn = halves_like_the_model(bn, act, b, scales, iq, wq, yq, clamp)
     k = w.shape[-1]
     attrs = {"pad_value": iq.zero_point, "arg_x": -wq.zero_point, "shr_x": 0, "arg_w": -iq.zero_point, "shr_w": 0,
              "arg_add": k * k * wq.zero_point * iq.zero_point}
@@ -793,14 +792,14 @@ def closest_binary_params(op: str, qa: QuantParamU8, qb: QuantParamU8, qy: Quant
     rb = (gb - qb.zero_point) / np.float64(F32(qb.scale))
     real = {"add": ra + rb, "sub": ra - rb, "min": np.minimum(ra, rb), "max": np.maximum(ra, rb)}[op]
     exact = np.clip(np.floor(real * np.float64(F32(qy.scale)) + qy.zero_point + 0.5), 0, 255)
-    kernel = QUANTIZED_KERNELS["quantized_binary"]
-    best, best_bad = attrs, int((kernel(ga.astype(np.uint8), gb.astype(np.uint8), **attrs) != exact).sum())
+    kernel, ca, cb = QUANTIZED_KERNELS["quantized_binary"], ga.astype(np.uint8), gb.astype(np.uint8)
+    best, best_bad = attrs, int((kernel(ca, cb, **attrs) != exact).sum())
     for k in range(1, 16):
         try:
             cand = quantized_binary_params(op, qa, qb, qy, unit_exponent=k)
         except KpucError:       # a mul no longer fits its 16 bits
             break
-        bad = int((kernel(ga.astype(np.uint8), gb.astype(np.uint8), **cand) != exact).sum())
+        bad = int((kernel(ca, cb, **cand) != exact).sum())
         if bad < best_bad:
             best, best_bad = cand, bad
     return best

@@ -7,10 +7,28 @@ import numpy as np
 import pytest
 from test_tflite_ops import RELU, RELU6, SAME, VALID, Op, T, build, litert, opts
 
+from compiler.executor import Executor
 from compiler.importers import import_model
 from compiler.model_quant import GridExecutor, is_prequantized
+from compiler.pipeline import CompileOptions, compile_model
+from targets import get_target
+from targets.k210.kernels import QUANTIZED_KERNELS
 
 R = np.random.default_rng(7)
+
+
+def _compile(tmp_path, model: bytes, target: str = "k210", samples=None, **options):
+    """The graph `kpuc compile` makes of a model built here (CompileOptions `options`)."""
+    path = tmp_path / "model.tflite"
+    path.write_bytes(model)
+    return compile_model(path, CompileOptions(target=target, **options), get_target(target), samples=samples).graph
+
+
+def _run(graph, *feeds_nhwc: np.ndarray) -> np.ndarray:
+    """The compiled graph on NHWC float feeds, its output (float64) back in the file's NHWC layout."""
+    got = Executor(graph, QUANTIZED_KERNELS).run([np.asarray(x, np.float32).transpose(0, 3, 1, 2) for x in feeds_nhwc])
+    y = np.asarray(got[graph.outputs[0].name], np.float64)
+    return y.transpose(0, 2, 3, 1) if y.ndim == 4 else y
 
 
 
@@ -79,8 +97,6 @@ def test_int8_model_infer_within_one_step_oflitert(tmp_path):
 
 
 def test_int8_model_compiles_without_dataset_on_its_own_ranges(tmp_path):
-    from compiler.pipeline import CompileOptions, compile_model
-    from targets import get_target
     path = tmp_path / "int8.tflite"
     path.write_bytes(_int8_classifier())
     result = compile_model(path, CompileOptions(output_quantize_threshold=0), get_target("k210"))
@@ -144,31 +160,21 @@ def test_int8_model_with_a_dataset_keeps_its_own_weight_codes_and_grids(tmp_path
     """A dataset does not re-round a pre-quantized model: the KPU layers hold the file's int8 weight codes
     (+128, per-channel steps in the batch norm), their grids are the model's, and the compiled graph
     stays within a few codes of LiteRT."""
-    from compiler.executor import Executor
-    from compiler.pipeline import CompileOptions, compile_model
-    from targets import get_target
-    from targets.k210.kernels import QUANTIZED_KERNELS
     tensors: dict = {}
     model = _int8_classifier(tensors, np.random.default_rng(11))
-    path = tmp_path / "int8.tflite"
-    path.write_bytes(model)
-    result = compile_model(path, CompileOptions(output_quantize_threshold=0), get_target("k210"),
-                           samples=_calibration())
-    layers = [n for n in result.graph.nodes if n.op == "kpu_conv2d_q"]
+    graph = _compile(tmp_path, model, samples=_calibration(), output_quantize_threshold=0)
+    layers = [n for n in graph.nodes if n.op == "kpu_conv2d_q"]
     assert len(layers) >= 2
     w1 = tensors["w1"].transpose(0, 3, 1, 2)                     # OHWI -> OIHW
     w2 = tensors["w2"].transpose(3, 0, 1, 2)                     # 1HWC -> C1HW
     np.testing.assert_array_equal(layers[0].inputs[1].data.astype(int), w1.astype(int) + 128)
     np.testing.assert_array_equal(layers[1].inputs[1].data.astype(int), w2.astype(int) + 128)
     assert abs(1 / layers[0].meta["kpu_quant"]["output"].scale - 0.025) < 1e-6   # the model's grid, not the data's
-    graph = result.graph
     worst = 0
     for seed in range(4):
         xq = np.random.default_rng(seed).integers(-128, 128, (1, 16, 20, 3)).astype(np.int8)
         (expected,) = litert(model, [xq])
-        x = ((xq.astype(np.float32) + 3) * 0.02).transpose(0, 3, 1, 2)
-        got = Executor(graph, QUANTIZED_KERNELS).run([x])[graph.outputs[0].name]
-        codes = np.rint(np.asarray(got, np.float64) / 0.1).astype(int) + 4
+        codes = np.rint(_run(graph, (xq.astype(np.float32) + 3) * 0.02) / 0.1).astype(int) + 4
         worst = max(worst, int(np.abs(codes - expected.astype(int)).max()))
     # 4 codes of the logits at this seed (1-5 over other seeds, the same with re-rounded weights): the KPU's
     # batch-norm and table rounding and the CPU's pool and FC, not the weights
@@ -179,10 +185,6 @@ def test_a_fused_sigmoid_layer_keeps_a_zero_to_one_output_grid(tmp_path):
     """int8 conv -> LOGISTIC (MoveNet's heatmap heads): the KPU layer computing both takes the model's conv
     range for its conv stage only; its output (the sigmoid's) is not put on the conv's -15..11 grid, which
     left every heatmap code at one end, and the result stays within a few codes of LiteRT."""
-    from compiler.executor import Executor
-    from compiler.pipeline import CompileOptions, compile_model
-    from targets import get_target
-    from targets.k210.kernels import QUANTIZED_KERNELS
     rng = np.random.default_rng(4)
     w = rng.integers(-127, 128, (4, 3, 3, 8)).astype(np.int8)
     ws = rng.uniform(0.01, 0.02, 4)
@@ -195,17 +197,14 @@ def test_a_fused_sigmoid_layer_keeps_a_zero_to_one_output_grid(tmp_path):
     ops = [Op("CONV_2D", ["x", "w", "b"], ["c"], opts("Conv2DOptions", Padding=SAME, StrideH=1, StrideW=1)),
            Op("LOGISTIC", ["c"], ["y"])]
     model = build(tensors, ops, ["x"], ["y"])
-    path = tmp_path / "sigmoid.tflite"
-    path.write_bytes(model)
-    result = compile_model(path, CompileOptions(), get_target("k210"))
-    layers = [n for n in result.graph.nodes if n.op == "kpu_conv2d_q"]
+    graph = _compile(tmp_path, model)
+    layers = [n for n in graph.nodes if n.op == "kpu_conv2d_q"]
     assert layers and layers[-1].meta["kpu_quant"]["output"].scale >= 200   # a step of at most 1/200: ~[0, 1]
     worst = 0
     for seed in range(3):
         xq = np.random.default_rng(seed).integers(-128, 128, (1, 12, 12, 8)).astype(np.int8)
         (expected,) = litert(model, [xq])
-        got = Executor(result.graph, QUANTIZED_KERNELS).run([(xq * 0.05).astype(np.float32).transpose(0, 3, 1, 2)])
-        y = np.asarray(got[result.graph.outputs[0].name], np.float64).transpose(0, 2, 3, 1)
+        y = _run(graph, (xq * 0.05).astype(np.float32))
         worst = max(worst, int(np.abs(np.rint(y * 256) - 128 - expected.astype(int)).max()))
     assert worst <= 4, worst
 
@@ -216,10 +215,6 @@ def test_a_relu_layer_on_a_grid_reaching_below_zero_still_clamps_at_zero(tmp_pat
     such grids): LiteRT clamps at the code of 0. The KPU's table must send everything below its first
     segment there (nncase writes code 0, the grid's -0.85), and a CPU quantized conv, which can only saturate
     at its codes 0 and 255, gets the grid cut to the ReLU's [0, 11.9]; both stay within a few codes of LiteRT."""
-    from compiler.executor import Executor
-    from compiler.pipeline import CompileOptions, compile_model
-    from targets import get_target
-    from targets.k210.kernels import QUANTIZED_KERNELS
     rng = np.random.default_rng(5)
     w = rng.integers(-127, 128, (6, 3, 3, 8)).astype(np.int8)
     b = rng.integers(-4000, 4000, 6).astype(np.int32)
@@ -231,17 +226,13 @@ def test_a_relu_layer_on_a_grid_reaching_below_zero_still_clamps_at_zero(tmp_pat
     model = build(tensors, [Op("CONV_2D", ["x", "w", "b"], ["y"], opts("Conv2DOptions", Padding=SAME, StrideH=1,
                                                                     StrideW=1, FusedActivationFunction=RELU))],
                   ["x"], ["y"])
-    path = tmp_path / "relu.tflite"
-    path.write_bytes(model)
-    result = compile_model(path, CompileOptions(target=target, output_quantize_threshold=0), get_target(target))
-    assert any(n.op == ("kpu_conv2d_q" if target == "k210" else "quantized_conv2d") for n in result.graph.nodes)
+    graph = _compile(tmp_path, model, target, output_quantize_threshold=0)
+    assert any(n.op == ("kpu_conv2d_q" if target == "k210" else "quantized_conv2d") for n in graph.nodes)
     worst, zeros = 0, 0
     for seed in range(3):
         xq = np.random.default_rng(seed).integers(-128, 128, (1, 12, 12, 8)).astype(np.int8)
         (expected,) = litert(model, [xq])
-        got = Executor(result.graph, QUANTIZED_KERNELS).run([(xq * 0.05).astype(np.float32).transpose(0, 3, 1, 2)])
-        y = np.asarray(got[result.graph.outputs[0].name], np.float64).transpose(0, 2, 3, 1)
-        codes = np.rint(y / s_y) + z_y
+        codes = np.rint(_run(graph, (xq * 0.05).astype(np.float32)) / s_y) + z_y
         zeros += int((expected == z_y).sum())
         worst = max(worst, int(np.abs(codes - expected.astype(int)).max()))
     assert zeros > 100                        # the ReLU clamps a good share of the outputs
@@ -253,10 +244,6 @@ def test_a_pre_quantized_add_rounds_like_litert(tmp_path):
     rounded sum; nncase's common unit for the runtime's quantized add rounds each operand to whole units
     first (here 0.95% of the 65536 code pairs one code off), so kpuc takes the finer unit closest to exact
     (closest_binary_params) for models with their own grids (0.04% off)."""
-    from compiler.executor import Executor
-    from compiler.pipeline import CompileOptions, compile_model
-    from targets import get_target
-    from targets.k210.kernels import QUANTIZED_KERNELS
     qa, qb, qy = (0.0371, -7), (0.0523, 12), (0.0689, -3)
     tensors = [T("a", (1, 256, 256, 1), "int8", scale=(qa[0],), zero_point=(qa[1],)),
                T("b", (1, 256, 256, 1), "int8", scale=(qb[0],), zero_point=(qb[1],)),
@@ -265,27 +252,19 @@ def test_a_pre_quantized_add_rounds_like_litert(tmp_path):
     a, b = (g.astype(np.int8) for g in np.meshgrid(np.arange(-128, 128), np.arange(-128, 128), indexing="ij"))
     a, b = a.reshape(1, 256, 256, 1), b.reshape(1, 256, 256, 1)
     (expected,) = litert(model, [a, b], kernels="default")
-    path = tmp_path / "add.tflite"
-    path.write_bytes(model)
-    result = compile_model(path, CompileOptions(output_quantize_threshold=0), get_target("k210"))
-    assert any(n.op == "quantized_binary" for n in result.graph.nodes)
-    feeds = [((v.astype(np.float32) - z) * s).transpose(0, 3, 1, 2) for v, (s, z) in ((a, qa), (b, qb))]
-    y = np.asarray(Executor(result.graph, QUANTIZED_KERNELS).run(feeds)[result.graph.outputs[0].name], np.float64)
-    codes = np.rint(y.transpose(0, 2, 3, 1) / qy[0]) + qy[1]
+    graph = _compile(tmp_path, model, output_quantize_threshold=0)
+    assert any(n.op == "quantized_binary" for n in graph.nodes)
+    y = _run(graph, *((v.astype(np.float32) - z) * s for v, (s, z) in ((a, qa), (b, qb))))
+    codes = np.rint(y / qy[0]) + qy[1]
     off = float((codes != expected).mean())
     assert off < 0.005, off
 
 
-def test_a_pre_quantized_conv_rounds_its_halves_up_like_litert(tmp_path):
+def test_a_pre_quantized_conv_rounds_its_halves_like_litert(tmp_path):
     """A per-tensor int8 conv + ReLU whose multiplier s_in·s_w/s_y is 3/70 (0.05 · 0.015 / 0.0175): one
-    accumulator value in 70 lands exactly on a half. LiteRT's default kernels round it away from zero (up,
-    behind a ReLU); the KPU's batch-norm floor shift leaves it one unit below and its table rounds it down,
-    so kpuc raises each channel's norm_add where that agrees with exact rounding more often
-    (ties_rounded_up)."""
-    from compiler.executor import Executor
-    from compiler.pipeline import CompileOptions, compile_model
-    from targets import get_target
-    from targets.k210.kernels import QUANTIZED_KERNELS
+    accumulator value in 70 lands exactly on a half. LiteRT's default kernels round it to even (a float32
+    product); the KPU's batch-norm floor shift leaves it one unit below and its table rounds it down, so kpuc
+    raises each channel's norm_add where that agrees with exact rounding more often (halves_like_the_model)."""
     rng = np.random.default_rng(11)
     w = rng.integers(-3, 4, (8, 3, 3, 8)).astype(np.int8)      # small: the outputs stay inside the grid
     b = rng.integers(0, 1500, 8).astype(np.int32)       # most outputs above the ReLU's 0
@@ -297,17 +276,13 @@ def test_a_pre_quantized_conv_rounds_its_halves_up_like_litert(tmp_path):
     model = build(tensors, [Op("CONV_2D", ["x", "w", "b"], ["y"], opts("Conv2DOptions", Padding=SAME, StrideH=1,
                                                                     StrideW=1, FusedActivationFunction=RELU))],
                   ["x"], ["y"])
-    path = tmp_path / "ties.tflite"
-    path.write_bytes(model)
-    result = compile_model(path, CompileOptions(output_quantize_threshold=0), get_target("k210"))
-    assert any(n.op == "kpu_conv2d_q" for n in result.graph.nodes)
+    graph = _compile(tmp_path, model, output_quantize_threshold=0)
+    assert any(n.op == "kpu_conv2d_q" for n in graph.nodes)
     off = []
     for seed in range(3):
         xq = np.random.default_rng(seed).integers(-128, 128, (1, 16, 16, 8)).astype(np.int8)
         (expected,) = litert(model, [xq], kernels="default")
-        x = ((xq.astype(np.float32) - 3) * 0.05).transpose(0, 3, 1, 2)
-        y = np.asarray(Executor(result.graph, QUANTIZED_KERNELS).run([x])[result.graph.outputs[0].name], np.float64)
-        codes = np.rint(y.transpose(0, 2, 3, 1) / s_y) + z_y
+        codes = np.rint(_run(graph, (xq.astype(np.float32) - 3) * 0.05) / s_y) + z_y
         inside = (expected > -128) & (expected < 127)
         assert inside.mean() > 0.5
         off.append(float((codes != expected)[inside].mean()))

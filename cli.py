@@ -180,6 +180,11 @@ class FirmwareBudget(click.ParamType):
         return str(value)
 
 
+def firmware_bytes(firmware: str) -> int:
+    from targets.k210.check import firmware_budget
+    return firmware_budget(firmware)[1]
+
+
 # ---------------------------------------------------------------- compile
 @cli.command("compile")
 @_model_arg
@@ -253,6 +258,7 @@ def compile_(model, output, input_format, output_format, target, kmodel_version,
                           weight_rounding=not no_weight_rounding, split_activations=split_activations,
                           equalize_layers=equalize_layers, auto_precision=not no_auto_precision, target_cosine=target_cosine,
                           max_file_size=max_file_size, max_main_ram=max_main_ram, max_kpu_ram=max_kpu_ram,
+                          firmware_bytes=None if allow_over_budget else firmware_bytes(firmware),
                           lint=VERBOSE["on"], input_shapes=input_shape, output_tensors=output_tensors)
     dump = (lambda graph, stage: write_ir_dump(graph, dump_ir, stage)) if dump_ir or VERBOSE["on"] else None
     result = compile_model(model, opts, get_target(target), dump=dump)

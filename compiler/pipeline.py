@@ -95,6 +95,7 @@ class CompileOptions:
     max_file_size: int | None = None     # budgets of that search (bytes)
     max_main_ram: int | None = None
     max_kpu_ram: int | None = None
+    firmware_bytes: int | None = None    # main memory the kmodel must fit, working + file (--firmware): the search keeps to it
     model_ranges: tuple = ()             # ((node name, (min, max)), ...): a pre-quantized model's own ranges
     lint: bool = False
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()   # --input-shape pins (compiler/importers/options.py)

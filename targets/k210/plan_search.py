@@ -63,7 +63,7 @@ from compiler.errors import KpucError
 from compiler.executor import Executor
 from compiler.ir import Graph
 from compiler.progress import progress_enabled
-from targets.k210.precision import normalize_plan
+from targets.k210.precision import FREE_AT_LEAST, is_map_binary, normalize_plan
 from targets.k210.sensitivity import (
     Sensitivity,
     cosine,
@@ -103,6 +103,8 @@ class Candidate:
     @property
     def label(self) -> str:
         (layer, choice), more = self.pairs[0], len(self.pairs) - 1
+        if choice == "float" and more:
+            return f"float: the {more + 1} binary ops of two maps ({layer}, ...)"
         return f"{choice} {layer}" + (f" (+{more} before it)" if more else "")
 
     @property
@@ -174,7 +176,8 @@ def candidates(generic: Graph, rows: list[Sensitivity]) -> list[Candidate]:
     for r in by_layer.values():
         i = order[r.layer]
         if r.kind == "float":
-            out.append(Candidate(((r.layer, "quantize"),), r.act - 1.0, -3 * r.weights, i))
+            if 3 * r.weights >= FREE_AT_LEAST:     # freeing a few KiB buys nothing, and each try is a build
+                out.append(Candidate(((r.layer, "quantize"),), r.act - 1.0, -3 * r.weights, i))
             continue
         if r.layer in splittable:
             out.append(Candidate(((r.layer, "split"),), r.half - r.act, split_cost(nodes[r.layer]), i))
@@ -185,6 +188,9 @@ def candidates(generic: Graph, rows: list[Sensitivity]) -> list[Candidate]:
         gain, cost = gain + (r.half - r.act if r and r.half is not None else 0), cost + split_cost(nodes[name])
         if k + 1 in PREFIXES:
             out.append(Candidate(tuple((n, "split") for n in splittable[:k + 1]), gain, cost, order[name]))
+    adds = tuple((n.name, "float") for n in generic.nodes if is_map_binary(n))
+    if adds:     # one choice for all of them: each alone is within the noise (measured on palm detection)
+        out.append(Candidate(adds, 1.0 - min((r.act for r in rows), default=1.0), 0, 0))
     for r in sorted((r for r in by_layer.values() if r.kind == "kpu"), key=lambda r: r.act)[:METHOD_LAYERS]:
         for method in ("l2", "mse", "percentile"):
             out.append(Candidate(((r.layer, method),), (1.0 - r.act) / 4, 0, order[r.layer]))
@@ -199,6 +205,8 @@ def _phase(c: Candidate) -> tuple:
     robustly (bench/bench_mobilenet_ptq.py --sweep: the mean cosine rises steadily with k); then the rest."""
     if c.pairs[0][1] == "quantize":
         return (0, 0)
+    if c.pairs[0][1] == "float" and len(c.pairs) > 1:      # the map binaries kept float: no bytes, most gain
+        return (1, 0)
     if len(c.pairs) > 1:
         return (1, len(c.pairs))
     return (2, 0)
@@ -240,16 +248,19 @@ class _Builder:
         """'' when the plan's build holds the budgets, else which one it breaks."""
         if budget["file"] is not None and size > budget["file"]:
             return f"file {size:,} > {budget['file']:,} B"
-        if budget["main"] is None and budget["kpu"] is None:
+        if budget["main"] is None and budget["kpu"] is None and budget["firmware"] is None:
             return ""
         try:
-            _, summary = self.target.lower(self.target.device_graph(q, self.opts.kmodel_version), self.opts)
+            data, summary = self.target.lower(self.target.device_graph(q, self.opts.kmodel_version), self.opts)
         except KpucError as e:
             return f"does not lower: {e}"
-        if budget["main"] is not None and summary.get("main_memory", 0) > budget["main"]:
-            return f"main memory {summary['main_memory']:,} > {budget['main']:,} B"
+        main = summary.get("main_memory", 0)
+        if budget["main"] is not None and main > budget["main"]:
+            return f"main memory {main:,} > {budget['main']:,} B"
         if budget["kpu"] is not None and summary.get("kpu_ram_peak", 0) > budget["kpu"]:
             return f"KPU RAM {summary['kpu_ram_peak']:,} > {budget['kpu']:,} B"
+        if budget["firmware"] is not None and main + len(data) > budget["firmware"]:
+            return f"main memory and file {main + len(data):,} > the firmware's {budget['firmware']:,} B"
         return ""
 
 
@@ -295,7 +306,7 @@ def search_plan(target, generic: Graph, opts, samples: list) -> PlanSearch:
     now = b.measure(q)
     size = weight_bytes(q)
     budget = {"file": opts.max_file_size if opts.max_file_size is not None else 2 * size,
-              "main": opts.max_main_ram, "kpu": opts.max_kpu_ram}
+              "main": opts.max_main_ram, "kpu": opts.max_kpu_ram, "firmware": opts.firmware_bytes}
     result = PlanSearch(tuple(plan), now.worst, now.mean, size, now.worst, now.mean, size, [])
     if done := _nothing_to_search(opts, now, goal):
         status(f"target cosine {goal}: held-out worst {now.worst:.4f}; {done}")

@@ -83,15 +83,22 @@ def layer_of(node: Node) -> str:
 
 
 def plannable_layers(graph: Graph) -> list[Node]:
-    """The conv2d / matmul nodes of a float graph after the generic passes: what a plan may name."""
-    return list(graph.nodes_of("conv2d", "matmul"))
+    """The conv2d / matmul nodes of a float graph after the generic passes, and its binary ops of two maps
+    (a residual add: `float` keeps it off the uint8 grid): what a plan may name."""
+    return [n for n in graph.nodes if n.op in ("conv2d", "matmul") or is_map_binary(n)]
+
+
+def is_map_binary(node: Node) -> bool:
+    """A binary op joining two computed maps (not a map and a constant)."""
+    return node.op == "binary" and not any(v.is_constant for v in node.inputs)
 
 
 def _require_layers(graph: Graph, names: Iterable[str]) -> None:
     known = {n.name for n in plannable_layers(graph)}
     for name in names:
         if name not in known:
-            raise KpucError(f"layer plan: no conv2d or matmul named '{printable(name)}' in the model")
+            raise KpucError(f"layer plan: no conv2d, matmul or binary op of two maps named '{printable(name)}' "
+                            "in the model")
 
 
 def apply_keep_choices(graph: Graph, plan) -> None:

@@ -232,6 +232,65 @@ def test_sensitivity_ranks_the_damaged_layer_worst(tmp_path):
     assert abs(slow_worst - rows[PW].alone) < 0.02 * (1 - slow_worst) + 1e-3
 
 
+def residual(path):
+    """x -> 3x3 conv 8 + ReLU -> 1x1 conv 8 -> add (the ReLU's output) -> ReLU -> 1x1 conv 4 (a map output):
+    a residual add of two computed maps, the binary op a plan may keep float."""
+    rng = np.random.default_rng(3)
+
+    def w(name, *shape, scale=0.4):
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+    inits = [w("w0", 8, 3, 3, 3), w("b0", 8, scale=0.1), w("w1", 8, 8, 1, 1), w("b1", 8, scale=0.1),
+             w("w2", 4, 8, 1, 1), w("b2", 4, scale=0.1)]
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], name="c0", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+             helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"], name="c1"),
+             helper.make_node("Add", ["c1", "r0"], ["sum"], name="add"),
+             helper.make_node("Relu", ["sum"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["y"], name="c2")]
+    graph = helper.make_graph(nodes, "residual", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                 [1, 3, SIZE, SIZE])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, SIZE, SIZE])],
+                              initializer=inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+    return path
+
+
+def test_float_keeps_a_residual_add_off_the_uint8_grid_and_the_file_runs(tmp_path):
+    model = residual(tmp_path / "residual.onnx")
+    adds = [n.name for n in prepare_model(model, opts(), get_target("k210"), samples=images(12)).generic.nodes
+            if n.op == "binary"]
+    assert len(adds) == 1
+    default = prepared(model).quantized
+    kept = prepared(model, layer_plan=((adds[0], "float"),)).quantized
+    assert default.nodes_of("quantized_binary") and not default.nodes_of("binary")
+    assert kept.nodes_of("binary") and not kept.nodes_of("quantized_binary")
+    assert worst_cosine_vs_onnxruntime(model, kept) > 0.99
+    data = compile_model(model, opts(layer_plan=((adds[0], "float"),)), get_target("k210"), samples=images(12)).kmodel
+    (tmp_path / "float_add.kmodel").write_bytes(data)        # runs in the oracle too (tests/conftest.py)
+
+
+def test_the_search_tries_quantize_only_where_it_frees_64_kib(model):
+    from targets.k210.plan_search import candidates
+    from targets.k210.precision import FREE_AT_LEAST
+    from targets.k210.sensitivity import Sensitivity
+    generic = prepared(model).generic
+
+    def quantizing(weights):
+        rows = [Sensitivity(LOGITS, "float", None, 0.99, None, weights)]
+        return [c for c in candidates(generic, rows) if c.pairs == ((LOGITS, "quantize"),)]
+    assert quantizing(160) == []                        # the logits' 160 weights: 480 bytes freed, not worth a build
+    assert len(quantizing(-(-FREE_AT_LEAST // 3))) == 1        # frees 64 KiB
+
+
+def test_target_cosine_keeps_to_the_firmware(tmp_path):
+    model = damaged_classifier(tmp_path / "damaged.onnx")
+    r = compile_model(model, opts(target_cosine=0.99999, firmware_bytes=1000), get_target("k210"), samples=images(12))
+    tried = r.plan_search.steps
+    assert tried and not any(s.kept for s in tried)
+    assert any("firmware's 1,000 B" in s.why for s in tried)
+
+
 # ------------------------------------------------------------------ --target-cosine
 def test_target_cosine_reaches_its_goal_on_held_out_data_and_is_deterministic(tmp_path):
     model = damaged_classifier(tmp_path / "damaged.onnx")

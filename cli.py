@@ -223,8 +223,9 @@ def firmware_bytes(firmware: str) -> int:
               help="Skip kpuc's default per-layer choices (quantized logits, split leading layers, float output "
                    "concats of mixed scales): ncc's layer shapes.")
 @click.option("--target-cosine", type=click.FloatRange(0, 1, min_open=True), metavar="C",
-              help="Choose per-layer precision (split / float / calibration method / quantize) until the worst "
-                   "output cosine on held-out calibration samples reaches C; prints the per-layer table.")
+              help="Choose per-layer precision (split / float / calibration method / quantize, float residual adds) "
+                   "until the worst output cosine on held-out calibration samples reaches C; prints the per-layer "
+                   "table.")
 @click.option("--max-file-size", type=click.IntRange(min=1), metavar="BYTES",
               help="--target-cosine budget for the weights (default: twice the plain compile's).")
 @click.option("--max-main-ram", type=click.IntRange(min=1), metavar="BYTES", help="--target-cosine budget.")

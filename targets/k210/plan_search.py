@@ -8,11 +8,18 @@
    each with an estimated gain (cosine) and cost (bytes of weights the file grows by):
    split (gain: its 8-bit output's loss, less the estimated 9-bit one; also the first k splittable layers
    together), float (gain: the loss of the whole layer; cost: weights 4 bytes instead of 1), a calibration
-   method (l2, mse, percentile) for the most sensitive layers (no cost), and quantize for a kept-float layer
-   (negative cost).
-3. Greedy: `quantize` first, then in order of gain per KiB: build the plan with the candidate added,
-   re-measure, keep it by `verdict` (below) when the budgets (file size, main memory, KPU RAM) hold. Stop at
-   C, when nothing is left or after MAX_TRIES builds.
+   method (l2, mse, percentile) for the most sensitive layers (no cost), quantize for a kept-float layer
+   whose float weights free at least FREE_AT_LEAST bytes (negative cost), and float for every binary op of two
+   maps at once (residual adds off the uint8 grid; no bytes, main memory grows).
+   Why the floor on quantize: MediaPipe's palm detector keeps 24 small 5x5 depthwise convs (800-6,400 weights)
+   float on the CPU, and trying to quantize each spent all MAX_TRIES builds, so no split or float was ever
+   tried (judged worst 0.966 at 1.0x the file). Why one choice for the adds: each add alone moves the held-out
+   cosine within its noise; together they took the palm detector's held-out worst 0.9805 -> 0.9840 (its
+   judged worst, with the floats the search then added: 0.966 -> 0.976, mean 0.981 -> 0.993, 1.30x the file).
+3. Greedy: `quantize` first, then the float adds, then in order of gain per KiB: build the plan with the
+   candidate added, re-measure, keep it by `verdict` (below) when the budgets hold (file size, main memory,
+   KPU RAM, and the --firmware main memory the final compile must fit: working memory plus the file). Stop
+   at C, when nothing is left or after MAX_TRIES builds.
 The search starts from the plan given, or else from the default plan (precision.default_plan), so it only
 adds to what a plain compile does. The final compile calibrates the chosen plan on all samples.
 Deterministic: ties break on graph order.
@@ -201,7 +208,7 @@ PREFIXES = (2, 4, 7, 10, 14, 20, 27)   # split-prefix lengths tried, in this ord
 
 
 def _phase(c: Candidate) -> tuple:
-    """Search order: freeing choices first; then the first-k splits, the choice measured to help most
+    """Search order: freeing choices first; the float adds; then the first-k splits, the choice measured to help most
     robustly (bench/bench_mobilenet_ptq.py --sweep: the mean cosine rises steadily with k); then the rest."""
     if c.pairs[0][1] == "quantize":
         return (0, 0)

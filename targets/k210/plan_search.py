@@ -196,8 +196,8 @@ def candidates(generic: Graph, rows: list[Sensitivity]) -> list[Candidate]:
         if k + 1 in PREFIXES:
             out.append(Candidate(tuple((n, "split") for n in splittable[:k + 1]), gain, cost, order[name]))
     adds = tuple((n.name, "float") for n in generic.nodes if is_map_binary(n))
-    if adds:     # one choice for all of them: each alone is within the noise (measured on palm detection)
-        out.append(Candidate(adds, 1.0 - min((r.act for r in rows), default=1.0), 0, 0))
+    if adds:     # one choice for all of them, each alone being within the noise; _phase orders it, not a gain
+        out.append(Candidate(adds, 0.0, 0, 0))
     for r in sorted((r for r in by_layer.values() if r.kind == "kpu"), key=lambda r: r.act)[:METHOD_LAYERS]:
         for method in ("l2", "mse", "percentile"):
             out.append(Candidate(((r.layer, method),), (1.0 - r.act) / 4, 0, order[r.layer]))
@@ -208,8 +208,8 @@ PREFIXES = (2, 4, 7, 10, 14, 20, 27)   # split-prefix lengths tried, in this ord
 
 
 def _phase(c: Candidate) -> tuple:
-    """Search order: freeing choices first; the float adds; then the first-k splits, the choice measured to help most
-    robustly (bench/bench_mobilenet_ptq.py --sweep: the mean cosine rises steadily with k); then the rest."""
+    """Search order: freeing choices first; the float adds; then the first-k splits, the choice measured to help
+    most robustly (bench/bench_mobilenet_ptq.py --sweep: the mean cosine rises steadily with k); then the rest."""
     if c.pairs[0][1] == "quantize":
         return (0, 0)
     if c.pairs[0][1] == "float" and len(c.pairs) > 1:      # the map binaries kept float: no bytes, most gain

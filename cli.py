@@ -227,7 +227,7 @@ def firmware_bytes(firmware: str) -> int:
                    "until the worst output cosine on held-out calibration samples reaches C; prints the per-layer "
                    "table.")
 @click.option("--max-file-size", type=click.IntRange(min=1), metavar="BYTES",
-              help="--target-cosine budget for the weights (default: twice the plain compile's).")
+              help="--target-cosine budget for the kmodel file (default: twice the plain compile's).")
 @click.option("--max-main-ram", type=click.IntRange(min=1), metavar="BYTES", help="--target-cosine budget.")
 @click.option("--max-kpu-ram", type=click.IntRange(min=1), metavar="BYTES", help="--target-cosine budget.")
 @click.option("--firmware", type=FirmwareBudget(), default="c-sdk", show_default=True,

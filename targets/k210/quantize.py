@@ -317,7 +317,8 @@ def kpu_activation(act_in_scale: float, yq: QuantParamU8, zq: QuantParamU8, clam
     else:
         segs = piecewise_regression(xs, ys)
     for i, seg in enumerate(segs, start=1):
-        start = F32(F32(seg.start) * s_in)
+        with np.errstate(invalid="ignore", over="ignore"):     # a damaged model's inf scale: the error below
+            start = F32(F32(seg.start) * s_in)
         if not abs(start) < 1 << 35:   # also NaN: a damaged model's scales (x_start is a signed 36-bit field)
             raise KpucError(f"activation segment {i} starts at {start:.4g} in batch-norm units, beyond the KPU's "
                             "signed 36-bit x_start")

@@ -212,7 +212,7 @@ def _phase(c: Candidate) -> tuple:
     most robustly (bench/bench_mobilenet_ptq.py --sweep: the mean cosine rises steadily with k); then the rest."""
     if c.pairs[0][1] == "quantize":
         return (0, 0)
-    if c.pairs[0][1] == "float" and len(c.pairs) > 1:      # the map binaries kept float: no bytes, most gain
+    if c.pairs[0][1] == "float" and len(c.pairs) > 1:      # the map binaries kept float: costs no file bytes
         return (1, 0)
     if len(c.pairs) > 1:
         return (1, len(c.pairs))

@@ -361,7 +361,7 @@ HALF_SAMPLES = 512      # accumulator values per channel halves_like_the_model m
 
 
 def halves_like_the_model(bn: np.ndarray, act: np.ndarray, bias: np.ndarray, scales: np.ndarray, iq: QuantParamU8,
-                    wq: QuantParamU8, yq: QuantParamU8, clamp: tuple) -> np.ndarray:
+                          wq: QuantParamU8, yq: QuantParamU8, clamp: tuple) -> np.ndarray:
     """`bn` with each channel's norm_add raised by the 0, 1 or 2 units that make the layer's codes agree most
     often with exact rounding, round(real conv output · s_y) + zero point with halves to even (before the
     zero point): what a pre-quantized model's reference computes (LiteRT's default kernels, XNNPACK: a

@@ -19,7 +19,6 @@ negative zero point. A TFLite input keeps its own dtype's range (a uint8 input o
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -171,7 +170,6 @@ def with_model_ranges(graph: Graph, measured: dict[str, Range], source: Mapping[
             r = source[src]
         if r is None:
             continue
-        r = _within_clamp(node, r)
         if conv_key is not None and node.op == "kpu_conv2d":
             # the source conv's range is the layer's conv stage; it is the layer's output only when the fused
             # activation is clamps: after a fused sigmoid (MoveNet's heatmaps) the output keeps its measured
@@ -181,16 +179,6 @@ def with_model_ranges(graph: Graph, measured: dict[str, Range], source: Mapping[
                 continue
         ranges[node.output.name] = r
     return ranges
-
-
-def _within_clamp(node: Node, r: Range) -> Range:
-    """The model's range of a node's output cut to the node's own fused clamp: a PyTorch-exported int8 model
-    may keep a ReLU layer on a grid of [-2.3, 2.8], and a uint8 op computing that grid cannot clamp at the
-    code of 0 as LiteRT does (the K210's quantized conv saturates at its codes 0 and 255 only). A KPU layer
-    keeps the model's grid: its activation table holds the clamp (quantize.kpu_activation)."""
-    lo, hi = node.attrs.get("fused_clamp", (-math.inf, math.inf))     # kpu_conv2d has none: its range stays
-    cut = (max(r[0], lo), min(r[1], hi))
-    return cut if cut[0] < cut[1] else r
 
 
 def only_clamps(node: Node) -> bool:

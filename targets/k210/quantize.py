@@ -334,6 +334,12 @@ def kpu_activation(act_in_scale: float, yq: QuantParamU8, zq: QuantParamU8, clam
         # test_below_the_sampled_range_the_table_gives_code_zero), which is the clamp only when the output grid
         # starts at it: a pre-quantized model's ReLU layer may keep a grid of [-2.3, 2.8], whose code 0 is -2.3
         table[0, 3] = table[1, 3]
+        # ... and at its upper clamp above the last: the sampled identity's last segment would go on rising past
+        # it where the grid reaches further (a PyTorch int8 export's ReLU6 layer on a grid up to 13.4: codes up
+        # to 30 over LiteRT's 6.0 wherever a value passed it)
+        top = F32(F32(hi * F32(zq.scale)) + F32(zq.zero_point)) if np.isfinite(hi) else F32(np.inf)
+        if step != 0 and top < 254.5:
+            table[-1] = (roundf_int(F32(hi * s_in)), 0, 0, max(roundf_int(top), 0))
     return table
 
 
@@ -494,8 +500,26 @@ class _Rewriter:
             self.orig[v] = new
         else:
             new.quant = q.to_ir()
+            new = self._clamp_codes(old, new, q)
             self.native_u8[v] = new
             self.u8.setdefault(v, {})[new.quant] = new
+
+    def _clamp_codes(self, old: Node, new: Value, q: QuantParamU8) -> Value:
+        """`new` with `old`'s fused clamp applied to its codes (a table) when the clamp falls inside the grid
+        `q`: a CPU quantized op saturates at its codes 0 and 255 only. A pre-quantized model keeps its own
+        grid past a ReLU (PyTorch int8 exports: [-6.35, 3.06] with zero point 44), and LiteRT clamps at the
+        code of 0 there; cutting the grid to [0, 3.06] instead (a 3x finer step) had the layers after it
+        read other codes than LiteRT's (tfmicro_mobilenet_v2_int8_pytorch: half a projection's codes off)."""
+        lo, hi = old.attrs.get("fused_clamp", (-math.inf, math.inf))
+        first = int(quantize_u8(np.float32(lo), q)) if np.isfinite(lo) else 0
+        last = int(quantize_u8(np.float32(hi), q)) if np.isfinite(hi) else 255
+        if first <= 0 and last >= 255:
+            return new
+        table = np.clip(np.arange(256), first, max(first, last)).astype(np.uint8)
+        out = self._add("table_lookup1d", [new, self.g.const(table, name=f"{new.name}/clamp_table")],
+                        name=f"{new.name}/clamp", quant=q)
+        out.producer.meta.update(new.producer.meta)
+        return out
 
     def is_u8(self, v: Value) -> bool:
         return v in self.native_u8
@@ -558,6 +582,8 @@ class _Rewriter:
         if not (w.is_constant and b.is_constant) or not self._worth_quantizing(v, w) or _depthwise_levels_lost(node):
             return self.copy_float(node)
         iq, yq = self.param(x), self.param(v)
+        if (channels := source_depthwise_channels(node)) is not None:
+            return self.depthwise_per_channel(node, iq, yq, *channels)
         wq, w_q = source_grid(w) or quantize_weights_u8(w.data)     # a uint8 model's own codes, else nncase's
         bias_q, attrs = quantized_conv2d_params(b.data, iq, wq, yq, max_shift=255)
         a = node.attrs
@@ -567,6 +593,28 @@ class _Rewriter:
                         dilations=a["dilations"], groups=a["groups"],
                         input_offset=-iq.zero_point, filter_offset=-wq.zero_point, **attrs)
         self.set_native(node, new, yq)
+
+    def depthwise_per_channel(self, node: Node, iq: QuantParamU8, yq: QuantParamU8, steps, codes) -> None:
+        """A depthwise conv with the model's own per-channel int8 weights, as one quantized_conv2d per
+        channel (split, convs, concat: views in the v4 lowering, no copies): the runtime's quantized_conv2d
+        has one weight grid and one output multiplier, and one grid for all channels re-rounds the weights
+        (coral_tf2_mobilenet_v2_ptq's 112x112 depthwise conv, too big for KPU RAM: weight steps 0.0007 to
+        0.025 on one grid put a third of its codes up to 9 off LiteRT's)."""
+        x, w, b = node.inputs
+        v, a = node.output, node.attrs
+        c = x.shape[1]
+        parts = self.g.add("split", [self.get_u8(x, iq)], name=f"{v.name}_q/split", axis=1, sizes=(1,) * c).outputs
+        outs = []
+        for i, part in enumerate(parts):
+            part.quant = iq.to_ir()
+            wq = QuantParamU8(128, float(F32(1.0 / steps[i])))
+            bias_q, attrs = quantized_conv2d_params(b.data[i:i + 1], iq, wq, yq, max_shift=255)
+            outs.append(self._add("quantized_conv2d", [part, self.g.const(codes[i:i + 1], name=f"{w.name}_q/{i}", quant=wq.to_ir()),
+                                                       self.g.const(bias_q, name=f"{b.name}_q/{i}")],
+                                  name=f"{v.name}_q/{i}", quant=yq, strides=a["strides"], padding=a["padding"],
+                                  dilations=a["dilations"], groups=1, input_offset=-iq.zero_point,
+                                  filter_offset=-128, **attrs))
+        self.set_native(node, self._add("concat", outs, name=f"{v.name}_q", axis=1), yq)
 
     def matmul(self, node: Node) -> None:
         a, b = node.inputs
@@ -702,6 +750,23 @@ def _scales_by_gate(node: Node) -> bool:
 MIN_CHANNEL_LEVELS, MIN_CHANNEL_LEVELS_BIG_MAP, FLOAT_MAP_VALUES = 32, 8, 1 << 19
 
 
+def source_depthwise_channels(node: Node) -> tuple[np.ndarray, np.ndarray] | None:
+    """(per-channel steps, uint8 codes with zero point 128) of a depthwise conv2d whose weights the model file
+    stores per channel in int8 (zero points 0), when they are still on those grids; None otherwise."""
+    x, w = node.inputs[:2]
+    q = w.quant
+    if (q is None or q.axis != 0 or w.data is None or w.data.ndim != 4 or w.shape[1] != 1
+            or node.attrs["groups"] != x.shape[1] or w.shape[0] != x.shape[1] or x.shape[1] < 2):
+        return None
+    steps, zero = np.asarray(q.scale, np.float64).reshape(-1), np.asarray(q.zero_point).reshape(-1)
+    if steps.size != w.shape[0] or zero.any() or not (steps > 0).all():
+        return None
+    codes = _codes_on_grid(w.data, steps.reshape(-1, 1, 1, 1))
+    if codes is None or codes.min() < -128 or codes.max() > 127:
+        return None
+    return steps, (codes + 128).astype(np.uint8)
+
+
 def _depthwise_levels_lost(node: Node) -> bool:
     """Whether a depthwise conv2d's float weights leave some non-zero channel fewer than MIN_CHANNEL_LEVELS
     steps of the tensor's one uint8 grid (MIN_CHANNEL_LEVELS_BIG_MAP on an input map of more than
@@ -795,15 +860,37 @@ def closest_binary_params(op: str, qa: QuantParamU8, qb: QuantParamU8, qy: Quant
     exact = np.clip(np.floor(real * np.float64(F32(qy.scale)) + qy.zero_point + 0.5), 0, 255)
     kernel, ca, cb = QUANTIZED_KERNELS["quantized_binary"], ga.astype(np.uint8), gb.astype(np.uint8)
     best, best_bad = attrs, int((kernel(ca, cb, **attrs) != exact).sum())
+    candidates = []
     for k in range(1, 16):
         try:
-            cand = quantized_binary_params(op, qa, qb, qy, unit_exponent=k)
+            candidates.append(quantized_binary_params(op, qa, qb, qy, unit_exponent=k))
         except KpucError:       # a mul no longer fits its 16 bits
             break
+    candidates.append(_fine_unit_binary_params(op, qa, qb, qy))
+    for cand in filter(None, candidates):
         bad = int((kernel(ca, cb, **cand) != exact).sum())
         if bad < best_bad:
             best, best_bad = cand, bad
     return best
+
+
+def _fine_unit_binary_params(op: str, qa: QuantParamU8, qb: QuantParamU8, qy: QuantParamU8) -> dict | None:
+    """add/sub/min/max attrs in a unit of 2^-p output codes: each operand's code times an integer mul (no
+    shift, so no rounding there), one round at the end (output_mul 1, shift p). The runtime's fields are
+    int32, nncase only fills 16 bits of the operand muls; with p as large as the sums keep inside 2^30 the
+    muls' own rounding stays below 2^-10 of a code. Where this differs from exact rounding: ties and values
+    within ~2^-10 code of one (tiny_resnet8_int8's first residual add: 1.3% of its codes off LiteRT before,
+    with a unit nncase's 16-bit muls allow)."""
+    ka, kb = (np.float64(F32(qy.scale)) / np.float64(F32(q.scale)) for q in (qa, qb))
+    span = 256 * (abs(ka) + abs(kb))
+    if not np.isfinite(span) or span <= 0:
+        return None
+    p = min(40, int(np.floor(np.log2(2.0 ** 30 / span))))
+    if p < 8:
+        return None
+    return {"op": op, "input_a_offset": -qa.zero_point, "input_a_mul": int(round(ka * 2.0 ** p)), "input_a_shift": 0,
+            "input_b_offset": -qb.zero_point, "input_b_mul": int(round(kb * 2.0 ** p)), "input_b_shift": 0,
+            "output_mul": 1, "output_shift": p, "output_offset": qy.zero_point}
 
 
 def _binary_rescale_holds(attrs: dict, qa: QuantParamU8, qb: QuantParamU8, qy: QuantParamU8) -> bool:

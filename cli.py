@@ -206,8 +206,9 @@ def firmware_bytes(firmware: str) -> int:
               help="no_clip: min/max; l2: ncc v0.2's L2-optimal clipping; mse: kpuc's MSE-optimal clipping.")
 @click.option("--weights-quantize-threshold", type=FiniteFloat(positive=True), default=64.0, show_default=True,
               help="Convs/matmuls whose weight range exceeds this stay float.")
-@click.option("--output-quantize-threshold", type=click.IntRange(min=0), default=1024, show_default=True,
-              help="Ops with fewer output elements than this stay float.")
+@click.option("--output-quantize-threshold", type=click.IntRange(min=0),
+              help="Ops with fewer output elements than this stay float.  [default: 1024; 0 for a "
+                   "pre-quantized model, whose own int8 grids are its function]")
 @click.option("--no-quantized-binary", is_flag=True, help="Keep binary ops in float.")
 @click.option("--no-bias-correction", is_flag=True,
               help="Skip kpuc's per-channel bias correction of KPU layers (nncase's numbers exactly).")
@@ -292,7 +293,8 @@ def compile_summary(output, version: int, result) -> str:
 @click.option("--input-mean", type=FiniteFloat(), help="Image preprocessing (x - mean) / std, as for compile.")
 @click.option("--input-std", type=FiniteFloat(nonzero=True))
 @click.option("--weights-quantize-threshold", type=FiniteFloat(positive=True), default=64.0, show_default=True)
-@click.option("--output-quantize-threshold", type=click.IntRange(min=0), default=1024, show_default=True)
+@click.option("--output-quantize-threshold", type=click.IntRange(min=0),
+              help="As compile's.  [default: 1024; 0 for a pre-quantized model]")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--firmware", type=FirmwareBudget(), default="c-sdk", show_default=True,
               help="Main-memory budget: c-sdk 6 MiB, maixpy-mini 3.5 MiB, maixpy-full 2 MiB, or bytes.")

@@ -21,7 +21,7 @@ import numpy as np
 
 from compiler.errors import Blocker, CannotLower, KpucError, UnsupportedOps
 from compiler.ir import Graph, Node
-from compiler.pipeline import CompileOptions, optimize_generic, prepare_float, quantize
+from compiler.pipeline import CompileOptions, optimize_generic, output_threshold, prepare_float, quantize
 from targets.k210.check_hints import compile_hint, cpu_hint, cut_hint, unsupported_hint
 from targets.k210.check_text import format_text  # noqa: F401  (the terminal rendering, re-exported)
 from targets.k210.constraints import kpu_pool_type, why_not_kpu, why_not_kpu_layer
@@ -66,7 +66,7 @@ class CheckOptions:
     input_std: float | None = None
     firmware: str = "c-sdk"
     weights_quantize_threshold: float = 64.0
-    output_quantize_threshold: int = 1024
+    output_quantize_threshold: int | None = None      # None: compiler.pipeline.output_threshold
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
     output_tensors: tuple[str, ...] = ()
 
@@ -419,7 +419,7 @@ def _legalize_only(path: Path, copts, target: K210) -> Graph:
     from compiler.importers import import_model
     graph = optimize_generic(import_model(path, copts.input_format, input_shapes=copts.input_shapes,
                                           output_tensors=copts.output_tensors))
-    mark_small_outputs_float(graph, copts.output_quantize_threshold)
+    mark_small_outputs_float(graph, output_threshold(copts, graph))
     return target.legalize(graph)
 
 

@@ -325,9 +325,21 @@ def search_plan(target, generic: Graph, opts, samples: list) -> PlanSearch:
     result.sensitivity = layer_sensitivity(legalized, q, held)     # the held-out originals only: time
     pool = sorted(candidates(generic, result.sensitivity), key=lambda c: c.rank)
     pool.sort(key=_phase)   # stable: quantize, then split prefixes (shortest first), then the rest by rank
+    tried: set[tuple] = set()
+    can_split: dict[tuple, set[str]] = {}
     for c in pool:
         if b.builds > MAX_TRIES or (now.worst >= goal and c.pairs[0][1] != "quantize"):
             break
+        if c.pairs[0][1] == "split":
+            # only the layers the plan so far leaves splittable: ppocr_mobile_v2_cls's float adds left one conv
+            # of every split prefix unsplittable, and 5 of its 24 builds went to prefixes that could not build
+            key = tuple(plan)
+            if key not in can_split:
+                can_split[key] = target.splittable(generic.clone(), opts, plan)
+            c = replace(c, pairs=tuple(p for p in c.pairs if p[0] in can_split[key]))
+            if not c.pairs or c.pairs in tried:
+                continue
+        tried.add(c.pairs)
         taken = {layer for layer, _ in plan}
         if all(layer in taken for layer, _ in c.pairs) or any(
                 layer in taken and (layer, choice) not in plan for layer, choice in c.pairs):

@@ -69,10 +69,7 @@ class K210:
         `graph` first (float-equivalent)."""
         if opts.equalize_layers:
             equalize_cross_layer(graph, samples)
-        mark_small_outputs_float(graph, opts.output_quantize_threshold)
-        keep_output_sigmoid_float(graph)
-        plan = normalize_plan(opts.layer_plan)
-        apply_keep_choices(graph, plan)
+        plan = self._keep_float(graph, opts, opts.layer_plan)
         work = graph
         splits = layers_with(plan, "split")
         if self.kpu and (opts.split_activations > 0 or splits):
@@ -106,6 +103,23 @@ class K210:
                            means=means)
         _stage(dump, quantized, "quantize")
         return quantized
+
+    @staticmethod
+    def _keep_float(graph: Graph, opts, layer_plan) -> tuple:
+        """Mark what stays float (small outputs, an output sigmoid, the plan's float choices), in place; the
+        plan normalized."""
+        mark_small_outputs_float(graph, opts.output_quantize_threshold)
+        keep_output_sigmoid_float(graph)
+        plan = normalize_plan(layer_plan)
+        apply_keep_choices(graph, plan)
+        return plan
+
+    def splittable(self, graph: Graph, opts, layer_plan) -> set[str]:
+        """The layers a plan adding to `layer_plan` may split (`graph`, a float graph, is marked in place): a
+        float choice can leave a conv read by a CPU op, which then cannot take a split pair."""
+        from targets.k210.split_activations import splittable_layers
+        self._keep_float(graph, opts, layer_plan)
+        return set(splittable_layers(graph)) if self.kpu else set()
 
     def default_plan(self, graph: Graph, opts) -> tuple:
         """The layer plan of a compile without one (targets/k210/precision.py default_plan); marks the

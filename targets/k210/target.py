@@ -17,6 +17,7 @@ from compiler.calibration import Calibrator, broadcast_ranges, calibrate
 from compiler.errors import DoesNotFit, KpucError, printable
 from compiler.ir import Graph
 from compiler.model_quant import with_model_ranges
+from compiler.pipeline import output_threshold
 from passes.equalize_cross_layer import equalize_cross_layer
 from targets.k210 import ops  # noqa: F401  (registers the K210 ops in the op table)
 from targets.k210.bias_correction import ConvMeanCalibrator, ConvMeans, correct_biases
@@ -108,7 +109,7 @@ class K210:
     def _keep_float(graph: Graph, opts, layer_plan) -> tuple:
         """Mark what stays float (small outputs, an output sigmoid, the plan's float choices), in place; the
         plan normalized."""
-        mark_small_outputs_float(graph, opts.output_quantize_threshold)
+        mark_small_outputs_float(graph, output_threshold(opts, graph))
         keep_output_sigmoid_float(graph)
         plan = normalize_plan(layer_plan)
         apply_keep_choices(graph, plan)
@@ -126,7 +127,7 @@ class K210:
         small outputs float first, as prepare_for_quantization will."""
         if not self.kpu or opts.split_activations or opts.inference_type != "uint8" or opts.model_ranges:
             return ()        # explicit splits, no KPU, or a pre-quantized model's own ranges: nothing to add
-        mark_small_outputs_float(graph, opts.output_quantize_threshold)
+        mark_small_outputs_float(graph, output_threshold(opts, graph))
         return default_plan(graph)
 
     def search_plan(self, graph: Graph, opts, samples: list):

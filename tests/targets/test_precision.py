@@ -430,3 +430,46 @@ def test_target_cosine_matches_outputs_that_legalization_renames(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
     r = compile_model(path, opts(target_cosine=0.999), get_target("k210"), samples=images(8))
     assert r.plan_search is not None and r.plan_search.worst > 0.99
+
+
+def test_a_float_choice_leaves_its_producer_unsplittable_and_the_search_skips_it(tmp_path):
+    """A split pair feeds KPU convs only: keeping the pointwise layer float (a CPU conv) leaves the depthwise
+    layer before it unsplittable, and a split naming it could not build (here 2 of the search's builds before;
+    ppocr_mobile_v2_cls lost 5 of its 24 so), so the search offers only what the plan so far leaves splittable."""
+    model = damaged_classifier(tmp_path / "damaged.onnx")
+    target = get_target("k210")
+    generic = prepared(model).generic
+    assert DW in target.splittable(generic.clone(), opts(), ())
+    assert DW not in target.splittable(generic.clone(), opts(), ((PW, "float"),))
+    r = compile_model(model, opts(target_cosine=0.99999, layer_plan=((PW, "float"),)), target, samples=images(12))
+    steps = r.plan_search.steps
+    assert any(s.label.startswith("split") for s in steps)          # splits were tried ...
+    assert not any("cannot be split" in s.why for s in steps)       # ... none that could not build
+
+
+def test_the_search_drops_quantize_choices_the_budget_does_not_need(monkeypatch):
+    """Kept `quantize` choices (room for other choices, kept when the held-out score did not drop) go again at
+    the end when the plan holds the budgets without them; they stay when it does not."""
+    import targets.k210.plan_search as ps
+    monkeypatch.setattr(ps, "weight_bytes", lambda q: 4)
+    before, after = (ps.Score(np.array(c), np.array([0, 1])) for c in ([0.99, 0.98], [0.985, 0.98]))
+
+    class Builder:
+        def __init__(self, why):
+            self.why, self.built = why, []
+
+        def build(self, plan):
+            self.built.append(plan)
+            return None, "q"
+
+        def fits(self, q, budget):
+            return self.why
+
+        def measure(self, q):
+            return after
+
+    plan = [("a", "quantize"), ("b", "float")]
+    for why, want in (("", ([("b", "float")], after, 4)), ("file 10 > 9 B", (plan, before, 5))):
+        b, result = Builder(why), ps.PlanSearch((), 0, 0, 0, 0, 0, 0)
+        assert ps._without_unneeded_quantize(b, plan, before, 5, {}, result) == want
+        assert b.built == [[("b", "float")]] and result.steps[-1].kept == (not why)

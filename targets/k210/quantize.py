@@ -543,8 +543,17 @@ class _Rewriter:
         iq = self.param(x)
         yq = get_quant_param(self.ranges[conv_key(v.name)])
         zq = get_quant_param(self.ranges[v.name])
+        activation = node.attrs["activation"]
+        clamp, steps = split_activation(activation)
+        # a pre-quantized model quantizes the conv's output before its activation (LiteRT's LOGISTIC reads the
+        # conv's int8 codes): the KPU layer ends at the conv's grid and a 256-entry table applies the rest,
+        # where the layer's own 16-segment table would apply a sigmoid to the unrounded sum (MoveNet's
+        # heatmaps: up to 61 codes off LiteRT's)
+        table_after = bool(steps) and self.opts.exact_binary and source is not None
+        if table_after:
+            activation = (("clamp", *clamp),)
         try:
-            layer = quantize_kpu_layer(w.data, b.data, node.attrs["activation"], iq, yq, zq, source)
+            layer = quantize_kpu_layer(w.data, b.data, activation, iq, yq, yq if table_after else zq, source)
         except KpucError as e:
             raise KpucError(f"kpu_conv2d '{node.name}': {e}") from None
         consts = [self.g.const(layer.weights, name=f"{v.name}_q/weights", quant=layer.weights_q.to_ir()),
@@ -552,9 +561,16 @@ class _Rewriter:
         new = self._add("kpu_conv2d_q", [self.get_u8(x, iq), *consts], name=f"{v.name}_q",
                         depthwise=node.attrs["depthwise"], pool=node.attrs["pool"],
                         **layer.attrs)
-        self.set_native(node, new, layer.output, kpu_quant={"input": layer.input, "weights": layer.weights_q,
-                                                             "conv": layer.conv, "output": layer.output,
-                                                             "source_weights": source is not None})
+        kpu_quant = {"input": layer.input, "weights": layer.weights_q, "conv": layer.conv, "output": layer.output,
+                     "source_weights": source is not None}
+        if table_after:
+            new.quant = layer.output.to_ir()
+            new.producer.meta.update(node.meta, kpu_quant=kpu_quant)
+            table = lookup_table(lambda xs: apply_float_steps(xs, steps), yq, zq)
+            new = self._add("table_lookup1d", [new, self.g.const(table, name=f"{v.name}_q/table")],
+                            name=f"{v.name}_q/activation")
+            return self.set_native(node, new, zq)
+        self.set_native(node, new, layer.output, kpu_quant=kpu_quant)
 
     def kpu_conv2d_in_float(self, node: Node, span: float) -> None:
         """conv2d (+ activation nodes + pool) in float: nncase keeps a conv with such weights off the KPU."""
@@ -843,6 +859,9 @@ def _reciprocal(c: np.ndarray) -> np.ndarray | None:
     return r if np.isfinite(r).all() else None
 
 
+TIE_CODES = 1e-5
+
+
 def closest_binary_params(op: str, qa: QuantParamU8, qb: QuantParamU8, qy: QuantParamU8) -> dict:
     """quantized_binary_params with the common unit (unit_exponent 0..15) whose runtime arithmetic gives the
     exactly rounded result on the most of the 65536 code pairs (the first such k: nncase's own k = 0 on a
@@ -857,7 +876,10 @@ def closest_binary_params(op: str, qa: QuantParamU8, qb: QuantParamU8, qy: Quant
     ra = (ga - qa.zero_point) / np.float64(F32(qa.scale))
     rb = (gb - qb.zero_point) / np.float64(F32(qb.scale))
     real = {"add": ra + rb, "sub": ra - rb, "min": np.minimum(ra, rb), "max": np.maximum(ra, rb)}[op]
-    exact = np.clip(np.floor(real * np.float64(F32(qy.scale)) + qy.zero_point + 0.5), 0, 255)
+    # a half up, within TIE_CODES: the model's scales went through float32 (1/127.5 and 1/255 stored as
+    # 0.0078431377 and 0.0039215689), which turns MoveNet's x/127.5 - 1, all halves, into values a hair
+    # either side; LiteRT's fixed-point multipliers do not see the hair and round each half up
+    exact = np.clip(np.floor(real * np.float64(F32(qy.scale)) + qy.zero_point + 0.5 + TIE_CODES), 0, 255)
     kernel, ca, cb = QUANTIZED_KERNELS["quantized_binary"], ga.astype(np.uint8), gb.astype(np.uint8)
     best, best_bad = attrs, int((kernel(ca, cb, **attrs) != exact).sum())
     candidates = []

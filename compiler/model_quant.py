@@ -106,7 +106,11 @@ def quantize_dynamic(x: np.ndarray, asymmetric: bool = False) -> np.ndarray:
 
 
 def code_min(graph: Graph) -> int:
-    """-128 for an int8 model, 0 for a uint8 one (see the module docstring)."""
+    """-128 for an int8 model, 0 for a uint8 one (see the module docstring): a negative activation zero point
+    or an int8 input (an int8 model with symmetric activations, every zero point 0, was taken for uint8 and
+    its negative values clipped)."""
+    if any(v.producer.meta.get("code_range", (0,))[0] < 0 for v in graph.inputs):
+        return -128
     return -128 if any(np.asarray(v.quant.zero_point).min() < 0 for v in quantized_values(graph)) else 0
 
 
@@ -210,9 +214,7 @@ class GridExecutor(Executor):
 
     def __init__(self, graph: Graph, kernels: Mapping = KERNELS):
         super().__init__(graph, kernels)
-        # an int8 input says int8 even when no zero point in the model is negative
-        signed_input = any(v.producer.meta.get("code_range", (0,))[0] < 0 for v in graph.inputs)
-        self.lowest = -128 if signed_input else code_min(graph)
+        self.lowest = code_min(graph)
         self.grid = grids(graph)
         # accumulator values: (s_x * s_w, the requantization's fixed-point multiply, the s_x * s_w the
         # kernel's multiplier is made from)

@@ -86,14 +86,14 @@ def union_range(a: Range, b: Range) -> Range:
     return min(a[0], b[0]), max(a[1], b[1])
 
 
-def fixup_range(r: Range) -> Range:
-    """nncase `fixup_range` in float32: clamp to [-1000, 1000], widen to at least 0.01 (0.1 if empty),
-    then make the range contain 0 (kmodel-v4.md §11)."""
+def fixup_range(r: Range, limit: float | None = 1e3) -> Range:
+    """nncase `fixup_range` in float32: clamp to [-limit, limit] (1000; None: no clamp), widen to at least
+    0.01 (0.1 if empty), then make the range contain 0 (kmodel-v4.md §11)."""
     lo, hi = F32(r[0]), F32(r[1])
-    if lo < -1e3:
-        lo = F32(-1e3)
-    if hi > 1e3:
-        hi = F32(1e3)
+    if limit is not None and lo < -limit:
+        lo = F32(-limit)
+    if limit is not None and hi > limit:
+        hi = F32(limit)
     width = F32(hi - lo)
     if width == 0:
         width = F32(0.1)
@@ -122,10 +122,10 @@ class QuantParamU8(NamedTuple):
         return cls(int(q.zero_point), float(F32(1.0 / q.scale)))
 
 
-def get_quant_param(r: Range, bits: int = 8) -> QuantParamU8:
-    """nncase `get_quant_param`: fixup_range, scale = (2^bits - 1) / (max - min) in float32,
-    zero_point = round(-min · scale) (half away from zero), so real 0 is exactly representable."""
-    lo, hi = fixup_range(r)
+def get_quant_param(r: Range, bits: int = 8, limit: float | None = 1e3) -> QuantParamU8:
+    """nncase `get_quant_param`: fixup_range (clamping to ±`limit`), scale = (2^bits - 1) / (max - min) in
+    float32, zero_point = round(-min · scale) (half away from zero), so real 0 is exactly representable."""
+    lo, hi = fixup_range(r, limit)
     scale = F32(F32((1 << bits) - 1) / F32(F32(hi) - F32(lo)))
     zero_point = roundf_int(F32(-F32(lo) * scale))
     return QuantParamU8(zero_point, float(scale))

@@ -457,7 +457,13 @@ class _Rewriter:
             return get_quant_param(get_range(v.data))
         if v.name not in self.ranges:
             raise KpucError(f"no calibration range for %{v.name}; run calibrate() on this graph first")
-        return get_quant_param(self.ranges[v.name])
+        return self.grid(self.ranges[v.name])
+
+    def grid(self, r: Range) -> QuantParamU8:
+        """The uint8 grid of a range: nncase's, which clamps it to ±1000; a pre-quantized model's own grids
+        as they are (MoveNet's FPN depthwise output spans -7555..5550: clamped, every value past ±1000 was
+        lost and the rest sat on another grid than LiteRT's)."""
+        return get_quant_param(r, limit=None if self.opts.exact_binary else 1e3)
 
     def get_float(self, v: Value) -> Value:
         if v not in self.orig:
@@ -541,8 +547,8 @@ class _Rewriter:
         if span > self.opts.weights_quantize_threshold and not (_on_source_grid(w) or source):
             return self.kpu_conv2d_in_float(node, span)
         iq = self.param(x)
-        yq = get_quant_param(self.ranges[conv_key(v.name)])
-        zq = get_quant_param(self.ranges[v.name])
+        yq = self.grid(self.ranges[conv_key(v.name)])
+        zq = self.grid(self.ranges[v.name])
         activation = node.attrs["activation"]
         clamp, steps = split_activation(activation)
         # a pre-quantized model quantizes the conv's output before its activation (LiteRT's LOGISTIC reads the

@@ -338,6 +338,49 @@ def test_a_pre_quantized_sub_rounds_its_halves_up_like_litert(tmp_path):
     assert (codes == expected).all(), int((codes != expected).sum())
 
 
+def _wide_conv(z_x: int, z_y: int, s_y: float) -> bytes:
+    """int8 conv 3x3 (per-tensor weights, no activation) from a grid of step 0.1 to one of step `s_y`."""
+    w = np.random.default_rng(9).integers(-127, 128, (6, 3, 3, 8)).astype(np.int8)
+    tensors = [T("x", (1, 10, 10, 8), "int8", scale=(0.1,), zero_point=(z_x,)),
+               T("w", w.shape, "int8", w, scale=(0.1,), zero_point=(0,)),
+               T("b", (6,), "int32", np.zeros(6, np.int32), scale=(0.01,), zero_point=(0,)),
+               T("y", (1, 10, 10, 6), "int8", scale=(s_y,), zero_point=(z_y,))]
+    return build(tensors, [Op("CONV_2D", ["x", "w", "b"], ["y"], opts("Conv2DOptions", Padding=SAME, StrideH=1,
+                                                                   StrideW=1))], ["x"], ["y"])
+
+
+def _codes_off_litert(tmp_path, model: bytes, z_x: int, z_y: int, s_y: float, target: str = "k210"):
+    """(worst code difference from LiteRT, how many LiteRT codes lie past ±100 steps from zero)."""
+    graph = _compile(tmp_path, model, target, output_quantize_threshold=0)
+    worst, past = 0, 0
+    for seed in range(3):
+        xq = np.random.default_rng(seed).integers(-128, 128, (1, 10, 10, 8)).astype(np.int8)
+        (expected,) = litert(model, [xq])
+        codes = np.rint(_run(graph, ((xq.astype(np.float32) - z_x) * 0.1)) / s_y) + z_y
+        past += int((np.abs(expected.astype(int) - z_y) > 100).sum())
+        worst = max(worst, int(np.abs(codes - expected.astype(int)).max()))
+    return worst, past
+
+
+def test_a_pre_quantized_grid_wider_than_a_thousand_stays_the_models(tmp_path):
+    """nncase clamps every range to ±1000 before it makes a grid; a pre-quantized model's own grid may be wider
+    (MoveNet's FPN depthwise output spans -7555..5550), and clamped it put every code on another grid than
+    LiteRT's and lost the values past 1000. The model's grid [-1250, 1300] here stays as it is."""
+    worst, past = _codes_off_litert(tmp_path, _wide_conv(-3, -3, 10.0), -3, -3, 10.0)
+    assert past > 10                          # values past ±1000 occur ...
+    assert worst <= 1, worst                  # ... and every code is LiteRT's, or one off
+
+
+@pytest.mark.parametrize("target", ["k210", "cpu"])
+def test_a_symmetric_int8_model_keeps_its_negative_values(tmp_path, target):
+    """An int8 model whose every zero point is 0 (symmetric activations) was taken for a uint8 one (no
+    negative zero point), so its grids started at 0 and every negative value was clipped; its int8 input now
+    says int8, as the module docstring of compiler/model_quant.py always claimed."""
+    worst, past = _codes_off_litert(tmp_path, _wide_conv(0, 0, 1.0), 0, 0, 1.0, target)
+    assert past > 10
+    assert worst <= 1, worst
+
+
 def test_a_pre_quantized_conv_rounds_its_halves_like_litert(tmp_path):
     """A per-tensor int8 conv + ReLU whose multiplier s_in·s_w/s_y is 3/70 (0.05 · 0.015 / 0.0175): one
     accumulator value in 70 lands exactly on a half. LiteRT's default kernels round it to even (a float32

@@ -19,7 +19,9 @@
 3. Greedy: `quantize` first, then the float adds, then in order of gain per KiB: build the plan with the
    candidate added, re-measure, keep it by `verdict` (below) when the budgets hold (file size, main memory,
    KPU RAM, and the --firmware main memory the final compile must fit: working memory plus the file). Stop
-   at C, when nothing is left or after MAX_TRIES builds.
+   at C, when nothing is left or after MAX_TRIES builds. A split is offered only for layers the plan so far
+   leaves splittable (a float choice can leave a conv read by the CPU; target.splittable), and at the end the
+   kept `quantize` choices go again when the plan holds the budgets without them (_without_unneeded_quantize).
 The search starts from the plan given, or else from the default plan (precision.default_plan), so it only
 adds to what a plain compile does. The final compile calibrates the chosen plan on all samples.
 Deterministic: ties break on graph order.

@@ -180,6 +180,9 @@ def with_model_ranges(graph: Graph, measured: dict[str, Range], source: Mapping[
             # range (the conv's -11.6..2.0 on a 0..1 output left every heatmap code at one end)
             ranges[conv_key(node.output.name)] = r
             if not only_clamps(node):
+                # the fused activation's own grid, where the model has one (MoveNet's sigmoid: 1/256)
+                if node.meta.get("output_source") in source:
+                    ranges[node.output.name] = source[node.meta["output_source"]]
                 continue
         ranges[node.output.name] = r
     return ranges

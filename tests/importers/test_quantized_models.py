@@ -188,7 +188,7 @@ def test_a_fused_sigmoid_layer_keeps_a_zero_to_one_output_grid(tmp_path):
     """int8 conv -> LOGISTIC (MoveNet's heatmap heads): the KPU layer ends at the model's conv grid and a
     256-entry table applies the sigmoid to those codes, as LiteRT's LOGISTIC reads the conv's int8 codes (the
     KPU's own table, on the unrounded sum, put MoveNet's heatmaps up to 61 codes off); the sigmoid's output is
-    not put on the conv's -15..11 grid, which left every heatmap code at one end."""
+    on the model's grid for it (1/256), not the conv's -15..11, which left every heatmap code at one end."""
     rng = np.random.default_rng(4)
     w = rng.integers(-127, 128, (4, 3, 3, 8)).astype(np.int8)
     ws = rng.uniform(0.01, 0.02, 4)
@@ -205,7 +205,7 @@ def test_a_fused_sigmoid_layer_keeps_a_zero_to_one_output_grid(tmp_path):
     layers = [n for n in graph.nodes if n.op == "kpu_conv2d_q"]
     assert layers and layers[-1].output.quant.scale == pytest.approx(0.1)          # the model's conv grid ...
     (table,) = [n for n in graph.nodes if n.op == "table_lookup1d" and n.inputs[0] is layers[-1].output]
-    assert table.output.quant.scale <= 1 / 200                                    # ... then the sigmoid's ~[0, 1]
+    assert table.output.quant.scale == pytest.approx(1 / 256)                     # ... then the sigmoid's own
     worst = 0
     for seed in range(3):
         xq = np.random.default_rng(seed).integers(-128, 128, (1, 12, 12, 8)).astype(np.int8)

@@ -57,6 +57,8 @@ def _rewrite(graph: Graph, m: Match) -> None:
     x, w, b = m.conv.inputs
     kpu = derive(graph, m.conv, "kpu_conv2d", [x, w, b], suffix="_kpu", before=m.last,
                  depthwise=m.conv.attrs["groups"] != 1, pool=m.pool, activation=m.steps)
+    if m.last is not m.conv:
+        kpu.meta["output_source"] = m.last.name     # the node whose output the layer's is (its model grid)
     graph.replace_all_uses(m.last.output, kpu.output)
 
 

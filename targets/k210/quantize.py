@@ -336,7 +336,7 @@ def kpu_activation(act_in_scale: float, yq: QuantParamU8, zq: QuantParamU8, clam
         table[0, 3] = table[1, 3]
         # ... and at its upper clamp above the last: the sampled identity's last segment would go on rising past
         # it where the grid reaches further (a PyTorch int8 export's ReLU6 layer on a grid up to 13.4: codes up
-        # to 30 over LiteRT's 6.0 wherever a value passed it)
+        # to 35 over LiteRT's 6.0 wherever a value passed it)
         top = F32(F32(hi * F32(zq.scale)) + F32(zq.zero_point)) if np.isfinite(hi) else F32(np.inf)
         if step != 0 and top < 254.5:
             table[-1] = (roundf_int(F32(hi * s_in)), 0, 0, max(roundf_int(top), 0))

@@ -67,6 +67,14 @@ def matmul(ctx: Lowering, node: Node) -> None:
         0, addr(x), addr(y), act, weights, bias))
 
 
+@lowers("quantized_conv2d", "quantized_matmul")
+def quantized_cpu_layer(ctx: Lowering, node: Node) -> None:
+    """v3 has no uint8 CPU conv or matmul: say what it has (a pre-quantized model's small convs and matmuls
+    are quantized by default, where a float model's stay float)."""
+    raise Unexpressible("v3 has no uint8 CPU convolution or matrix product (only a float 1×1 conv of a 1×1 map "
+                        "or a float matmul, as FullyConnected)")
+
+
 @lowers("conv2d", "conv2d_f32")
 def conv2d(ctx: Lowering, node: Node) -> None:
     """A 1×1 conv of a 1×1 map is a FullyConnected (f32); v3 has no other CPU convolution."""

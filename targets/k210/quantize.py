@@ -151,17 +151,29 @@ def source_kpu_weights(w: Value) -> tuple[QuantParamU8, np.ndarray, np.ndarray] 
     if q.axis is None:
         grid = source_grid(w)
         return None if grid is None else (grid[0], np.ones(oc, F32), grid[1])
-    scale, zero = np.asarray(q.scale, np.float64).reshape(-1), np.asarray(q.zero_point).reshape(-1)
-    if q.axis != 0 or scale.size != oc or zero.any() or not (scale > 0).all():
+    if (channels := per_channel_int8_codes(w)) is None:
         return None
-    codes = _codes_on_grid(w.data, scale.reshape(-1, 1, 1, 1))
-    if codes is None or codes.min() < -128 or codes.max() > 127:
-        return None
+    scale, codes = channels
     # the grid's step is the largest channel step, so every channel's scale is >= 1 as after nncase's
     # equalisation: the per-channel batch-norm multipliers then sit at the top of their 22 bits (a grid of
     # step 1 left tiny_resnet8's first layer muls of 24..278: a third of its codes one off LiteRT)
     top = float(scale.max())
-    return (QuantParamU8(128, float(F32(1.0 / top))), (top / scale).astype(F32), (codes + 128).astype(np.uint8))
+    return QuantParamU8(128, float(F32(1.0 / top))), (top / scale).astype(F32), codes
+
+
+def per_channel_int8_codes(w: Value) -> tuple[np.ndarray, np.ndarray] | None:
+    """(each output channel's step, the uint8 codes: int8 + 128) of a 4-D constant the model file stores per
+    output channel in int8 with zero points 0 (TFLite), when its values are still on those grids; else None."""
+    q = w.quant
+    if q is None or q.axis != 0 or w.data is None or w.data.ndim != 4:
+        return None
+    steps, zero = np.asarray(q.scale, np.float64).reshape(-1), np.asarray(q.zero_point).reshape(-1)
+    if steps.size != w.shape[0] or zero.any() or not (steps > 0).all():
+        return None
+    codes = _codes_on_grid(w.data, steps.reshape(-1, 1, 1, 1))
+    if codes is None or codes.min() < -128 or codes.max() > 127:
+        return None
+    return steps, (codes + 128).astype(np.uint8)
 
 
 class Segment(NamedTuple):
@@ -435,7 +447,8 @@ class Options:
     weights_quantize_threshold: float = 64.0
     output_quantize_threshold: int = 1024
     quantized_binary: bool = True
-    exact_binary: bool = False      # adds take the common unit closest to exact rounding (closest_binary_params)
+    own_grids: bool = False         # a pre-quantized model: its grids as they are, adds rounded as LiteRT does
+                                    # (closest_binary_params), activations after the conv's grid
 
 
 class _Rewriter:
@@ -463,7 +476,7 @@ class _Rewriter:
         """The uint8 grid of a range: nncase's, which clamps it to ±1000; a pre-quantized model's own grids
         as they are (MoveNet's FPN depthwise output spans -7555..5550: clamped, every value past ±1000 was
         lost and the rest sat on another grid than LiteRT's)."""
-        return get_quant_param(r, limit=None if self.opts.exact_binary else 1e3)
+        return get_quant_param(r, limit=None if self.opts.own_grids else 1e3)
 
     def get_float(self, v: Value) -> Value:
         if v not in self.orig:
@@ -555,7 +568,7 @@ class _Rewriter:
         # conv's int8 codes): the KPU layer ends at the conv's grid and a 256-entry table applies the rest,
         # where the layer's own 16-segment table would apply a sigmoid to the unrounded sum (MoveNet's
         # heatmaps: up to 61 codes off LiteRT's)
-        table_after = bool(steps) and self.opts.exact_binary and source is not None
+        table_after = bool(steps) and self.opts.own_grids and source is not None
         if table_after:
             activation = (("clamp", *clamp),)
         try:
@@ -675,7 +688,7 @@ class _Rewriter:
             qb = self.param(b)
             b_u8 = None
         try:
-            attrs = (closest_binary_params if self.opts.exact_binary else quantized_binary_params)(op, qa, qb, qy)
+            attrs = (closest_binary_params if self.opts.own_grids else quantized_binary_params)(op, qa, qb, qy)
         except KpucError:   # ranges too far apart for the runtime's 32-bit rescale (e.g. 1e15-wide maps): float
             return self.copy_float(node)
         if not _binary_rescale_holds(attrs, qa, qb, qy):
@@ -776,17 +789,10 @@ def source_depthwise_channels(node: Node) -> tuple[np.ndarray, np.ndarray] | Non
     """(per-channel steps, uint8 codes with zero point 128) of a depthwise conv2d whose weights the model file
     stores per channel in int8 (zero points 0), when they are still on those grids; None otherwise."""
     x, w = node.inputs[:2]
-    q = w.quant
-    if (q is None or q.axis != 0 or w.data is None or w.data.ndim != 4 or w.shape[1] != 1
-            or node.attrs["groups"] != x.shape[1] or w.shape[0] != x.shape[1] or x.shape[1] < 2):
+    if (w.data is None or w.data.ndim != 4 or w.shape[1] != 1 or node.attrs["groups"] != x.shape[1]
+            or w.shape[0] != x.shape[1] or x.shape[1] < 2):
         return None
-    steps, zero = np.asarray(q.scale, np.float64).reshape(-1), np.asarray(q.zero_point).reshape(-1)
-    if steps.size != w.shape[0] or zero.any() or not (steps > 0).all():
-        return None
-    codes = _codes_on_grid(w.data, steps.reshape(-1, 1, 1, 1))
-    if codes is None or codes.min() < -128 or codes.max() > 127:
-        return None
-    return steps, (codes + 128).astype(np.uint8)
+    return per_channel_int8_codes(w)
 
 
 def _depthwise_levels_lost(node: Node) -> bool:
@@ -939,12 +945,12 @@ def _binary_rescale_holds(attrs: dict, qa: QuantParamU8, qb: QuantParamU8, qy: Q
 
 def quantize_k210(graph: Graph, ranges: dict[str, Range], *, weights_quantize_threshold: float = 64,
                   output_quantize_threshold: int = 1024, quantized_binary: bool = True,
-                  exact_binary: bool = False) -> Graph:
+                  own_grids: bool = False) -> Graph:
     """A new graph computing `graph` (legalized, calibrated: `ranges` from compiler.calibration.calibrate)
-    with uint8 KPU layers and quantized CPU ops; the source graph is not modified. `exact_binary`: see
-    closest_binary_params."""
+    with uint8 KPU layers and quantized CPU ops; the source graph is not modified. `own_grids`: see
+    Options."""
     opts = Options(float(weights_quantize_threshold), int(output_quantize_threshold), bool(quantized_binary),
-                   bool(exact_binary))
+                   bool(own_grids))
     return _Rewriter(graph, ranges, opts).run()
 
 

@@ -98,7 +98,7 @@ class K210:
                                   output_quantize_threshold=opts.output_quantize_threshold,
                                   quantized_binary=opts.quantized_binary,
                                   # a pre-quantized model's reference adds exactly on its own grids
-                                  exact_binary=bool(opts.model_ranges))
+                                  own_grids=bool(opts.model_ranges))
         if correcting:
             correct_biases(graph, quantized, samples, round_weights=opts.weight_rounding, bias=opts.bias_correction,
                            means=means)

@@ -22,6 +22,10 @@ while the reference kernels' fixed-point multiplier puts 0.1-0.5% of a conv's co
 depthwise conv's one code off.
 Through a network that compounds: on one judged photo coral_mobilenet_v1_0.75_192_quant's two LiteRT kernel
 sets agree only to cosine 0.970, while kpuc's kmodel and XNNPACK agree to 0.999.
+So each pre-quantized model also gets a row "LiteRT builtin": LiteRT's optimized builtin kernels without
+XNNPACK (another kernel set LiteRT ships, integer fixed-point like the KPU), judged against the same XNNPACK
+reference. It is the floor under every runtime that is not XNNPACK itself: a one-code difference in an early
+layer grows through the network, whichever runtime makes it.
 
 Flag sets: `default` (no extra flags) and, once `kpuc compile` has it, `--target-cosine 0.99`.
 With --nncase-python (a Python with nncase 1.x installed: a comparison, never a kpuc dependency) nncase
@@ -159,9 +163,11 @@ class Model:
             # A pre-quantized model is judged against LiteRT as a user runs it (Interpreter(path): XNNPACK),
             # which gives each layer's exact requantization; the reference kernels round the fixed-point
             # multiplier twice (module docstring).
-            kernels = "default" if integer_weights(path) else "reference"
+            self.prequantized = integer_weights(path)
+            kernels = "default" if self.prequantized else "reference"
             self.meta, self.run_framework = _tflite_session(path, shapes, case.get("output_tensors"), kernels)
         else:
+            self.prequantized = False
             self.meta, self.run_framework = _onnx_session(path, shapes)
         if len(self.meta["inputs"]) != 1:
             raise ValueError(f"{len(self.meta['inputs'])} inputs: not an image model")
@@ -183,6 +189,16 @@ class Model:
         self.judged = [self.framework_input(load_photo(p, nchw, case["mean"], case["std"])) for p in case["judged"]]
         self.refs = [[self.dequantized(np.asarray(o), k) for k, o in enumerate(self.run_framework([x]))]
                      for x in self.judged]
+
+    def other_kernels(self) -> dict:
+        """A pre-quantized model's judged photos on LiteRT's optimized builtins without XNNPACK, scored against the
+        XNNPACK reference: how far two of LiteRT's own kernel sets agree, the floor under any other runtime."""
+        start = time.monotonic()
+        _, run_builtin = _tflite_session(Path(self.case["path"]), self.case["input_shapes"],
+                                         self.case.get("output_tensors"), "builtin")
+        outputs = [[self.dequantized(np.asarray(o), k) for k, o in enumerate(run_builtin([x]))] for x in self.judged]
+        return score(outputs, self.refs, self.case["task"] in CLASSIFIERS) | dict(
+            seconds=round(time.monotonic() - start, 2))
 
     def framework_input(self, x: np.ndarray) -> np.ndarray:
         info = self.meta["inputs"][0]
@@ -304,6 +320,8 @@ def evaluate(case: dict, flag_sets: dict, nncase_python: str | None, timeout: fl
             (work / role).mkdir()
             for i, x in enumerate(tensors):
                 np.save(work / role / f"{i:02d}.npy", model.kpuc_tensor(x, ir_dtype))
+        if model.prequantized:
+            res["litert_builtin"] = model.other_kernels()
         res["kpuc"] = {name: run_kpuc(model, flags, timeout) for name, flags in flag_sets.items()}
         if nncase_python:
             res["nncase"] = run_nncase(model, nncase_python, timeout)
@@ -332,8 +350,9 @@ def table(results: list[dict]) -> list[str]:
         if "skipped" in res:
             lines.append(f"| {res['name']} | skipped: {res['skipped'][:90]} |" + " |" * (len(head) - 2))
             continue
-        flows = [(f"kpuc {k}", v) for k, v in res["kpuc"].items()] + ([("nncase 1.9", res["nncase"])]
-                                                                      if "nncase" in res else [])
+        flows = ([(f"kpuc {k}", v) for k, v in res["kpuc"].items()]
+                 + ([("nncase 1.9", res["nncase"])] if "nncase" in res else [])
+                 + ([("LiteRT builtin", res["litert_builtin"])] if "litert_builtin" in res else []))
         name = res["name"] + (" (cut)" if res.get("cut") else "")
         for flow, r in flows:
             lines.append("| " + " | ".join([name, flow, *_cell(r)]) + " |")
@@ -356,6 +375,12 @@ def totals(results: list[dict]) -> list[str]:
                    for r in tc)
         lines.append(f"- --target-cosine 0.99: worst ≥ 0.99 with the file ≤ 2x default on {good}/{len(tc)} of the "
                      f"models it was run on ({len(judged) - len(tc)} not run or not compiled)")
+    pq = [r for r in judged if "litert_builtin" in r and "worst" in r["kpuc"].get("default", {})]
+    if pq:
+        lines.append(f"- pre-quantized models, worst cosine ≥ 0.98 against XNNPACK: kpuc's default flow on "
+                     f"{sum(r['kpuc']['default']['worst'] >= 0.98 for r in pq)}/{len(pq)}, LiteRT's own builtin "
+                     f"kernels on {sum(r['litert_builtin']['worst'] >= 0.98 for r in pq)}/{len(pq)}; kpuc's worst "
+                     f"above LiteRT builtin's on {sum(r['kpuc']['default']['worst'] > r['litert_builtin']['worst'] for r in pq)}")
     nn = [r for r in judged if "worst" in r.get("nncase", {})]
     if any("nncase" in r for r in judged):
         lines.append(f"- nncase 1.9 compiled and ran {len(nn)}/{len(judged)}; worst cosine ≥ 0.98 on "

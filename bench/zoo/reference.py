@@ -92,12 +92,15 @@ def transpose_conv_bias_as_builtin(model: bytes) -> bytes:
 def _interpreter(path: Path, keep_all: bool = False, kernels: str = "reference"):
     """LiteRT's interpreter of the model; `keep_all`: every tensor readable after invoke (inner outputs).
     `kernels`: "reference" (BUILTIN_REF, TFLite's reference kernels: what the issue's parity figures are
-    measured against) or "default" (what `Interpreter(path)` gives a user: optimized builtins and XNNPACK)."""
+    measured against), "default" (what `Interpreter(path)` gives a user: optimized builtins and XNNPACK) or
+    "builtin" (the optimized builtins alone, without XNNPACK: LiteRT's other production kernel set)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
     model = path.read_bytes()
     kw = {"experimental_preserve_all_tensors": True} if keep_all else {}
     if kernels == "reference":
         kw["experimental_op_resolver_type"] = OpResolverType.BUILTIN_REF
+    elif kernels == "builtin":
+        kw["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
 
     def make(content: bytes):
         interp = Interpreter(model_content=content, **kw)

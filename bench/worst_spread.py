@@ -1,8 +1,9 @@
 """How much bench/accuracy.py's "worst cosine" moves when the judged photos change invisibly.
 
-    python bench/worst_spread.py NAME [NAME ...] [--seeds 5]
+    python bench/worst_spread.py NAME [NAME ...] [--seeds 5] [--target-cosine C]
 
-Compiles the model as bench/accuracy.py does (kmodel v4, default flags, the same 20 calibration photos), then
+Compiles the model as bench/accuracy.py does (kmodel v4, default flags or --target-cosine C, the same 20
+calibration photos), then
 judges it on the 28 judged photos as they are and on copies with every pixel moved by -1, 0 or +1 of 255
 (seeded; still 8-bit pictures, as a K210 camera gives), each against the framework on the same copy. The
 kmodel runs as QuantizedExecutor on its device graph, which computes what the file computes
@@ -26,14 +27,14 @@ from targets import get_target  # noqa: E402
 from targets.k210.kernels import QuantizedExecutor  # noqa: E402
 
 
-def spread(name: str, seeds: int) -> list[tuple[int, float, float]]:
+def spread(name: str, seeds: int, target_cosine: float | None = None) -> list[tuple[int, float, float]]:
     """(seed, worst, mean) per judging: seed -1 is the photos as they are."""
     case = (zoo_cases([name]) or shared_cases([name]))[0]
     with tempfile.TemporaryDirectory() as tmp:
         model = Model(case, Path(tmp))
     opts = CompileOptions(kmodel_version=4, input_type="float",
                           input_shapes=tuple((k, tuple(v)) for k, v in case["input_shapes"].items()),
-                          output_tensors=tuple(case.get("output_tensors") or ()))
+                          output_tensors=tuple(case.get("output_tensors") or ()), target_cosine=target_cosine)
     calibration = [model.kpuc_tensor(x, "float32") for x in model.calibration]
     graph = compile_model(case["path"], opts, get_target("k210"), samples=calibration).graph
     photos = [load_photo(p, model.nchw, case["mean"], case["std"]) for p in case["judged"]]
@@ -58,9 +59,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("names", nargs="+")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--target-cosine", type=float)
     a = ap.parse_args(argv)
     for name in a.names:
-        rows = spread(name, a.seeds)
+        rows = spread(name, a.seeds, a.target_cosine)
         noisy = [w for s, w, _ in rows if s >= 0]
         print(f"{name}: as judged {rows[0][1]:.4f} (mean {rows[0][2]:.4f}); pixels +-1: worst "
               f"{min(noisy):.4f} .. {max(noisy):.4f} over {len(noisy)} seeds (means "

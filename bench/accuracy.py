@@ -233,6 +233,14 @@ def shape_options(case: dict) -> list[str]:
                   for a in ("--input-shape", f"{name}={','.join(map(str, dims))}")]
 
 
+def compile_options(case: dict, **kw):
+    """shape_options as the CompileOptions of an in-process compile (kmodel v4, float input, as run_kpuc)."""
+    from compiler.pipeline import CompileOptions
+    return CompileOptions(kmodel_version=4, input_type="float",
+                          input_shapes=tuple((k, tuple(v)) for k, v in case["input_shapes"].items()),
+                          output_tensors=tuple(case.get("output_tensors") or ()), **kw)
+
+
 def run_kpuc(model: Model, flags: list[str], timeout: float) -> dict:
     case, work = model.case, model.work
     tag = "_".join(flags).replace("-", "") or "default"

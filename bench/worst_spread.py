@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import Model, cosine, load_photo, shared_cases, zoo_cases  # noqa: E402
+from accuracy import Model, compile_options, cosine, load_photo, shared_cases, zoo_cases  # noqa: E402
 
-from compiler.pipeline import CompileOptions, compile_model  # noqa: E402
+from compiler.pipeline import compile_model  # noqa: E402
 from targets import get_target  # noqa: E402
 from targets.k210.kernels import QuantizedExecutor  # noqa: E402
 
@@ -32,11 +32,10 @@ def spread(name: str, seeds: int, target_cosine: float | None = None) -> list[tu
     case = (zoo_cases([name]) or shared_cases([name]))[0]
     with tempfile.TemporaryDirectory() as tmp:
         model = Model(case, Path(tmp))
-    opts = CompileOptions(kmodel_version=4, input_type="float",
-                          input_shapes=tuple((k, tuple(v)) for k, v in case["input_shapes"].items()),
-                          output_tensors=tuple(case.get("output_tensors") or ()), target_cosine=target_cosine)
     calibration = [model.kpuc_tensor(x, "float32") for x in model.calibration]
-    graph = compile_model(case["path"], opts, get_target("k210"), samples=calibration).graph
+    graph = compile_model(case["path"], compile_options(case, target_cosine=target_cosine), get_target("k210"),
+                          samples=calibration).graph
+    kmodel = QuantizedExecutor(graph)
     photos = [load_photo(p, model.nchw, case["mean"], case["std"]) for p in case["judged"]]
     step = 1 / 255 / case["std"]              # one pixel level in the model's input units
     low, high = -case["mean"] / case["std"], (1 - case["mean"]) / case["std"]
@@ -49,7 +48,7 @@ def spread(name: str, seeds: int, target_cosine: float | None = None) -> list[tu
                 x = np.clip(x + rng.integers(-1, 2, x.shape) * step, low, high).astype(np.float32)
             fx = model.framework_input(x)
             ref = [model.kpuc_order(model.dequantized(np.asarray(o), k)) for k, o in enumerate(model.run_framework([fx]))]
-            out = QuantizedExecutor(graph).run({graph.inputs[0].name: model.kpuc_tensor(fx, "float32")})
+            out = kmodel.run({graph.inputs[0].name: model.kpuc_tensor(fx, "float32")})
             per.append(min(cosine(out[v.name], r) for v, r in zip(graph.outputs, ref)))
         rows.append((seed, min(per), float(np.mean(per))))
     return rows

@@ -66,7 +66,7 @@ IMAGE_TASKS = {"classification", "face detection", "face landmarks", "hand detec
                "pose detection", "pose landmarks", "eye landmarks", "segmentation", "object detection",
                "OCR text detection", "OCR text direction", "visual wake words"}
 CLASSIFIERS = {"classification", "visual wake words", "OCR text direction"}   # top-1 is meaningful
-FLAG_SETS = {"default": [], "target 0.99": ["--target-cosine", "0.99"]}
+FLAG_SETS = {"default": [], "target 0.99": ["--target-cosine", "0.99"], "equalize": ["--equalize-layers"]}
 # Models whose last ops are host post-processing the v0.2 runtime has no op for (ArgMax, GatherNd): as a
 # K210 user would, they are compiled with --output-tensors at the network's own outputs, and judged there
 # against the framework's same tensors (LiteRT keeps every tensor for this).
@@ -383,6 +383,12 @@ def totals(results: list[dict]) -> list[str]:
                    for r in tc)
         lines.append(f"- --target-cosine 0.99: worst ≥ 0.99 with the file ≤ 2x default on {good}/{len(tc)} of the "
                      f"models it was run on ({len(judged) - len(tc)} not run or not compiled)")
+    eq = [r for r in judged if "worst" in r["kpuc"].get("equalize", {}) and "worst" in r["kpuc"].get("default", {})]
+    if eq:
+        moved = [r["kpuc"]["equalize"]["worst"] - r["kpuc"]["default"]["worst"] for r in eq]
+        lines.append(f"- --equalize-layers: worst cosine ≥ 0.98 on {sum(r['kpuc']['equalize']['worst'] >= 0.98 for r in eq)}"
+                     f"/{len(eq)} of the models it was run on; worst cosine against the default flow's up by more than "
+                     f"0.001 on {sum(m > 1e-3 for m in moved)}, down on {sum(m < -1e-3 for m in moved)}")
     pq = [r for r in judged if "litert_builtin" in r and "worst" in r["kpuc"].get("default", {})]
     if pq:
         lines.append(f"- pre-quantized models, worst cosine ≥ 0.98 against XNNPACK: kpuc's default flow on "

@@ -7,13 +7,19 @@ the framework itself), kpuc's float graph runs with every computed tensor rounde
 judged as bench/accuracy.py judges a kmodel (per photo the worst output cosine; worst and mean over photos).
 Everything else is ideal: weights stay float, the graph's outputs and tensors of fewer than 1,024 values
 (what kpuc keeps float by default) are not rounded, copies (reshape, concat, max pool, ...) add nothing.
-Four ways to choose the grids:
+Seven ways to choose the grids:
 
 - per-tensor, calibrated: one grid per tensor over the calibration photos' min and max (what a KPU layer
   and the runtime's quantized ops have);
 - per-tensor, oracle: one grid per tensor over the judged photo's own min and max (no calibration can know
   these);
-- per-channel, calibrated / oracle: the same with one grid per channel (axis 1).
+- per-channel, calibrated / oracle: the same with one grid per channel (axis 1);
+- per-tensor / per-channel, clipped: the calibrated min and max shrunk by the fraction (1 down to 0.3) whose
+  grid gives the least squared rounding error on the calibration photos, per tensor or per channel;
+- per-channel where free: per-channel calibrated grids on the tensors a KPU could give them at no cost
+  (`free_on_kpu`: made by a conv, read only by convs), per-tensor calibrated grids elsewhere. Weights stay
+  float here too; on the K210 each channel's scale goes into the reading conv's weight columns, which
+  share one grid per output channel, so this column is kinder than a compiled kmodel can be.
 
 The oracle columns are not strict bounds: a clipping range (kpuc's l2, mse) can beat a photo's own min and
 max (the totals count where kpuc's default, whose weights are rounded too, is above them). They show what a better
@@ -44,7 +50,9 @@ from compiler.ops import has_trait  # noqa: E402
 from compiler.pipeline import prepare_float  # noqa: E402
 
 KEPT_FLOAT_BELOW = 1024     # kpuc's default output-quantize-threshold: smaller tensors may stay float
-SCHEMES = ("per-tensor calibrated", "per-tensor oracle", "per-channel calibrated", "per-channel oracle")
+SCHEMES = ("per-tensor calibrated", "per-tensor oracle", "per-channel calibrated", "per-channel oracle",
+           "per-tensor clipped", "per-channel clipped", "per-channel where free")
+CLIP_FRACTIONS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
 
 
 def rounded(a: np.ndarray, lo, hi, bits: int) -> np.ndarray:
@@ -88,16 +96,57 @@ def grids_of(graph, samples: list, per_channel: bool) -> dict:
         return calibrate(graph, [[s] for s in samples], label="ceiling")
     grids: dict = {}
     for s in samples:
-        for name, a in Executor(graph).run({graph.inputs[0].name: s}, keep_all=True).items():
-            a = np.asarray(a)
-            if a.ndim < 2 or not np.issubdtype(a.dtype, np.floating):
-                continue
+        for name, a in activations(graph, s).items():
             lo, hi = channel_extremes(a)
             grids[name] = (np.minimum(grids[name][0], lo), np.maximum(grids[name][1], hi)) if name in grids else (lo, hi)
     return grids
 
 
-def evaluate(case: dict, bits: int) -> dict:
+def activations(graph, sample) -> dict:
+    """Every floating value of at least two dimensions the float graph computes from one sample."""
+    out = Executor(graph).run({graph.inputs[0].name: sample}, keep_all=True).items()
+    return {n: a for n, a in ((n, np.asarray(a)) for n, a in out) if a.ndim >= 2 and np.issubdtype(a.dtype, np.floating)}
+
+
+def clipped_grids(graph, samples: list, per_channel: bool, bits: int) -> dict:
+    """Each tensor's (or channel's) calibrated min and max, both shrunk by the one fraction of CLIP_FRACTIONS
+    whose grid gives the least squared rounding error over the calibration photos: the best a static clipping
+    range can do by the tensor's own error, not by the output's."""
+    base = grids_of(graph, samples, per_channel=True)
+    if not per_channel:
+        base = {n: (lo.min(), hi.max()) for n, (lo, hi) in base.items()}
+    errors: dict = {}
+    for s in samples:
+        for name, a in activations(graph, s).items():
+            lo, hi = base[name]
+            axes = tuple(i for i in range(a.ndim) if i != 1) if per_channel else None
+            e = np.stack([np.sum((rounded(a, lo * f, hi * f, bits) - a).astype(np.float64) ** 2, axis=axes,
+                                 keepdims=per_channel) for f in CLIP_FRACTIONS])
+            errors[name] = errors[name] + e if name in errors else e
+    fractions = np.asarray(CLIP_FRACTIONS)
+    grids = {}
+    for name, (lo, hi) in base.items():
+        f = fractions[np.argmin(errors[name], axis=0)].astype(np.float32)
+        grids[name] = (lo * f, hi * f)
+    return grids
+
+
+def free_on_kpu(value) -> bool:
+    """Whether a KPU could give this tensor one grid per channel at no cost: a conv makes it (its per-channel
+    batch norm sets each channel's scale) and only convs read it, as their data input (each folds a channel's
+    scale into its weights). The KPU has one input zero point per layer and pads with it, so a tensor whose
+    channels' zero points would differ (not all >= 0) only counts when every reader is an unpadded conv."""
+    users = value.user_nodes()
+    if value.producer is None or value.producer.op != "conv2d" or not users:
+        return False
+    if any(u.op != "conv2d" or u.inputs[0] is not value for u in users):
+        return False
+    clamp = value.producer.attrs.get("fused_clamp")
+    return (clamp is not None and clamp[0] >= 0) or all(
+        not any(any(p) for p in u.attrs.get("padding", ())) for u in users)
+
+
+def evaluate(case: dict, bits: int, schemes=SCHEMES) -> dict:
     res = dict(name=case["name"], task=case["task"])
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -116,9 +165,17 @@ def evaluate(case: dict, bits: int) -> dict:
         return dict(worst=min(per), mean=float(np.mean(per)))
     feed = graph.inputs[0].name
     res["float"] = judge(lambda x: Executor(graph).run({feed: x}))
-    for scheme in SCHEMES:
+    for scheme in schemes:
         per_channel = scheme.startswith("per-channel")
-        if scheme.endswith("calibrated"):
+        if scheme.endswith("clipped"):
+            grids = clipped_grids(graph, calibration, per_channel, bits)
+            res[scheme] = judge(lambda x, g=grids: Rounding(graph, g, bits).run({feed: x}))
+        elif scheme.endswith("free"):
+            tensor, channel = grids_of(graph, calibration, False), grids_of(graph, calibration, True)
+            free = {v.name for n in graph.nodes for v in n.outputs if free_on_kpu(v)}
+            grids = {n: channel[n] if n in free and n in channel else g for n, g in tensor.items()}
+            res[scheme] = judge(lambda x, g=grids: Rounding(graph, g, bits).run({feed: x}))
+        elif scheme.endswith("calibrated"):
             grids = grids_of(graph, calibration, per_channel)
             res[scheme] = judge(lambda x, g=grids: Rounding(graph, g, bits).run({feed: x}))
         else:
@@ -135,7 +192,7 @@ def table(results: list[dict], kpuc: dict) -> list[str]:
             continue
         k = kpuc.get(r["name"], {})
         cells = [f"{k['worst']:.4f} ({k['mean']:.4f})" if "worst" in k else "-"]
-        cells += [f"{r[s]['worst']:.4f} ({r[s]['mean']:.4f})" for s in ("float", *SCHEMES)]
+        cells += [f"{r[s]['worst']:.4f} ({r[s]['mean']:.4f})" if s in r else "-" for s in ("float", *SCHEMES)]
         lines.append("| " + " | ".join([r["name"], *cells]) + " |")
     return lines
 
@@ -144,10 +201,21 @@ def totals(results: list[dict], kpuc: dict, line: float = 0.98) -> list[str]:
     judged = [r for r in results if "skipped" not in r]
     out = [f"- float models: {len(judged)}"]
     for s in ("float", *SCHEMES):
+        if not all(s in r for r in judged):
+            continue
         below = [r["name"] for r in judged if r[s]["worst"] < line]
         out.append(f"- {s}: worst below {line} on {len(below)}" + (f" ({', '.join(below)})" if below else ""))
+    static = [s for s in SCHEMES if not s.endswith("oracle") and all(s in r for r in judged)]
+    if static:
+        best = {r["name"]: max([r[s]["worst"] for s in static] + [kpuc.get(r["name"], {}).get("worst", 0.0)])
+                for r in judged}
+        below = [n for n, w in best.items() if w < line]
+        out.append(f"- best of kpuc's default and {', '.join(static)}, chosen per model on the judged photos "
+                   f"(no compiler can choose so): worst below {line} on {len(below)} ({', '.join(below)})")
     ours = [(kpuc[r["name"]]["worst"], r) for r in judged if "worst" in kpuc.get(r["name"], {})]
     for s in SCHEMES[:2]:
+        if not all(s in r for _, r in ours):
+            continue
         above = sum(k > r[s]["worst"] + 5e-4 for k, r in ours)
         below = sum(k < r[s]["worst"] - 5e-4 for k, r in ours)
         out.append(f"- kpuc's default against {s}: above on {above}, below on {below}, within 0.0005 on "
@@ -160,6 +228,8 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="*")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--bits", type=int, default=8)
+    ap.add_argument("--schemes", nargs="*", choices=SCHEMES, default=list(SCHEMES),
+                    help="compute only these (the saved results keep the others)")
     ap.add_argument("--write-docs", action="store_true")
     ap.add_argument("--render-only", action="store_true", help="re-render the saved results")
     a = ap.parse_args(argv)
@@ -169,7 +239,11 @@ def main(argv=None) -> int:
     else:
         cases = shared_cases(a.models) + zoo_cases(a.models)
         with ThreadPoolExecutor(a.jobs) as pool:
-            results = list(pool.map(lambda c: evaluate(c, a.bits), cases))
+            fresh = list(pool.map(lambda c: evaluate(c, a.bits, a.schemes), cases))
+        saved = {r["name"]: r for r in json.loads(results_file.read_text())} if results_file.exists() else {}
+        for r in fresh:
+            saved[r["name"]] = saved.get(r["name"], {}) | r
+        results = list(saved.values())
         results_file.write_text(json.dumps(results, indent=1) + "\n")
     acc_file = cache_dir() / "accuracy-results.json"
     kpuc = {r["name"]: r.get("kpuc", {}).get("default", {}) for r in json.loads(acc_file.read_text())} \

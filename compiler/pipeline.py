@@ -189,13 +189,14 @@ def quantize(prepared: Prepared, opts: CompileOptions, target: Target, *, dump: 
         # grids are the model's own, so the kmodel follows the model's integer arithmetic, and correcting
         # toward the float graph would pull it away (zoo, 28 judged photos against LiteRT: coral MobileNet
         # v2 quant worst cosine 0.15 with recalibrated ranges and re-rounded weights, 0.93 with its own,
-        # 0.955 without bias correction). A dataset only measures what the model gives no scale for;
-        # without one, smooth random probe images do.
+        # 0.955 without bias correction). Equalization would rescale channels of tensors whose grids the
+        # model gives (coral MobileNet v1 0.5 quant: 0.989 -> 0.0002). A dataset only measures what the model
+        # gives no scale for; without one, smooth random probe images do.
         source = model_ranges(graph)
         if not opts.dataset and samples is None:
             samples = probe_samples(graph, source)
         opts = replace(opts, model_ranges=tuple(sorted(source.items())), weight_rounding=False,
-                       bias_correction=False)
+                       bias_correction=False, equalize_layers=False)
     elif not opts.dataset and samples is None:
         raise KpucError("--inference-type uint8 needs a calibration --dataset (or use --inference-type float)")
     opts = replace(opts, output_quantize_threshold=output_threshold(opts, graph))

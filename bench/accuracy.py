@@ -27,7 +27,8 @@ XNNPACK (another kernel set LiteRT ships, integer fixed-point like the KPU), jud
 reference: how far a second integer runtime lands from XNNPACK on its own, since a one-code difference in an
 early layer grows through the network whichever runtime makes it (no bound: kpuc is above it on 7 of 10).
 
-Flag sets: `default` (no extra flags) and, once `kpuc compile` has it, `--target-cosine 0.99`.
+Flag sets: `default` (no extra flags), `--target-cosine 0.99`, and `equalize` (`--equalize-layers`, off by
+default: the totals count where it moves the default flow's worst cosine).
 With --nncase-python (a Python with nncase 1.x installed: a comparison, never a kpuc dependency) nncase
 compiles the same model on the same calibration tensors (PTQ, K210, uint8) and its simulator runs the
 judged ones. Results go to $KPUC_ZOO/accuracy-results.json; --write-docs writes docs/accuracy.md.

@@ -67,7 +67,7 @@ class K210:
         """The legalized float graph to calibrate and quantize. `graph` is legalized in place; with
         --split-activations a split copy is legalized too and returned, so `graph` keeps the model's own
         function and layer shapes (the accuracy report compares against it). --equalize-layers rescales
-        `graph` first (float-equivalent)."""
+        `graph` first (float-equivalent wherever calibration reached)."""
         if opts.equalize_layers:
             equalize_cross_layer(graph, samples)
         plan = self._keep_float(graph, opts, opts.layer_plan)

@@ -167,19 +167,18 @@ def evaluate(case: dict, bits: int, schemes=SCHEMES) -> dict:
     res["float"] = judge(lambda x: Executor(graph).run({feed: x}))
     for scheme in schemes:
         per_channel = scheme.startswith("per-channel")
+        if scheme.endswith("oracle"):      # each judged photo's own grids
+            res[scheme] = judge(lambda x, pc=per_channel: Rounding(graph, grids_of(graph, [x], pc), bits).run({feed: x}))
+            continue
         if scheme.endswith("clipped"):
             grids = clipped_grids(graph, calibration, per_channel, bits)
-            res[scheme] = judge(lambda x, g=grids: Rounding(graph, g, bits).run({feed: x}))
         elif scheme.endswith("free"):
             tensor, channel = grids_of(graph, calibration, False), grids_of(graph, calibration, True)
             free = {v.name for n in graph.nodes for v in n.outputs if free_on_kpu(v)}
             grids = {n: channel[n] if n in free and n in channel else g for n, g in tensor.items()}
-            res[scheme] = judge(lambda x, g=grids: Rounding(graph, g, bits).run({feed: x}))
-        elif scheme.endswith("calibrated"):
-            grids = grids_of(graph, calibration, per_channel)
-            res[scheme] = judge(lambda x, g=grids: Rounding(graph, g, bits).run({feed: x}))
         else:
-            res[scheme] = judge(lambda x, pc=per_channel: Rounding(graph, grids_of(graph, [x], pc), bits).run({feed: x}))
+            grids = grids_of(graph, calibration, per_channel)
+        res[scheme] = judge(lambda x, g=grids: Rounding(graph, g, bits).run({feed: x}))
     return res
 
 

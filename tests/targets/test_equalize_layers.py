@@ -18,9 +18,9 @@ MODEL, DATASET = ULFFD / "ulffd_landmark.tflite", ULFFD / "dataset"
 OPTS = CompileOptions(input_mean=0.5, input_std=1.0, equalize_layers=True)
 
 
-def _samples(n: int) -> list:
-    shape = prepare_float(MODEL, OPTS).float_graph.inputs[0].shape
-    return [[s.data] for s in list(iter_dataset(DATASET, shape, mean=0.5, std=1.0))[:n]]
+def _samples(n: int, model=MODEL, opts=OPTS) -> list:
+    shape = prepare_float(model, opts).float_graph.inputs[0].shape
+    return [[s.data] for s in list(iter_dataset(DATASET, shape, mean=opts.input_mean, std=opts.input_std))[:n]]
 
 
 @needs(MODEL, DATASET)
@@ -53,32 +53,26 @@ MOBILENET_OPTS = CompileOptions(input_mean=0.5, input_std=0.5, equalize_layers=T
 MOBILENET_QUANT = TFLITE_OPS / "mobilenet_v1_0.25_128_quant.tflite"
 
 
-def _mobilenet_samples(n: int) -> list:
-    shape = prepare_float(MOBILENET, MOBILENET_OPTS).float_graph.inputs[0].shape
-    return [[s.data] for s in list(iter_dataset(DATASET, shape, mean=0.5, std=0.5))[:n]]
-
-
 @needs(MOBILENET, DATASET)
 @pytest.mark.parametrize("version", [3, 4])
 def test_relu6_pairs_are_rescaled_and_their_kmodel_runs_as_written(tmp_path, version):
     # MobileNet v1's pairs all end in ReLU6: each rescaled conv gets one common clamp top, so its float graph
     # is LiteRT's function on the calibration photos (past them a channel clips where its grid ends)
     from ai_edge_litert.interpreter import Interpreter
-    samples = _mobilenet_samples(4)
+    samples = _samples(4, MOBILENET, MOBILENET_OPTS)
     pairs = equalizable_pairs(prepare_float(MOBILENET, MOBILENET_OPTS).float_graph)
     assert len(pairs) == 26 and all(c1.attrs["fused_clamp"] == (0.0, 6.0) for c1, _ in pairs)
     opts = replace(MOBILENET_OPTS, kmodel_version=version)
-    prepared = prepare_model(MOBILENET, opts, get_target("k210"), samples=samples)
+    result = compile_model(MOBILENET, opts, get_target("k210"), samples=samples)
     it = Interpreter(model_path=str(MOBILENET))
     it.allocate_tensors()
     for (x,) in samples:
         it.set_tensor(it.get_input_details()[0]["index"], x.transpose(0, 2, 3, 1))
         it.invoke()
         want = it.get_tensor(it.get_output_details()[0]["index"]).reshape(-1)
-        got = np.asarray(next(iter(Executor(prepared.float_graph).run([x]).values()))).reshape(-1)
+        got = np.asarray(next(iter(Executor(result.float_graph).run([x]).values()))).reshape(-1)
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
     plain = compile_model(MOBILENET, replace(opts, equalize_layers=False), get_target("k210"), samples=samples)
-    result = compile_model(MOBILENET, opts, get_target("k210"), samples=samples)
     assert result.kmodel != plain.kmodel
     (tmp_path / f"equalized.v{version}.kmodel").write_bytes(result.kmodel)    # the oracle check runs it
 
@@ -87,7 +81,7 @@ def test_relu6_pairs_are_rescaled_and_their_kmodel_runs_as_written(tmp_path, ver
 def test_a_prequantized_model_keeps_its_own_grids(tmp_path):
     # rescaling channels would move tensors off the grids the model gives them (before this guard: coral
     # MobileNet v1 0.5 quant's judged worst cosine 0.989 -> 0.0002), so the option leaves the file unchanged
-    samples = _mobilenet_samples(2)
+    samples = _samples(2, MOBILENET, MOBILENET_OPTS)
     opts = CompileOptions(input_mean=0.5, input_std=0.5)
     plain = compile_model(MOBILENET_QUANT, opts, get_target("k210"), samples=samples)
     asked = compile_model(MOBILENET_QUANT, replace(opts, equalize_layers=True), get_target("k210"), samples=samples)
